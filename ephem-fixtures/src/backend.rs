@@ -1,0 +1,127 @@
+//! The contract between the runner and an environment backend.
+
+use std::time::SystemTime;
+
+/// What every shard of one run shares: the run's identity and size.
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    /// Unique id of this run; backends label everything they create with it.
+    pub run_id: String,
+    /// Number of shards in the whole plan (not only those run here).
+    pub shard_count: u32,
+    /// Resources are considered abandoned after this instant (pushed forward while alive).
+    pub expires_at: SystemTime,
+}
+
+/// One shard of one run: the unit that owns one environment.
+#[derive(Clone, Debug)]
+pub struct ShardContext {
+    /// The run this shard belongs to.
+    pub run: RunContext,
+    /// 1-based shard number, as in `--partition slice:M/N`.
+    pub shard: u32,
+}
+
+/// One variable handed to every test of a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportedVar {
+    /// Variable name, e.g. `DATABASE_URL`.
+    pub name: String,
+    /// Fully substituted value.
+    pub value: String,
+}
+
+/// A ready environment: what the shard's tests need to reach it.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// Variables set in every test process of the shard.
+    pub vars: Vec<ExportedVar>,
+    /// Substrings (generated secrets) that must be shown as `***` wherever
+    /// output is displayed or written to a report.
+    pub secrets: Vec<String>,
+    /// Human-readable lines saying how to reach the environment by hand
+    /// (printed by `--keep-env` and `cargo ephem up`).
+    pub connect_hints: Vec<String>,
+}
+
+/// Why a backend could not prepare, provision or tear down an environment.
+///
+/// Every message is one line that says what failed, where, and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// The backend's daemon or API server cannot be reached.
+    #[error("cannot reach {backend} at {address}: {reason} ({hint})")]
+    Unreachable {
+        /// Backend name, e.g. "the Docker daemon".
+        backend: String,
+        /// Address that was tried.
+        address: String,
+        /// What went wrong.
+        reason: String,
+        /// How to fix it.
+        hint: String,
+    },
+    /// An image could not be pulled.
+    #[error("cannot pull image {image} from {registry}: {reason}")]
+    Pull {
+        /// Image reference as written in the configuration.
+        image: String,
+        /// Registry the pull went to.
+        registry: String,
+        /// What the registry or daemon said.
+        reason: String,
+    },
+    /// A service did not become ready, or exited while starting.
+    #[error("shard {shard}: service {service} not ready ({wait}): {reason}{}", format_logs(.logs))]
+    NotReady {
+        /// 1-based shard number.
+        shard: u32,
+        /// Service name from the configuration.
+        service: String,
+        /// The wait strategy, described, e.g. `log "ready" x2 within 60s`.
+        wait: String,
+        /// What happened, including the container's exit code when it exited.
+        reason: String,
+        /// The container's last log lines.
+        logs: Vec<String>,
+    },
+    /// Anything else the backend reports.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn format_logs(logs: &[String]) -> String {
+    if logs.is_empty() {
+        String::new()
+    } else {
+        format!("\n  last {} log lines:\n    {}", logs.len(), logs.join("\n    "))
+    }
+}
+
+/// An environment backend: Docker today, Kubernetes later.
+///
+/// The runner calls [`prepare`](Backend::prepare) once per run before any
+/// shard starts, then [`provision`](Backend::provision) for every shard
+/// concurrently, and [`teardown`](Backend::teardown) for every shard it
+/// provisioned or tried to provision, on every exit path.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Short name used in messages, e.g. `docker`.
+    fn name(&self) -> &str;
+
+    /// Once-per-run work shared by all shards, such as pulling images.
+    async fn prepare(&self, run: &RunContext) -> Result<(), EnvError>;
+
+    /// Starts one shard's environment and returns once it is ready for tests.
+    ///
+    /// On error the backend may leave partial resources behind; the runner
+    /// always follows with [`teardown`](Backend::teardown).
+    async fn provision(&self, shard: &ShardContext) -> Result<Environment, EnvError>;
+
+    /// Removes everything this backend created for the shard.
+    ///
+    /// Must be idempotent and must work on a partially provisioned shard,
+    /// which is why it takes the shard's identity rather than an
+    /// [`Environment`]: backends find their resources by label.
+    async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError>;
+}

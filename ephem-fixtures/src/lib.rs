@@ -1,0 +1,11 @@
+//! Environment backends for cargo-ephem.
+//!
+//! A backend gives every shard of a test run its own disposable environment
+//! (Docker containers on a private network today, a Kubernetes namespace
+//! later) and hands the shard's tests its connection details as environment
+//! variables. The runner in `ephem-core` drives backends only through the
+//! [`Backend`] trait, so a new backend slots in without touching the runner.
+
+mod backend;
+
+pub use backend::{Backend, EnvError, Environment, ExportedVar, RunContext, ShardContext};
