@@ -125,3 +125,39 @@ pub trait Backend: Send + Sync {
     /// [`Environment`]: backends find their resources by label.
     async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError>;
 }
+
+/// Something a backend reports while it works, for the runner's display and
+/// diagnosis. Backends receive an [`EventSink`] when they are constructed.
+#[derive(Clone, Debug)]
+pub enum EnvEvent {
+    /// An image pull progressed (bytes across all layers known so far).
+    PullProgress {
+        /// Image reference as written in the configuration.
+        image: String,
+        /// Bytes downloaded so far.
+        current: u64,
+        /// Bytes to download, when the registry said.
+        total: Option<u64>,
+    },
+    /// An image is present locally (pulled now, or already there).
+    ImageReady {
+        /// Image reference as written in the configuration.
+        image: String,
+        /// Whether it had to be pulled.
+        pulled: bool,
+    },
+    /// A service's container stopped while its shard's tests were running.
+    ServiceExited {
+        /// 1-based shard number.
+        shard: u32,
+        /// Service name from the configuration.
+        service: String,
+        /// The container's exit code, when known.
+        exit_code: Option<i64>,
+        /// When the backend noticed.
+        at: SystemTime,
+    },
+}
+
+/// Where a backend sends its [`EnvEvent`]s; dropped events are fine.
+pub type EventSink = tokio::sync::mpsc::UnboundedSender<EnvEvent>;

@@ -8,4 +8,6 @@
 
 mod backend;
 
-pub use backend::{Backend, EnvError, Environment, ExportedVar, RunContext, ShardContext};
+pub use backend::{
+    Backend, EnvError, EnvEvent, Environment, EventSink, ExportedVar, RunContext, ShardContext,
+};
