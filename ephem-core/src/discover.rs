@@ -1,0 +1,482 @@
+//! Builds a workspace's tests with cargo and lists every test of every binary.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::BufReader;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use cargo_metadata::{Artifact, Message, Package};
+use rayon::prelude::*;
+
+use crate::error::{EphemError, Result};
+use crate::test_list::{TestBinary, TestList};
+
+/// Cargo's package selection and build flags, passed through to `cargo test --no-run`.
+#[derive(Clone, Debug, Default)]
+pub struct CargoOptions {
+    /// `--workspace`.
+    pub workspace: bool,
+    /// `-p/--package`.
+    pub packages: Vec<String>,
+    /// `--exclude`.
+    pub exclude: Vec<String>,
+    /// `--features`.
+    pub features: Vec<String>,
+    /// `--all-features`.
+    pub all_features: bool,
+    /// `--no-default-features`.
+    pub no_default_features: bool,
+    /// `--release`.
+    pub release: bool,
+    /// `--cargo-profile` (cargo's `--profile`).
+    pub cargo_profile: Option<String>,
+    /// `--manifest-path`.
+    pub manifest_path: Option<Utf8PathBuf>,
+    /// `--target-dir`.
+    pub target_dir: Option<Utf8PathBuf>,
+}
+
+impl CargoOptions {
+    /// The flags as cargo takes them, shared by `cargo test` and `cargo metadata`
+    /// where they apply.
+    pub fn build_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.workspace {
+            args.push("--workspace".to_owned());
+        }
+        for p in &self.packages {
+            args.extend(["--package".to_owned(), p.clone()]);
+        }
+        for e in &self.exclude {
+            args.extend(["--exclude".to_owned(), e.clone()]);
+        }
+        if !self.features.is_empty() {
+            args.extend(["--features".to_owned(), self.features.join(",")]);
+        }
+        if self.all_features {
+            args.push("--all-features".to_owned());
+        }
+        if self.no_default_features {
+            args.push("--no-default-features".to_owned());
+        }
+        if self.release {
+            args.push("--release".to_owned());
+        }
+        if let Some(p) = &self.cargo_profile {
+            args.extend(["--profile".to_owned(), p.clone()]);
+        }
+        args.extend(self.common_args());
+        args
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(m) = &self.manifest_path {
+            args.extend(["--manifest-path".to_owned(), m.to_string()]);
+        }
+        if let Some(t) = &self.target_dir {
+            args.extend(["--target-dir".to_owned(), t.to_string()]);
+        }
+        args
+    }
+
+    /// The same selection as flags for `cargo ephem test`, for the rerun hint.
+    pub fn rerun_args(&self) -> Vec<String> {
+        self.build_args()
+            .into_iter()
+            .map(|a| {
+                if a == "--profile" {
+                    "--cargo-profile".to_owned()
+                } else {
+                    a
+                }
+            })
+            .collect()
+    }
+}
+
+/// The cargo executable: `$CARGO` when run as a cargo subcommand, else `cargo`.
+pub fn cargo_path() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// What the build produced, before listing.
+struct BuildOutput {
+    artifacts: Vec<Artifact>,
+    /// Package id to the `-L` paths its build script asked for.
+    linked_paths: HashMap<String, Vec<Utf8PathBuf>>,
+    /// Package id to its build script's `OUT_DIR`.
+    out_dirs: HashMap<String, Utf8PathBuf>,
+}
+
+/// Builds the tests, then lists every test of every test binary.
+pub fn discover(opts: &CargoOptions) -> Result<TestList> {
+    let build = build(opts)?;
+    let packages = workspace_packages(opts)?;
+    let sysroot_lib = rustc_sysroot_lib();
+    let binaries = test_binaries(&build, &packages, sysroot_lib.as_deref());
+    let target_directory = binaries
+        .first()
+        .and_then(|b| {
+            b.path
+                .parent()?
+                .parent()?
+                .parent()
+                .map(Utf8Path::to_path_buf)
+        })
+        .or_else(|| opts.target_dir.clone())
+        .unwrap_or_else(|| "target".into());
+    let listed = binaries
+        .into_par_iter()
+        .map(|b| {
+            let tests = list_binary(&b)?;
+            Ok((b, tests))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TestList::new(listed, target_directory))
+}
+
+fn build(opts: &CargoOptions) -> Result<BuildOutput> {
+    let cargo = cargo_path();
+    let mut args = vec![
+        "test".to_owned(),
+        "--no-run".to_owned(),
+        "--message-format".to_owned(),
+        "json-render-diagnostics".to_owned(),
+    ];
+    args.extend(opts.build_args());
+    let command = format!("cargo {}", args.join(" "));
+    // Diagnostics go to our stderr as cargo renders them; stdout is the JSON stream.
+    let mut child = Command::new(&cargo)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| EphemError::Usage(format!("cannot run `{cargo}`: {e}; is cargo on PATH?")))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut out = BuildOutput {
+        artifacts: Vec::new(),
+        linked_paths: HashMap::new(),
+        out_dirs: HashMap::new(),
+    };
+    for message in Message::parse_stream(BufReader::new(stdout)) {
+        let Ok(message) = message else { continue };
+        match message {
+            Message::CompilerArtifact(a) if a.profile.test && a.executable.is_some() => {
+                out.artifacts.push(a)
+            }
+            Message::BuildScriptExecuted(s) => {
+                let id = s.package_id.repr.clone();
+                out.linked_paths.insert(id.clone(), s.linked_paths);
+                out.out_dirs.insert(id, s.out_dir);
+            }
+            _ => {}
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| EphemError::Internal(format!("waiting for cargo: {e}")))?;
+    if !status.success() {
+        return Err(EphemError::BuildFailed {
+            command,
+            status: status.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Packages of the workspace, by id, for their names, versions and directories.
+fn workspace_packages(opts: &CargoOptions) -> Result<HashMap<String, Package>> {
+    let mut cmd = cargo_metadata::MetadataCommand::new();
+    cmd.cargo_path(cargo_path()).no_deps();
+    if let Some(m) = &opts.manifest_path {
+        cmd.manifest_path(m);
+    }
+    let metadata = cmd
+        .exec()
+        .map_err(|e| EphemError::Usage(format!("cannot read the workspace's metadata: {e}")))?;
+    Ok(metadata
+        .packages
+        .into_iter()
+        .map(|p| (p.id.repr.clone(), p))
+        .collect())
+}
+
+/// The rustc sysroot's lib directory, which test binaries of dylib crates need.
+fn rustc_sysroot_lib() -> Option<Utf8PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let sysroot = String::from_utf8(out.stdout).ok()?;
+    Some(Utf8PathBuf::from(sysroot.trim()).join("lib"))
+}
+
+/// nextest's binary id scheme, so reports and timings line up with nextest's.
+pub fn binary_id(package: &str, kind: &str, target: &str) -> String {
+    match kind {
+        "lib" | "proc-macro" | "rlib" | "dylib" | "cdylib" | "staticlib" => package.to_owned(),
+        "test" => format!("{package}::{target}"),
+        other => format!("{package}::{other}/{target}"),
+    }
+}
+
+fn test_binaries(
+    build: &BuildOutput,
+    packages: &HashMap<String, Package>,
+    sysroot_lib: Option<&Utf8Path>,
+) -> Vec<TestBinary> {
+    let mut seen = BTreeSet::new();
+    let mut binaries = Vec::new();
+    for artifact in &build.artifacts {
+        let Some(exe) = artifact.executable.clone() else {
+            continue;
+        };
+        if !seen.insert(exe.clone()) {
+            continue;
+        }
+        let package = packages.get(&artifact.package_id.repr);
+        let package_name = package
+            .map(|p| p.name.to_string())
+            .unwrap_or_else(|| artifact.target.name.clone());
+        let kind = artifact
+            .target
+            .kind
+            .first()
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "lib".to_owned());
+        let cwd = artifact
+            .manifest_path
+            .parent()
+            .map(Utf8Path::to_path_buf)
+            .unwrap_or_default();
+        let binary_name = exe.file_name().unwrap_or_default().to_owned();
+        let env = binary_env(&exe, artifact, package, build, sysroot_lib);
+        binaries.push(TestBinary {
+            binary_id: binary_id(&package_name, &kind, &artifact.target.name),
+            binary_name,
+            package_id: artifact.package_id.repr.clone(),
+            package_name,
+            kind,
+            path: exe,
+            cwd,
+            env: Arc::new(env),
+        });
+    }
+    binaries
+}
+
+/// Variables cargo sets when it runs a test binary, plus the library search path.
+fn binary_env(
+    exe: &Utf8Path,
+    artifact: &Artifact,
+    package: Option<&Package>,
+    build: &BuildOutput,
+    sysroot_lib: Option<&Utf8Path>,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("CARGO".to_owned(), cargo_path()),
+        (
+            "CARGO_MANIFEST_DIR".to_owned(),
+            artifact
+                .manifest_path
+                .parent()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "CARGO_MANIFEST_PATH".to_owned(),
+            artifact.manifest_path.to_string(),
+        ),
+        (
+            "CARGO_CRATE_NAME".to_owned(),
+            artifact.target.name.replace('-', "_"),
+        ),
+    ];
+    if let Some(p) = package {
+        let v = &p.version;
+        env.extend([
+            ("CARGO_PKG_NAME".to_owned(), p.name.to_string()),
+            ("CARGO_PKG_VERSION".to_owned(), v.to_string()),
+            ("CARGO_PKG_VERSION_MAJOR".to_owned(), v.major.to_string()),
+            ("CARGO_PKG_VERSION_MINOR".to_owned(), v.minor.to_string()),
+            ("CARGO_PKG_VERSION_PATCH".to_owned(), v.patch.to_string()),
+            ("CARGO_PKG_VERSION_PRE".to_owned(), v.pre.to_string()),
+            ("CARGO_PKG_AUTHORS".to_owned(), p.authors.join(":")),
+            (
+                "CARGO_PKG_DESCRIPTION".to_owned(),
+                p.description.clone().unwrap_or_default(),
+            ),
+        ]);
+        // Integration tests find the package's binaries like under `cargo test`.
+        if artifact.target.kind.iter().any(|k| k.to_string() == "test") {
+            let profile_dir = exe.parent().and_then(Utf8Path::parent);
+            for target in &p.targets {
+                if target.kind.iter().any(|k| k.to_string() == "bin") {
+                    if let Some(dir) = profile_dir {
+                        env.push((
+                            format!("CARGO_BIN_EXE_{}", target.name),
+                            dir.join(&target.name).to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(out_dir) = build.out_dirs.get(&artifact.package_id.repr) {
+        env.push(("OUT_DIR".to_owned(), out_dir.to_string()));
+    }
+    env.push((
+        dylib_path_var().to_owned(),
+        dylib_path(exe, build, sysroot_lib),
+    ));
+    env
+}
+
+fn dylib_path_var() -> &'static str {
+    if cfg!(target_os = "macos") {
+        "DYLD_FALLBACK_LIBRARY_PATH"
+    } else {
+        "LD_LIBRARY_PATH"
+    }
+}
+
+/// The search path cargo and nextest give test binaries: the target's deps and
+/// profile directories, build-script link paths inside the target directory,
+/// the sysroot's libs, then whatever the user had.
+fn dylib_path(exe: &Utf8Path, build: &BuildOutput, sysroot_lib: Option<&Utf8Path>) -> String {
+    let mut dirs: Vec<String> = Vec::new();
+    let deps = exe.parent();
+    let profile = deps.and_then(Utf8Path::parent);
+    let target = profile.and_then(Utf8Path::parent);
+    if let Some(d) = deps {
+        dirs.push(d.to_string());
+    }
+    if let Some(p) = profile {
+        dirs.push(p.to_string());
+    }
+    for paths in build.linked_paths.values() {
+        for path in paths {
+            // cargo reports `-L` values; keep only the directory.
+            let s = path.as_str();
+            let dir = s.split_once('=').map(|(_, d)| d).unwrap_or(s);
+            if target.is_some_and(|t| Utf8Path::new(dir).starts_with(t)) {
+                dirs.push(dir.to_owned());
+            }
+        }
+    }
+    if let Some(s) = sysroot_lib {
+        dirs.push(s.to_string());
+    }
+    if let Ok(existing) = std::env::var(dylib_path_var()) {
+        if !existing.is_empty() {
+            dirs.push(existing);
+        }
+    }
+    dirs.dedup();
+    dirs.join(":")
+}
+
+/// Lists one binary's tests: `--list --format terse`, then `--ignored`.
+pub fn list_binary(binary: &TestBinary) -> Result<Vec<(String, bool)>> {
+    let (all, ignored) = rayon::join(|| run_list(binary, false), || run_list(binary, true));
+    let ignored: BTreeSet<String> = ignored?.into_iter().collect();
+    Ok(all?
+        .into_iter()
+        .map(|name| {
+            let is_ignored = ignored.contains(&name);
+            (name, is_ignored)
+        })
+        .collect())
+}
+
+fn run_list(binary: &TestBinary, ignored: bool) -> Result<Vec<String>> {
+    let mut cmd = Command::new(&binary.path);
+    cmd.args(["--list", "--format", "terse"]);
+    if ignored {
+        cmd.arg("--ignored");
+    }
+    let listing_err = |reason: String| EphemError::Listing {
+        binary_id: binary.binary_id.clone(),
+        path: binary.path.clone(),
+        reason,
+    };
+    let output = cmd
+        .current_dir(&binary.cwd)
+        .envs(binary.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| listing_err(format!("cannot run it: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("").trim();
+        return Err(listing_err(format!(
+            "`--list` exited with {}: {last}",
+            output.status
+        )));
+    }
+    let stdout = String::from_utf8(output.stdout)
+        .map_err(|_| listing_err("`--list` printed invalid UTF-8".to_owned()))?;
+    parse_terse_list(&stdout).map_err(listing_err)
+}
+
+/// Parses libtest's `--list --format terse` output: `<name>: test` lines;
+/// benchmarks are left out.
+pub fn parse_terse_list(stdout: &str) -> std::result::Result<Vec<String>, String> {
+    let mut tests = Vec::new();
+    for (n, line) in stdout.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_suffix(": test") {
+            tests.push(name.to_owned());
+        } else if line.ends_with(": benchmark") {
+            continue;
+        } else {
+            return Err(format!(
+                "line {} of its `--list --format terse` output is {:?}, expected `<name>: test`; \
+                 does the binary use a custom test harness (harness = false)?",
+                n + 1,
+                truncate(line, 80)
+            ));
+        }
+    }
+    Ok(tests)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}...", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_ids_follow_nextest() {
+        assert_eq!(binary_id("app", "lib", "app"), "app");
+        assert_eq!(binary_id("app", "test", "integration"), "app::integration");
+        assert_eq!(binary_id("app", "bin", "app-cli"), "app::bin/app-cli");
+        assert_eq!(binary_id("app", "example", "demo"), "app::example/demo");
+    }
+
+    #[test]
+    fn terse_list_parses_tests_and_skips_benchmarks() {
+        let out = "a::b: test\nc: benchmark\n\nd: test\n";
+        assert_eq!(parse_terse_list(out).unwrap(), vec!["a::b", "d"]);
+    }
+
+    #[test]
+    fn terse_list_rejects_unexpected_lines() {
+        let err = parse_terse_list("a: test\nhello world\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("hello world"), "{err}");
+    }
+}

@@ -1,0 +1,349 @@
+//! The live display: an indicatif bar per shard plus an overall bar in a
+//! terminal; plain lines (one per failed or slow test, plus a periodic
+//! count) when not a terminal or when `CI` is set.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ephem_fixtures::EnvEvent;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::run::{Attempt, RunEvents, RunningTest, TestOutcome, Verdict};
+use crate::test_list::{TestIdx, TestList};
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisplayMode {
+    /// Bars redrawn in place.
+    Live,
+    /// Plain lines, for logs.
+    Plain,
+}
+
+impl DisplayMode {
+    /// Live in a terminal, plain in CI (`CI` set) or when stderr is redirected.
+    pub fn detect() -> DisplayMode {
+        if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
+            DisplayMode::Live
+        } else {
+            DisplayMode::Plain
+        }
+    }
+}
+
+#[derive(Default)]
+struct ShardCounts {
+    passed: usize,
+    failed: usize,
+    done: usize,
+    total: usize,
+}
+
+/// Shows a run's progress on stderr.
+pub struct Display {
+    mode: DisplayMode,
+    list: Arc<TestList>,
+    shard_count: u32,
+    multi: MultiProgress,
+    overall: ProgressBar,
+    shard_bars: HashMap<u32, ProgressBar>,
+    pull_bars: HashMap<String, ProgressBar>,
+    counts: HashMap<u32, ShardCounts>,
+    failed: usize,
+    slow_after: Duration,
+    slow_reported: HashSet<TestIdx>,
+    last_count: Instant,
+    count_every: Duration,
+    color: bool,
+}
+
+impl Display {
+    /// A display for a run of these shards; `shards` gives each shard's test count.
+    pub fn new(
+        mode: DisplayMode,
+        list: Arc<TestList>,
+        shards: &[(u32, usize)],
+        shard_count: u32,
+        slow_after: Duration,
+    ) -> Display {
+        let target = match mode {
+            DisplayMode::Live => ProgressDrawTarget::stderr_with_hz(8),
+            DisplayMode::Plain => ProgressDrawTarget::hidden(),
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let total: usize = shards.iter().map(|s| s.1).sum();
+        let mut shard_bars = HashMap::new();
+        let mut counts = HashMap::new();
+        // One line per shard only when there is more than one.
+        if shards.len() > 1 || shard_count > 1 {
+            let style = ProgressStyle::with_template(
+                "{prefix:>11} {bar:25.cyan/blue} {pos:>5}/{len:<5} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> ");
+            for &(shard, n) in shards {
+                let bar = multi.add(ProgressBar::new(n as u64));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("shard {shard}/{shard_count}"));
+                bar.set_message("waiting for environment");
+                shard_bars.insert(shard, bar);
+            }
+        }
+        for &(shard, n) in shards {
+            counts.insert(
+                shard,
+                ShardCounts {
+                    total: n,
+                    ..Default::default()
+                },
+            );
+        }
+        let overall = multi.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>11} {bar:25.green/white} {pos:>5}/{len:<5} [{elapsed_precise}] {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        overall.set_prefix("all");
+        Display {
+            mode,
+            list,
+            shard_count,
+            multi,
+            overall,
+            shard_bars,
+            pull_bars: HashMap::new(),
+            counts,
+            failed: 0,
+            slow_after,
+            slow_reported: HashSet::new(),
+            last_count: Instant::now(),
+            count_every: Duration::from_secs(30),
+            color: mode == DisplayMode::Live && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+
+    /// Prints a line above the bars (or plainly).
+    pub fn line(&self, text: &str) {
+        match self.mode {
+            DisplayMode::Live => {
+                let _ = self.multi.println(text);
+            }
+            DisplayMode::Plain => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{text}");
+            }
+        }
+    }
+
+    /// Removes the bars before the summary is printed.
+    pub fn finish(&self) {
+        for bar in self.shard_bars.values().chain(self.pull_bars.values()) {
+            bar.finish_and_clear();
+        }
+        self.overall.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn test_label(&self, test: TestIdx, shard: u32) -> String {
+        let shard = if self.shard_count > 1 {
+            format!("shard {shard} ")
+        } else {
+            String::new()
+        };
+        format!(
+            "{shard}{} {}",
+            self.paint("35", self.list.binary_id(test)),
+            self.paint("1", &self.list.tests[test].name)
+        )
+    }
+}
+
+/// `[  0.123s]`, the width nextest uses, so columns line up.
+pub fn fmt_duration(d: Duration) -> String {
+    format!("[{:>8.3}s]", d.as_secs_f64())
+}
+
+impl RunEvents for Display {
+    fn env_event(&mut self, event: &EnvEvent) {
+        match event {
+            EnvEvent::PullProgress {
+                image,
+                current,
+                total,
+            } => {
+                if self.mode == DisplayMode::Plain {
+                    if !self.pull_bars.contains_key(image) {
+                        self.line(&format!("   PULLING {image}"));
+                        self.pull_bars.insert(image.clone(), ProgressBar::hidden());
+                    }
+                    return;
+                }
+                let bar = self.pull_bars.entry(image.clone()).or_insert_with(|| {
+                    let bar = self.multi.insert(0, ProgressBar::new(0));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix:>11} {bar:25.yellow/white} {bytes}/{total_bytes} {msg}",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                    );
+                    bar.set_prefix("pull");
+                    bar.set_message(image.clone());
+                    bar
+                });
+                if let Some(t) = total {
+                    bar.set_length(*t);
+                }
+                bar.set_position(*current);
+            }
+            EnvEvent::ImageReady { image, pulled } => {
+                if let Some(bar) = self.pull_bars.remove(image) {
+                    bar.finish_and_clear();
+                }
+                if *pulled {
+                    self.line(&format!("    PULLED {image}"));
+                }
+            }
+            EnvEvent::ServiceExited {
+                shard,
+                service,
+                exit_code,
+                ..
+            } => {
+                let code = exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into());
+                let msg = format!("service {service} of shard {shard} exited (code {code})");
+                self.line(&format!("{} {msg}", self.paint("31;1", "  ENV DIED")));
+            }
+        }
+    }
+
+    fn shard_ready(&mut self, shard: u32) {
+        if let Some(bar) = self.shard_bars.get(&shard) {
+            bar.set_message("");
+        }
+    }
+
+    fn retrying(&mut self, test: TestIdx, shard: u32, failed: &Attempt) {
+        let label = self.test_label(test, shard);
+        self.line(&format!(
+            "{} {} {label}",
+            self.paint("33;1", "     RETRY"),
+            fmt_duration(failed.duration)
+        ));
+    }
+
+    fn finished(&mut self, outcome: &TestOutcome) {
+        let c = self.counts.entry(outcome.shard).or_default();
+        c.done += 1;
+        let shown = match &outcome.verdict {
+            Verdict::Passed => {
+                c.passed += 1;
+                None
+            }
+            Verdict::Flaky => {
+                c.passed += 1;
+                Some(("33;1", "     FLAKY"))
+            }
+            Verdict::Failed => {
+                c.failed += 1;
+                Some(("31;1", "      FAIL"))
+            }
+            Verdict::TimedOut => {
+                c.failed += 1;
+                Some(("31;1", "   TIMEOUT"))
+            }
+            Verdict::Skipped(_) => None,
+        };
+        let (passed, failed, done) = (c.passed, c.failed, c.done);
+        if matches!(outcome.verdict, Verdict::Failed | Verdict::TimedOut) {
+            self.failed += 1;
+        }
+        if let Some(bar) = self.shard_bars.get(&outcome.shard) {
+            bar.set_position(done as u64);
+            bar.set_prefix(format!("shard {}/{}", outcome.shard, self.shard_count));
+            bar.set_message(format!("{passed} passed, {failed} failed"));
+        }
+        self.overall.inc(1);
+        if self.failed > 0 {
+            self.overall.set_message(format!("{} failed", self.failed));
+        }
+        if let Some((color, word)) = shown {
+            let label = self.test_label(outcome.test, outcome.shard);
+            self.line(&format!(
+                "{} {} {label}",
+                self.paint(color, word),
+                fmt_duration(outcome.duration())
+            ));
+        }
+    }
+
+    fn tick(&mut self, running: &[RunningTest]) {
+        for r in running {
+            if r.elapsed >= self.slow_after && self.slow_reported.insert(r.test) {
+                let label = self.test_label(r.test, r.shard);
+                self.line(&format!(
+                    "{} [>{:>7.0}s] {label}",
+                    self.paint("33", "      SLOW"),
+                    self.slow_after.as_secs_f64()
+                ));
+            }
+        }
+        match self.mode {
+            DisplayMode::Live => {
+                for (shard, bar) in &self.shard_bars {
+                    let c = &self.counts[shard];
+                    let longest = running
+                        .iter()
+                        .filter(|r| r.shard == *shard)
+                        .max_by_key(|r| r.elapsed);
+                    let mut msg = format!("{} passed, {} failed", c.passed, c.failed);
+                    if let Some(r) = longest {
+                        msg.push_str(&format!(
+                            "  running {} ({:.0}s)",
+                            self.list.tests[r.test].name,
+                            r.elapsed.as_secs_f64()
+                        ));
+                    }
+                    bar.set_message(msg);
+                }
+            }
+            DisplayMode::Plain => {
+                if self.last_count.elapsed() >= self.count_every {
+                    self.last_count = Instant::now();
+                    let done: usize = self.counts.values().map(|c| c.done).sum();
+                    let total: usize = self.counts.values().map(|c| c.total).sum();
+                    self.line(&format!(
+                        "  PROGRESS {done}/{total} tests done, {} failed, {} running",
+                        self.failed,
+                        running.len()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn interrupted(&mut self, signal: i32, second: bool) {
+        let name = crate::run::executor::signal_name(signal);
+        let msg = if second {
+            format!("{name} again: killing running tests now; environments are still removed")
+        } else {
+            format!("{name} received: stopping running tests, writing reports (press Ctrl-C again to kill them at once)")
+        };
+        self.line(&format!("{} {msg}", self.paint("31;1", "  CANCEL")));
+    }
+}

@@ -1,0 +1,6 @@
+//! What the user and CI systems see: the live display, the end summary, and
+//! JUnit reports.
+
+pub mod display;
+pub mod junit;
+pub mod summary;

@@ -1,0 +1,224 @@
+//! The end of a run: counts, the slowest tests, every failure with its
+//! output, and the command that reruns exactly the failed tests.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::run::{RunResult, TestOutcome, Verdict};
+use crate::test_list::TestList;
+
+use super::display::fmt_duration;
+
+/// How many tests ended which way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Passed on the first attempt.
+    pub passed: usize,
+    /// Failed, then passed on a retry.
+    pub flaky: usize,
+    /// Failed every attempt.
+    pub failed: usize,
+    /// Killed after the timeout.
+    pub timed_out: usize,
+    /// Not run (ignored, or stopped before their turn).
+    pub skipped: usize,
+}
+
+impl Counts {
+    /// Counts the outcomes.
+    pub fn of(outcomes: &[TestOutcome]) -> Counts {
+        let mut c = Counts::default();
+        for o in outcomes {
+            match o.verdict {
+                Verdict::Passed => c.passed += 1,
+                Verdict::Flaky => c.flaky += 1,
+                Verdict::Failed => c.failed += 1,
+                Verdict::TimedOut => c.timed_out += 1,
+                Verdict::Skipped(_) => c.skipped += 1,
+            }
+        }
+        c
+    }
+
+    /// Tests that ran to a verdict.
+    pub fn run(&self) -> usize {
+        self.passed + self.flaky + self.failed + self.timed_out
+    }
+
+    /// True when any test failed or timed out.
+    pub fn any_failed(&self) -> bool {
+        self.failed + self.timed_out > 0
+    }
+}
+
+/// Most lines of a failed test's output shown per stream; the JUnit report
+/// has the rest.
+const MAX_LINES: usize = 200;
+
+/// Renders the summary. `rerun_prefix` is the command line that reruns this
+/// selection (e.g. `cargo ephem test -p app`); failed test names are appended.
+pub fn render(result: &RunResult, list: &TestList, rerun_prefix: &str, shard_count: u32) -> String {
+    let counts = Counts::of(&result.outcomes);
+    let mut out = String::new();
+    let label = |o: &TestOutcome| {
+        let shard = if shard_count > 1 {
+            format!("shard {} ", o.shard)
+        } else {
+            String::new()
+        };
+        format!(
+            "{shard}{} {}",
+            list.binary_id(o.test),
+            list.tests[o.test].name
+        )
+    };
+
+    let failures: Vec<&TestOutcome> = result
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o.verdict, Verdict::Failed | Verdict::TimedOut))
+        .collect();
+    for o in &failures {
+        let last = o.attempts.last();
+        let why = match (&o.verdict, last) {
+            (Verdict::TimedOut, _) => "timed out".to_owned(),
+            (_, Some(a)) => match &a.status {
+                crate::run::AttemptStatus::Failed(exit) => exit.clone(),
+                crate::run::AttemptStatus::SpawnFailed(e) => e.clone(),
+                other => format!("{other:?}"),
+            },
+            _ => "failed".to_owned(),
+        };
+        let tries = if o.attempts.len() > 1 {
+            format!(", {} attempts", o.attempts.len())
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "\n--- {} ({why}{tries}) ---", label(o));
+        if let Some(d) = &o.diagnosis {
+            let _ = writeln!(out, "note: {d}");
+        }
+        if let Some(a) = last {
+            for (name, text) in [("stdout", &a.stdout), ("stderr", &a.stderr)] {
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let _ = writeln!(out, "--- {name} ---");
+                out.push_str(&tail_lines(text, MAX_LINES));
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+    }
+
+    let _ = writeln!(out, "{}", "-".repeat(72));
+    let mut slowest: Vec<&TestOutcome> = result
+        .outcomes
+        .iter()
+        .filter(|o| !o.attempts.is_empty())
+        .collect();
+    slowest.sort_by_key(|o| std::cmp::Reverse(o.duration()));
+    if !slowest.is_empty() {
+        let _ = writeln!(out, "Slowest tests:");
+        for o in slowest.iter().take(5) {
+            let _ = writeln!(out, "  {} {}", fmt_duration(o.duration()), label(o));
+        }
+    }
+    for o in result
+        .outcomes
+        .iter()
+        .filter(|o| o.verdict == Verdict::Flaky)
+    {
+        let _ = writeln!(
+            out,
+            "  FLAKY {} (passed on attempt {})",
+            label(o),
+            o.attempts.len()
+        );
+    }
+    for o in &failures {
+        let word = if o.verdict == Verdict::TimedOut {
+            "TIMEOUT"
+        } else {
+            "FAIL"
+        };
+        let _ = writeln!(
+            out,
+            "  {word:>7} {} {}",
+            fmt_duration(o.duration()),
+            label(o)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Summary [{:>8.3}s] {} tests run: {} passed, {} failed, {} flaky, {} timed out, {} skipped",
+        result.duration.as_secs_f64(),
+        counts.run(),
+        counts.passed,
+        counts.failed,
+        counts.flaky,
+        counts.timed_out,
+        counts.skipped
+    );
+    if !failures.is_empty() {
+        let mut names: Vec<&str> = failures
+            .iter()
+            .map(|o| list.tests[o.test].name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let _ = writeln!(out, "To rerun the failed tests:");
+        let _ = writeln!(
+            out,
+            "  {rerun_prefix} --exact {}",
+            names
+                .iter()
+                .map(|n| shell_quote(n))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    out
+}
+
+fn tail_lines(text: &str, max: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= max {
+        return text.to_owned();
+    }
+    format!(
+        "[... {} earlier lines; the JUnit report has all of it ...]\n{}\n",
+        lines.len() - max,
+        lines[lines.len() - max..].join("\n")
+    )
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Sum of the durations of the given outcomes.
+pub fn total_time(outcomes: &[TestOutcome]) -> Duration {
+    outcomes.iter().map(TestOutcome::duration).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("tests::a_b"), "tests::a_b");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+}

@@ -1,0 +1,249 @@
+//! Runs one attempt of one test as a child process.
+//!
+//! An attempt is a small state machine: *running* until the process exits,
+//! its timeout passes or the run is stopped; then *terminating* (SIGTERM to
+//! the whole process group, SIGKILL after a grace period); then *done*.
+//! Each test gets its own process group so that whatever it spawned dies
+//! with it.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio::time::sleep_until;
+
+use crate::test_list::TestBinary;
+
+/// How hard the dispatcher asks running tests to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopLevel {
+    /// Keep running.
+    Run,
+    /// SIGTERM now, SIGKILL after the grace period.
+    Terminate,
+    /// SIGKILL now.
+    Kill,
+}
+
+/// Everything needed to start one attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptSpec {
+    /// The binary holding the test.
+    pub binary: Arc<TestBinary>,
+    /// Test name, passed with `--exact`.
+    pub name: Arc<str>,
+    /// Pass `--ignored` (the test is `#[ignore]`d and selected to run).
+    pub ignored: bool,
+    /// Variables on top of the binary's own: the shard's environment and
+    /// `EPHEM_*`.
+    pub env: Vec<(String, String)>,
+    /// Kill the test after this long.
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptStatus {
+    /// Exit code 0.
+    Passed,
+    /// Exited non-zero or died of a signal; the text says which.
+    Failed(String),
+    /// Killed after `--test-timeout`.
+    TimedOut,
+    /// Killed because the run was stopped (Ctrl-C, SIGTERM).
+    Cancelled,
+    /// The process could not be started.
+    SpawnFailed(String),
+}
+
+impl AttemptStatus {
+    /// True for [`AttemptStatus::Passed`].
+    pub fn is_pass(&self) -> bool {
+        matches!(self, AttemptStatus::Passed)
+    }
+}
+
+/// The record of one finished attempt.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// How it ended.
+    pub status: AttemptStatus,
+    /// Wall-clock start, for reports.
+    pub started_at: SystemTime,
+    /// How long it ran.
+    pub duration: Duration,
+    /// Captured standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Captured standard error (lossy UTF-8).
+    pub stderr: String,
+}
+
+/// Starts the test, waits for it under its timeout and the dispatcher's stop
+/// requests, and returns what happened. Never panics on a test's behaviour.
+pub async fn run_attempt(spec: AttemptSpec, mut stop: watch::Receiver<StopLevel>) -> Attempt {
+    let started_at = SystemTime::now();
+    let start = Instant::now();
+    let mut cmd = Command::new(&spec.binary.path);
+    cmd.arg("--exact").arg(&*spec.name).arg("--nocapture");
+    if spec.ignored {
+        cmd.arg("--ignored");
+    }
+    cmd.current_dir(&spec.binary.cwd)
+        .envs(spec.binary.env.iter().map(|(k, v)| (k, v)))
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    die_with_parent(&mut cmd);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Attempt {
+                status: AttemptStatus::SpawnFailed(format!(
+                    "cannot start {}: {e}",
+                    spec.binary.path
+                )),
+                started_at,
+                duration: start.elapsed(),
+                stdout: String::new(),
+                stderr: String::new(),
+            }
+        }
+    };
+    let pgid = child.id().map(|id| id as i32);
+    let stdout = tokio::spawn(read_all(child.stdout.take()));
+    let stderr = tokio::spawn(read_all(child.stderr.take()));
+
+    let far = tokio::time::Instant::now() + Duration::from_secs(60 * 60 * 24 * 365);
+    let deadline = spec
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(start + t))
+        .unwrap_or(far);
+    let mut kill_at = far;
+    // Why we are terminating, once we are.
+    let mut ending: Option<AttemptStatus> = None;
+    let exit: std::io::Result<ExitStatus> = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = sleep_until(deadline), if ending.is_none() => {
+                ending = Some(AttemptStatus::TimedOut);
+                signal_group(pgid, libc::SIGTERM);
+                kill_at = tokio::time::Instant::now() + spec.grace;
+            }
+            _ = sleep_until(kill_at), if ending.is_some() => {
+                signal_group(pgid, libc::SIGKILL);
+                kill_at = far;
+            }
+            changed = stop.changed() => {
+                let level = if changed.is_ok() { *stop.borrow_and_update() } else { StopLevel::Kill };
+                match level {
+                    StopLevel::Run => {}
+                    StopLevel::Terminate if ending.is_none() => {
+                        ending = Some(AttemptStatus::Cancelled);
+                        signal_group(pgid, libc::SIGTERM);
+                        kill_at = tokio::time::Instant::now() + spec.grace;
+                    }
+                    StopLevel::Terminate => {}
+                    StopLevel::Kill => {
+                        ending.get_or_insert(AttemptStatus::Cancelled);
+                        signal_group(pgid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    };
+    let duration = start.elapsed();
+    // The test is gone; anything it left in its group (a server it started,
+    // a grandchild holding our pipes) goes too, so no orphan keeps a port or
+    // a connection open and the pipes below reach end-of-file.
+    signal_group(pgid, libc::SIGKILL);
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
+    let status = match (ending, exit) {
+        (Some(why), _) => why,
+        (None, Ok(s)) if s.success() => AttemptStatus::Passed,
+        (None, Ok(s)) => AttemptStatus::Failed(describe_exit(s)),
+        (None, Err(e)) => AttemptStatus::Failed(format!("could not wait for the test: {e}")),
+    };
+    Attempt {
+        status,
+        started_at,
+        duration,
+        stdout,
+        stderr,
+    }
+}
+
+async fn read_all<R: AsyncRead + Unpin>(reader: Option<R>) -> String {
+    let mut buf = Vec::new();
+    if let Some(mut r) = reader {
+        let _ = r.read_to_end(&mut buf).await;
+    }
+    String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn signal_group(pgid: Option<i32>, signal: i32) {
+    if let Some(pgid) = pgid {
+        // SAFETY: kill(2) with a negative pid signals a process group; it has
+        // no memory-safety preconditions. ESRCH (group gone) is expected.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// Ties the test's life to the runner's: if the runner dies (even by
+/// SIGKILL), the kernel kills the test.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only calls
+    // async-signal-safe functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The runner may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(sig) = status.signal() {
+        format!("killed by signal {sig} ({})", signal_name(sig))
+    } else {
+        status.to_string()
+    }
+}
+
+/// Short name of a signal for messages.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGILL => "SIGILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}

@@ -1,0 +1,120 @@
+//! Scheduling and execution: the dispatcher decides what runs when; the
+//! executor runs one attempt of one test.
+
+mod dispatcher;
+pub mod executor;
+
+use std::time::{Duration, SystemTime};
+
+use ephem_fixtures::{EnvError, EnvEvent, Environment};
+
+pub use dispatcher::{run, RunInput};
+pub use executor::{Attempt, AttemptStatus};
+
+use crate::test_list::TestIdx;
+
+/// Knobs of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Unique id of this run (`EPHEM_RUN_ID`).
+    pub run_id: String,
+    /// Tests running at once, across all shards.
+    pub test_threads: usize,
+    /// Extra attempts for a failing test.
+    pub retries: u32,
+    /// Kill a test after this long.
+    pub test_timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when a test times out or the run stops.
+    pub grace: Duration,
+    /// A test running longer than this is reported as slow.
+    pub slow_after: Duration,
+    /// Stop scheduling new tests after the first failure.
+    pub fail_fast: bool,
+    /// Number of shards in the whole plan (`EPHEM_SHARD_COUNT`).
+    pub shard_count: u32,
+    /// Leave environments running after the run.
+    pub keep_env: bool,
+}
+
+/// The final word on one test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Passed on its first attempt.
+    Passed,
+    /// Failed, then passed on a retry.
+    Flaky,
+    /// Failed on every attempt (the last one is not a timeout).
+    Failed,
+    /// Its last attempt was killed after `--test-timeout`.
+    TimedOut,
+    /// Not run; the text says why (ignored, fail-fast, interrupted, environment failed).
+    Skipped(String),
+}
+
+/// Everything known about one test at the end of the run.
+#[derive(Clone, Debug)]
+pub struct TestOutcome {
+    /// The test.
+    pub test: TestIdx,
+    /// 1-based shard it ran in.
+    pub shard: u32,
+    /// Every attempt, in order; empty for skipped tests.
+    pub attempts: Vec<Attempt>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why the environment may be to blame (a service that died mid-run).
+    pub diagnosis: Option<String>,
+}
+
+impl TestOutcome {
+    /// Time of the last attempt (zero when not run).
+    pub fn duration(&self) -> Duration {
+        self.attempts.last().map(|a| a.duration).unwrap_or_default()
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunResult {
+    /// Every selected test of the shards run here, in shard then test order.
+    pub outcomes: Vec<TestOutcome>,
+    /// The signal that stopped the run, if any.
+    pub interrupted: Option<i32>,
+    /// Environment failures, by shard (0 = run-wide preparation).
+    pub env_errors: Vec<(u32, EnvError)>,
+    /// Environments still running (`--keep-env`), by shard.
+    pub kept: Vec<(u32, Environment)>,
+    /// When the run started.
+    pub started_at: SystemTime,
+    /// How long it took, preparation and teardown included.
+    pub duration: Duration,
+}
+
+/// A running test as the display sees it.
+#[derive(Clone, Debug)]
+pub struct RunningTest {
+    /// The test.
+    pub test: TestIdx,
+    /// Its shard.
+    pub shard: u32,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// How long it has been running.
+    pub elapsed: Duration,
+}
+
+/// What the dispatcher tells the display as the run goes.
+pub trait RunEvents: Send {
+    /// The environment backend reported progress (pulls, service deaths).
+    fn env_event(&mut self, event: &EnvEvent);
+    /// A shard's environment is ready (or the shard needs none).
+    fn shard_ready(&mut self, shard: u32);
+    /// A test attempt failed and will be retried.
+    fn retrying(&mut self, test: TestIdx, shard: u32, failed: &Attempt);
+    /// A test has its verdict.
+    fn finished(&mut self, outcome: &TestOutcome);
+    /// Called a few times a second with the tests still running.
+    fn tick(&mut self, running: &[RunningTest]);
+    /// The run is being stopped by a signal.
+    fn interrupted(&mut self, signal: i32, second: bool);
+}
