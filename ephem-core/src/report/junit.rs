@@ -122,9 +122,15 @@ fn rerun(a: &Attempt) -> TestRerun {
     };
     let mut r = TestRerun::new(kind);
     let (message, ty) = failure_summary(a, None);
-    r.set_time(a.duration).set_message(message).set_type(ty);
-    r.set_timestamp(chrono_time(a.started_at));
-    r.set_description(failure_text(a, None));
+    r.set_message(message).set_type(ty);
+    // The Jenkins xunit schema allows no `time` or `timestamp` here, so the
+    // attempt's timing goes into the text.
+    r.set_description(format!(
+        "attempt started {} and ran {}\n{}",
+        humantime::format_rfc3339_millis(a.started_at),
+        fmt_secs(a.duration),
+        failure_text(a, None)
+    ));
     if !a.stdout.is_empty() {
         r.set_system_out(clean_output(&a.stdout));
     }
