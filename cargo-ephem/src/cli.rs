@@ -163,7 +163,12 @@ pub struct TestArgs {
     pub no_tests: NoTests,
 
     /// Tests to run at once, across all shards [default: number of CPUs].
-    #[arg(short = 'j', long = "test-threads", value_name = "N", help_heading = "Running")]
+    #[arg(
+        short = 'j',
+        long = "test-threads",
+        value_name = "N",
+        help_heading = "Running"
+    )]
     pub test_threads: Option<usize>,
 
     /// Retry a failing test up to N more times; one that then passes is reported as flaky.
@@ -244,14 +249,22 @@ mod tests {
 
     #[test]
     fn shards_and_partition_conflict() {
-        let err = App::try_parse_from(["cargo ephem", "test", "--shards", "2", "--partition", "slice:1/2"])
-            .unwrap_err();
+        let err = App::try_parse_from([
+            "cargo ephem",
+            "test",
+            "--shards",
+            "2",
+            "--partition",
+            "slice:1/2",
+        ])
+        .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]
     fn bad_partition_is_a_usage_error() {
-        let err = App::try_parse_from(["cargo ephem", "test", "--partition", "slice:3/2"]).unwrap_err();
+        let err =
+            App::try_parse_from(["cargo ephem", "test", "--partition", "slice:3/2"]).unwrap_err();
         assert!(err.to_string().contains("between 1 and 2"), "{err}");
     }
 }

@@ -13,7 +13,9 @@ use ephem_core::run::{self, RunInput, RunOptions, RunResult};
 use ephem_core::test_list::{IgnoredMode, Selection, TestFilter, TestList};
 use ephem_core::{exit_codes, EphemError, Result};
 
-use crate::cli::{App, Command, FilterArgs, JunitCommand, ListArgs, MessageFormat, NoTests, TestArgs};
+use crate::cli::{
+    App, Command, FilterArgs, JunitCommand, ListArgs, MessageFormat, NoTests, TestArgs,
+};
 
 /// Runs a parsed command; returns the exit code.
 pub fn run(app: App) -> Result<i32> {
@@ -29,7 +31,10 @@ pub fn run(app: App) -> Result<i32> {
                 stats.suites,
                 stats.tests,
                 if stats.duplicates > 0 {
-                    format!(" ({} duplicate test cases dropped: the same test was in two inputs)", stats.duplicates)
+                    format!(
+                        " ({} duplicate test cases dropped: the same test was in two inputs)",
+                        stats.duplicates
+                    )
                 } else {
                     String::new()
                 }
@@ -79,7 +84,11 @@ fn list(args: ListArgs) -> Result<i32> {
                 }
                 let _ = writeln!(out, "{}:", binary.binary_id);
                 for (t, s) in tests {
-                    let note = if *s == Selection::SkipIgnored { " (ignored)" } else { "" };
+                    let note = if *s == Selection::SkipIgnored {
+                        " (ignored)"
+                    } else {
+                        ""
+                    };
                     let _ = writeln!(out, "    {}{note}", t.name);
                 }
             }
@@ -142,7 +151,15 @@ fn test(args: TestArgs) -> Result<i32> {
     let plan = ShardPlan::new(&items, shard_count, kind, &timings);
     let shards: Vec<(u32, Vec<usize>)> = shards_here
         .iter()
-        .map(|&m| (m, plan.shards[(m - 1) as usize].iter().map(|&k| selected[k]).collect()))
+        .map(|&m| {
+            (
+                m,
+                plan.shards[(m - 1) as usize]
+                    .iter()
+                    .map(|&k| selected[k])
+                    .collect(),
+            )
+        })
         .collect();
 
     let to_run: usize = shards
@@ -163,7 +180,9 @@ fn test(args: TestArgs) -> Result<i32> {
         return Ok(match args.no_tests {
             NoTests::Pass => exit_codes::OK,
             NoTests::Warn => {
-                eprintln!("note: {what}; nothing was run (use `cargo ephem list` to see the test names)");
+                eprintln!(
+                    "note: {what}; nothing was run (use `cargo ephem list` to see the test names)"
+                );
                 exit_codes::OK
             }
             NoTests::Fail => {
@@ -224,7 +243,9 @@ fn test(args: TestArgs) -> Result<i32> {
 }
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn write_junit(

@@ -5,8 +5,8 @@
 mod cli;
 mod commands;
 
+use clap::error::ErrorKind;
 use clap::Parser;
-
 
 fn main() {
     // As a cargo subcommand we are run as `cargo-ephem ephem test ...`;
@@ -15,7 +15,18 @@ fn main() {
     if args.get(1).is_some_and(|a| a == "ephem") {
         args.remove(1);
     }
-    let app = cli::App::parse_from(args);
+    let app = match cli::App::try_parse_from(args) {
+        Ok(app) => app,
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            eprintln!("{}", one_line(&e));
+            std::process::exit(ephem_core::exit_codes::USAGE);
+        }
+        // --help and --version.
+        Err(e) => e.exit(),
+    };
     let code = match commands::run(app) {
         Ok(code) => code,
         Err(e) => {
@@ -26,3 +37,16 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Clap's error as one line: what is wrong and its tip, without the usage
+/// block, so that CI logs show the whole error in one place.
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    format!("{}; see --help for every flag", parts.join("; "))
+}

@@ -288,10 +288,9 @@ pub fn shard_report_path(merged: &Utf8Path, shard: u32) -> Utf8PathBuf {
 
 /// Reads one report, with errors that name the file.
 pub fn read_report(path: &Utf8Path) -> Result<Report> {
-    let bytes = std::fs::read(path).map_err(|source| EphemError::Io {
-        action: "cannot read JUnit report",
+    let bytes = std::fs::read(path).map_err(|e| EphemError::Input {
         path: path.to_owned(),
-        source,
+        message: format!("cannot read this JUnit report: {e}; check the path"),
     })?;
     Report::deserialize(&bytes[..]).map_err(|e| EphemError::Input {
         path: path.to_owned(),

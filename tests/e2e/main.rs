@@ -1,0 +1,11 @@
+//! End-to-end tests: the built `cargo-ephem` binary on the fixture workspace
+//! in `tests/fixtures/basic`, with the JUnit it writes parsed back.
+
+mod support;
+
+mod bad_input;
+mod junit;
+mod list;
+mod partition;
+mod run;
+mod signals;
