@@ -162,7 +162,7 @@ pub struct TestArgs {
     #[arg(long, value_enum, default_value_t, help_heading = "Test selection")]
     pub no_tests: NoTests,
 
-    /// Tests to run at once, across all shards [default: number of CPUs].
+    /// Tests to run at once, across all shards; each shard runs at most ceil(N / shards) [default: number of CPUs].
     #[arg(
         short = 'j',
         long = "test-threads",

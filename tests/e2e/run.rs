@@ -157,3 +157,16 @@ fn ignored_tests_run_with_include_ignored() {
         TestCaseStatus::NonSuccess { .. }
     ));
 }
+
+#[test]
+fn a_shard_never_runs_more_than_its_share_of_threads() {
+    // Slice over 2 shards: excl_a and excl_c in shard 1, excl_b (instant) in
+    // shard 2. With -j 2 each shard gets one slot, so when excl_b is done its
+    // slot must not go to shard 1's second test while excl_a still runs.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(ephem_test()
+        .args(["--shards", "2", "-j", "2", "excl_"])
+        .env("FIXTURE_OUT", dir.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 tests run: 3 passed"));
+}

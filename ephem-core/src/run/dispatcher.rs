@@ -274,12 +274,23 @@ impl Dispatcher<'_> {
         }
     }
 
+    /// Each shard may run at most its share of the thread budget, so that
+    /// tests sharing one environment see bounded concurrency (one at a time
+    /// when there are at least as many shards as threads).
+    fn per_shard_limit(&self) -> usize {
+        self.opts
+            .test_threads
+            .div_ceil(self.shards.len().max(1))
+            .max(1)
+    }
+
     fn next_ready_shard(&mut self) -> Option<usize> {
         let n = self.shards.len();
+        let limit = self.per_shard_limit();
         for step in 0..n {
             let idx = (self.next_shard + step) % n;
             let s = &self.shards[idx];
-            if s.phase == EnvPhase::Ready && !s.queue.is_empty() {
+            if s.phase == EnvPhase::Ready && !s.queue.is_empty() && s.running < limit {
                 self.next_shard = (idx + 1) % n;
                 return Some(idx);
             }

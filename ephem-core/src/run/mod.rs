@@ -18,7 +18,8 @@ use crate::test_list::TestIdx;
 pub struct RunOptions {
     /// Unique id of this run (`EPHEM_RUN_ID`).
     pub run_id: String,
-    /// Tests running at once, across all shards.
+    /// Tests running at once, across all shards; each shard gets at most
+    /// `ceil(test_threads / shards)` of them.
     pub test_threads: usize,
     /// Extra attempts for a failing test.
     pub retries: u32,
