@@ -94,7 +94,11 @@ fn format_logs(logs: &[String]) -> String {
     if logs.is_empty() {
         String::new()
     } else {
-        format!("\n  last {} log lines:\n    {}", logs.len(), logs.join("\n    "))
+        format!(
+            "\n  last {} log lines:\n    {}",
+            logs.len(),
+            logs.join("\n    ")
+        )
     }
 }
 
