@@ -8,6 +8,7 @@
 
 mod backend;
 pub mod config;
+pub mod docker;
 pub mod image_ref;
 mod secret;
 pub mod template;
@@ -16,4 +17,5 @@ pub use backend::{
     Backend, EnvError, EnvEvent, Environment, EventSink, ExportedVar, RunContext, ShardContext,
 };
 pub use config::{ConfigError, EphemConfig, ServiceSpec, WaitKind, WaitStrategy};
+pub use docker::DockerBackend;
 pub use image_ref::ImageRef;

@@ -106,7 +106,7 @@ impl<'a> Locator<'a> {
     }
 
     /// Converts a TOML syntax or schema error, keeping its key path.
-    pub(crate) fn from_toml(&self, err: toml::de::Error) -> ConfigError {
+    pub(crate) fn toml_error(&self, err: toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         // Without the input, the error's Display ends with "in `a.b.c`": the
         // only public way to learn which key a schema error is about.

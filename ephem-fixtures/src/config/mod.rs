@@ -122,6 +122,26 @@ impl EphemConfig {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// Services in an order where each comes after its dependencies.
+    pub fn start_order(&self) -> Vec<&ServiceSpec> {
+        let mut order: Vec<&ServiceSpec> = Vec::new();
+        // The loader rejected cycles, so every pass places at least one service;
+        // the pass limit only guards against a bug turning into a hang.
+        for _ in 0..=self.services.len() {
+            for service in &self.services {
+                let placed = order.iter().any(|s| s.name == service.name);
+                let deps_placed = service
+                    .depends_on
+                    .iter()
+                    .all(|d| order.iter().any(|s| &s.name == d));
+                if !placed && deps_placed {
+                    order.push(service);
+                }
+            }
+        }
+        order
+    }
+
     /// Every distinct image, in service order.
     pub fn images(&self) -> Vec<&ImageRef> {
         let mut images: Vec<&ImageRef> = Vec::new();

@@ -29,7 +29,7 @@ enum Site {
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError> {
     let at = Locator::new(path, text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| at.from_toml(e))?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| at.toml_error(e))?;
 
     let mirror = match raw.images.and_then(|i| i.mirror) {
         Some(mirror) => Some(check_mirror(&at, &mirror)?),

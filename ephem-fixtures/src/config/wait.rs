@@ -61,6 +61,13 @@ pub enum LogPattern {
     Regex(regex::Regex),
 }
 
+impl WaitKind {
+    /// Whether this waits for Docker's health status.
+    pub fn is_healthcheck(&self) -> bool {
+        matches!(self, WaitKind::Healthcheck)
+    }
+}
+
 impl LogPattern {
     /// Whether `line` matches.
     pub fn matches(&self, line: &str) -> bool {
