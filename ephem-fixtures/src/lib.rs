@@ -7,7 +7,15 @@
 //! [`Backend`] trait, so a new backend slots in without touching the runner.
 
 mod backend;
+pub mod config;
+pub mod docker;
+pub mod image_ref;
+mod secret;
+pub mod template;
 
 pub use backend::{
     Backend, EnvError, EnvEvent, Environment, EventSink, ExportedVar, RunContext, ShardContext,
 };
+pub use config::{ConfigError, EphemConfig, ServiceSpec, WaitKind, WaitStrategy};
+pub use docker::DockerBackend;
+pub use image_ref::ImageRef;

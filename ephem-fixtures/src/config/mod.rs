@@ -1,0 +1,158 @@
+//! `ephem.toml`: which services every shard gets, validated at load time.
+//!
+//! Every key is documented in `CONFIG.md`. Loading never talks to Docker; a
+//! configuration that loads is one whose templates, ports, waits and
+//! dependencies are consistent.
+
+mod error;
+mod raw;
+mod validate;
+mod wait;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ConfigError;
+pub use wait::{LogPattern, WaitKind, WaitStrategy, DEFAULT_WAIT_INTERVAL};
+
+use crate::image_ref::ImageRef;
+use crate::template::Template;
+
+/// File name the CLI looks for at the workspace root.
+pub const DEFAULT_CONFIG_FILE: &str = "ephem.toml";
+
+/// Environment variable that overrides `[images] mirror`.
+pub const MIRROR_ENV: &str = "EPHEM_REGISTRY_MIRROR";
+
+/// Default `startup-timeout`: start plus readiness, not the pull.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A loaded and validated `ephem.toml`.
+#[derive(Clone, Debug)]
+pub struct EphemConfig {
+    /// Where the configuration came from, for messages.
+    pub path: PathBuf,
+    /// `[images]`: how images are fetched.
+    pub images: ImagesConfig,
+    /// `[services.NAME]`, sorted by name.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// The `[images]` table.
+#[derive(Clone, Debug, Default)]
+pub struct ImagesConfig {
+    /// Registry that Docker Hub images are pulled through, e.g. `localhost:5000`.
+    pub mirror: Option<String>,
+}
+
+/// One `[services.NAME]` table: a container every shard gets.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Table name; also the container's network alias.
+    pub name: String,
+    /// Image to run.
+    pub image: ImageRef,
+    /// Container environment, sorted by name.
+    pub env: Vec<(String, Template)>,
+    /// Container TCP ports to publish on 127.0.0.1.
+    pub ports: Vec<u16>,
+    /// Replaces the image's CMD.
+    pub cmd: Option<Vec<Template>>,
+    /// Appended to the image's CMD (or to `cmd`).
+    pub args: Vec<Template>,
+    /// How to tell the service is ready.
+    pub wait: WaitStrategy,
+    /// Budget for start plus readiness.
+    pub startup_timeout: Duration,
+    /// Variables handed to the shard's tests, sorted by name.
+    pub export: Vec<(String, Template)>,
+    /// Services that must be ready before this one starts.
+    pub depends_on: Vec<String>,
+    /// A HEALTHCHECK for images that have none (or to replace theirs).
+    pub healthcheck: Option<HealthcheckSpec>,
+}
+
+/// The `healthcheck` table: Docker runs `test` in the container.
+#[derive(Clone, Debug)]
+pub struct HealthcheckSpec {
+    /// Command and arguments (exec form, no shell).
+    pub test: Vec<Template>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive failures before Docker reports unhealthy.
+    pub retries: u32,
+    /// Time during which failures do not count.
+    pub start_period: Duration,
+}
+
+impl EphemConfig {
+    /// Reads and validates the configuration at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<EphemConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration `text`; `path` only names it in messages.
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<EphemConfig, ConfigError> {
+        validate::parse(text, path.as_ref())
+    }
+
+    /// The mirror to pull Docker Hub images through: `EPHEM_REGISTRY_MIRROR`
+    /// when set and not empty, else `[images] mirror`.
+    pub fn effective_mirror(&self) -> Option<String> {
+        match std::env::var(MIRROR_ENV) {
+            Ok(value) if !value.trim().is_empty() => {
+                Some(value.trim().trim_end_matches('/').to_owned())
+            }
+            _ => self.images.mirror.clone(),
+        }
+    }
+
+    /// Looks a service up by name.
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Services in an order where each comes after its dependencies.
+    pub fn start_order(&self) -> Vec<&ServiceSpec> {
+        let mut order: Vec<&ServiceSpec> = Vec::new();
+        // The loader rejected cycles, so every pass places at least one service;
+        // the pass limit only guards against a bug turning into a hang.
+        for _ in 0..=self.services.len() {
+            for service in &self.services {
+                let placed = order.iter().any(|s| s.name == service.name);
+                let deps_placed = service
+                    .depends_on
+                    .iter()
+                    .all(|d| order.iter().any(|s| &s.name == d));
+                if !placed && deps_placed {
+                    order.push(service);
+                }
+            }
+        }
+        order
+    }
+
+    /// Every distinct image, in service order.
+    pub fn images(&self) -> Vec<&ImageRef> {
+        let mut images: Vec<&ImageRef> = Vec::new();
+        for service in &self.services {
+            if !images
+                .iter()
+                .any(|i| i.local_name() == service.image.local_name())
+            {
+                images.push(&service.image);
+            }
+        }
+        images
+    }
+}

@@ -1,0 +1,96 @@
+//! The file's schema as serde sees it: every value keeps its span so the
+//! loader can point at the line at fault.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(super) type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    pub images: Option<RawImages>,
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawImages {
+    pub mirror: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawService {
+    pub image: Spanned<String>,
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, Spanned<Scalar>>,
+    pub ports: Option<SpannedList<u16>>,
+    pub cmd: Option<SpannedList<String>>,
+    pub args: Option<SpannedList<String>>,
+    pub wait: Option<Spanned<RawWait>>,
+    pub startup_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub export: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub depends_on: Option<SpannedList<String>>,
+    pub healthcheck: Option<Spanned<RawHealthcheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWait {
+    pub log: Option<Spanned<String>>,
+    pub regex: Option<Spanned<bool>>,
+    pub times: Option<Spanned<u32>>,
+    pub exec: Option<SpannedList<String>>,
+    pub tcp: Option<Spanned<u16>>,
+    pub http: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub status: Option<Spanned<u16>>,
+    pub healthcheck: Option<Spanned<bool>>,
+    pub interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawHealthcheck {
+    pub test: SpannedList<String>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<u32>>,
+    pub start_period: Option<Spanned<String>>,
+}
+
+/// An environment value: users write `PORT = 8080` as often as `PORT = "8080"`.
+pub(super) struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}

@@ -1,0 +1,672 @@
+//! From the raw file to a checked [`EphemConfig`]: every mistake becomes one
+//! [`ConfigError`] pointing at the value at fault.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Locator;
+use super::raw::{RawFile, RawHealthcheck, RawService, RawWait, Scalar};
+use super::{
+    ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, ServiceSpec, WaitKind,
+    WaitStrategy, DEFAULT_STARTUP_TIMEOUT, DEFAULT_WAIT_INTERVAL,
+};
+use crate::image_ref::ImageRef;
+use crate::template::{Template, Var};
+
+/// Where a template is used decides which variables it may name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// `env` values: rendered before the container exists.
+    Env,
+    /// `cmd`, `args`, `wait.exec`, `healthcheck.test`: rendered after `env`.
+    Command,
+    /// `export` values: rendered once the container runs.
+    Export,
+}
+
+pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError> {
+    let at = Locator::new(path, text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| at.toml_error(e))?;
+
+    let mirror = match raw.images.and_then(|i| i.mirror) {
+        Some(mirror) => Some(check_mirror(&at, &mirror)?),
+        None => None,
+    };
+
+    // Env keys of every service first: templates may refer to other services.
+    let env_keys: HashMap<String, Vec<String>> = raw
+        .services
+        .iter()
+        .map(|(name, svc)| {
+            let keys = svc
+                .get_ref()
+                .env
+                .keys()
+                .map(|k| k.get_ref().clone())
+                .collect();
+            (name.get_ref().clone(), keys)
+        })
+        .collect();
+
+    let mut services = Vec::new();
+    for (name, svc) in &raw.services {
+        services.push(check_service(&at, name, svc, &env_keys)?);
+    }
+    check_dependencies(&at, &raw.services)?;
+    check_exports_unique(&at, &raw.services)?;
+
+    Ok(EphemConfig {
+        path: path.to_owned(),
+        images: ImagesConfig { mirror },
+        services,
+    })
+}
+
+fn check_mirror(at: &Locator<'_>, mirror: &Spanned<String>) -> Result<String, ConfigError> {
+    let value = mirror.get_ref().trim().trim_end_matches('/');
+    if value.is_empty() || value.contains("://") || value.contains(char::is_whitespace) {
+        return Err(at.error(
+            mirror.span(),
+            "images.mirror",
+            format!("{value:?} is not a registry address; write host[:port][/path] without a scheme, e.g. \"localhost:5000\""),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+struct ServiceChecker<'a, 'b> {
+    at: &'a Locator<'b>,
+    name: &'a str,
+    svc: &'a RawService,
+    env_keys: &'a HashMap<String, Vec<String>>,
+    image: ImageRef,
+    ports: Vec<u16>,
+}
+
+fn check_service(
+    at: &Locator<'_>,
+    name: &Spanned<String>,
+    svc: &Spanned<RawService>,
+    env_keys: &HashMap<String, Vec<String>>,
+) -> Result<ServiceSpec, ConfigError> {
+    let key = format!("services.{}", name.get_ref());
+    if !is_service_name(name.get_ref()) {
+        return Err(at.error(
+            name.span(),
+            key,
+            "service names are DNS labels: lowercase letters, digits, - and _, starting with a letter or digit, at most 63 characters",
+        ));
+    }
+    let raw = svc.get_ref();
+    let image = ImageRef::parse(raw.image.get_ref())
+        .map_err(|e| at.error(raw.image.span(), format!("{key}.image"), e))?;
+
+    let mut ports = Vec::new();
+    if let Some(list) = &raw.ports {
+        for (i, port) in list.get_ref().iter().enumerate() {
+            let value = *port.get_ref();
+            if value == 0 {
+                return Err(at.error(
+                    port.span(),
+                    format!("{key}.ports[{i}]"),
+                    "port 0 cannot be published; give the container's port, e.g. 5432",
+                ));
+            }
+            if ports.contains(&value) {
+                return Err(at.error(
+                    port.span(),
+                    format!("{key}.ports[{i}]"),
+                    format!("port {value} is listed twice; remove one"),
+                ));
+            }
+            ports.push(value);
+        }
+    }
+
+    let checker = ServiceChecker {
+        at,
+        name: name.get_ref(),
+        svc: raw,
+        env_keys,
+        image,
+        ports,
+    };
+    checker.finish(&key)
+}
+
+impl ServiceChecker<'_, '_> {
+    fn finish(self, key: &str) -> Result<ServiceSpec, ConfigError> {
+        let raw = self.svc;
+        let mut env = Vec::new();
+        for (name, value) in &raw.env {
+            let k = format!("{key}.env.{}", name.get_ref());
+            if name.get_ref().is_empty()
+                || name.get_ref().contains('=')
+                || name.get_ref().contains('\0')
+            {
+                return Err(self.at.error(
+                    name.span(),
+                    k,
+                    "environment variable names cannot be empty or contain `=`",
+                ));
+            }
+            let Scalar(text) = value.get_ref();
+            env.push((
+                name.get_ref().clone(),
+                self.template(text, value.span(), &k, Site::Env)?,
+            ));
+        }
+
+        let cmd = match &raw.cmd {
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(self.at.error(
+                        list.span(),
+                        format!("{key}.cmd"),
+                        "cmd is empty; remove it to keep the image's command",
+                    ));
+                }
+                Some(self.templates(list.get_ref(), &format!("{key}.cmd"), Site::Command)?)
+            }
+            None => None,
+        };
+        let args = match &raw.args {
+            Some(list) => self.templates(list.get_ref(), &format!("{key}.args"), Site::Command)?,
+            None => Vec::new(),
+        };
+
+        let healthcheck = match &raw.healthcheck {
+            Some(hc) => Some(self.healthcheck(hc, &format!("{key}.healthcheck"))?),
+            None => None,
+        };
+        let wait = match &raw.wait {
+            Some(wait) => self.wait(wait, &format!("{key}.wait"))?,
+            None => WaitStrategy {
+                kind: WaitKind::Running,
+                interval: DEFAULT_WAIT_INTERVAL,
+            },
+        };
+        let startup_timeout = match &raw.startup_timeout {
+            Some(t) => self.duration(t, &format!("{key}.startup-timeout"))?,
+            None => DEFAULT_STARTUP_TIMEOUT,
+        };
+
+        let mut export = Vec::new();
+        for (name, value) in &raw.export {
+            let k = format!("{key}.export.{}", name.get_ref());
+            if !is_env_name(name.get_ref()) {
+                return Err(self.at.error(name.span(), k, "exported names are environment variable names: letters, digits and _, not starting with a digit"));
+            }
+            export.push((
+                name.get_ref().clone(),
+                self.template(value.get_ref(), value.span(), &k, Site::Export)?,
+            ));
+        }
+
+        let depends_on = raw
+            .depends_on
+            .as_ref()
+            .map(|list| list.get_ref().iter().map(|d| d.get_ref().clone()).collect())
+            .unwrap_or_default();
+
+        Ok(ServiceSpec {
+            name: self.name.to_owned(),
+            image: self.image,
+            env,
+            ports: self.ports,
+            cmd,
+            args,
+            wait,
+            startup_timeout,
+            export,
+            depends_on,
+            healthcheck,
+        })
+    }
+
+    fn templates(
+        &self,
+        list: &[Spanned<String>],
+        key: &str,
+        site: Site,
+    ) -> Result<Vec<Template>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, item)| {
+                self.template(item.get_ref(), item.span(), &format!("{key}[{i}]"), site)
+            })
+            .collect()
+    }
+
+    fn template(
+        &self,
+        text: &str,
+        span: std::ops::Range<usize>,
+        key: &str,
+        site: Site,
+    ) -> Result<Template, ConfigError> {
+        let template = Template::parse(text).map_err(|e| self.at.error(span.clone(), key, e))?;
+        for var in template.vars() {
+            if let Some(problem) = self.check_var(var, site) {
+                return Err(self.at.error(span, key, problem));
+            }
+        }
+        Ok(template)
+    }
+
+    /// Why `var` cannot be used at `site` in this service, if it cannot.
+    fn check_var(&self, var: &Var, site: Site) -> Option<String> {
+        let name = self.name;
+        match var {
+            Var::Random | Var::Shard | Var::Run => None,
+            Var::Host if site == Site::Export => None,
+            Var::Host => Some(format!(
+                "{var} is only known once the container runs; use it in export (services reach each other by name, e.g. `{name}`)"
+            )),
+            Var::Port(port) if !self.ports.contains(port) => Some(format!(
+                "{var} is not a published port of {name} (ports = {:?}); add {port} to ports",
+                self.ports
+            )),
+            Var::Port(port) if site != Site::Export => Some(format!(
+                "{var} is only known once the container runs; use it in export, or the container port {port} inside the network"
+            )),
+            Var::Port(_) => None,
+            Var::Env(_) if site == Site::Env => Some(format!(
+                "{var} cannot be used inside env; repeat the value or use ${{random}} in one variable and ${{env.NAME}} in cmd, args or export"
+            )),
+            Var::Env(key) => {
+                let keys = &self.env_keys[name];
+                (!keys.contains(key)).then(|| {
+                    format!("{var} is not in services.{name}.env (it has {}); add {key} to env", list_or_none(keys))
+                })
+            }
+            Var::ServiceEnv { service, key } => {
+                let Some(keys) = self.env_keys.get(service) else {
+                    return Some(format!("{var}: there is no service `{service}`"));
+                };
+                let depends = self
+                    .svc
+                    .depends_on
+                    .as_ref()
+                    .is_some_and(|d| d.get_ref().iter().any(|d| d.get_ref() == service));
+                if !depends {
+                    Some(format!("{var}: {name} does not depend on {service}; add \"{service}\" to depends-on"))
+                } else if !keys.contains(key) {
+                    Some(format!("{var} is not in services.{service}.env (it has {}); add {key} there", list_or_none(keys)))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        self.parse_duration(value, key, false)
+    }
+
+    fn parse_duration(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        allow_zero: bool,
+    ) -> Result<Duration, ConfigError> {
+        match humantime::parse_duration(value.get_ref().trim()) {
+            Ok(d) if allow_zero || !d.is_zero() => Ok(d),
+            Ok(_) => {
+                Err(self
+                    .at
+                    .error(value.span(), key, "the duration must be greater than zero"))
+            }
+            Err(e) => Err(self.at.error(
+                value.span(),
+                key,
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. \"60s\", \"500ms\" or \"2m\"",
+                    value.get_ref()
+                ),
+            )),
+        }
+    }
+
+    fn published(&self, port: &Spanned<u16>, key: &str) -> Result<u16, ConfigError> {
+        let value = *port.get_ref();
+        if self.ports.contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.at.error(
+                port.span(),
+                key,
+                format!(
+                    "{value} is not a published port of {} (ports = {:?}); add {value} to ports",
+                    self.name, self.ports
+                ),
+            ))
+        }
+    }
+
+    fn wait(&self, wait: &Spanned<RawWait>, key: &str) -> Result<WaitStrategy, ConfigError> {
+        let raw = wait.get_ref();
+        let kinds: Vec<&str> = [
+            raw.log.as_ref().map(|_| "log"),
+            raw.exec.as_ref().map(|_| "exec"),
+            raw.tcp.as_ref().map(|_| "tcp"),
+            raw.http.as_ref().map(|_| "http"),
+            raw.healthcheck.as_ref().map(|_| "healthcheck"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match kinds.as_slice() {
+            [_] => {}
+            [] => {
+                return Err(self.at.error(wait.span(), key, "wait needs one kind: log, exec, tcp, http or healthcheck, e.g. wait = { tcp = 5432 }"))
+            }
+            [first, second, ..] => {
+                return Err(self.at.error(wait.span(), key, format!("wait has both `{first}` and `{second}`; keep one kind per service")))
+            }
+        }
+        let kind = kinds[0];
+        // Options that belong to another kind are mistakes, not no-ops.
+        let misplaced = [
+            ("regex", raw.regex.as_ref().map(Spanned::span), "log"),
+            ("times", raw.times.as_ref().map(Spanned::span), "log"),
+            ("port", raw.port.as_ref().map(Spanned::span), "http"),
+            ("status", raw.status.as_ref().map(Spanned::span), "http"),
+        ];
+        for (option, span, owner) in misplaced {
+            if let Some(span) = span {
+                if owner != kind {
+                    return Err(self.at.error(
+                        span,
+                        format!("{key}.{option}"),
+                        format!("`{option}` only applies to {owner} waits, not {kind}; remove it"),
+                    ));
+                }
+            }
+        }
+        let interval = match &raw.interval {
+            Some(i) => self.duration(i, &format!("{key}.interval"))?,
+            None => DEFAULT_WAIT_INTERVAL,
+        };
+
+        let kind = if let Some(text) = &raw.log {
+            let k = format!("{key}.log");
+            if text.get_ref().is_empty() {
+                return Err(self.at.error(
+                    text.span(),
+                    k,
+                    "the log text is empty; give a line fragment the service prints when ready",
+                ));
+            }
+            let pattern = if raw.regex.as_ref().is_some_and(|r| *r.get_ref()) {
+                let re = regex::Regex::new(text.get_ref()).map_err(|e| {
+                    self.at.error(
+                        text.span(),
+                        k,
+                        format!("invalid regex: {}", one_line(&e.to_string())),
+                    )
+                })?;
+                LogPattern::Regex(re)
+            } else {
+                LogPattern::Substring(text.get_ref().clone())
+            };
+            let times = match &raw.times {
+                Some(t) if *t.get_ref() == 0 => {
+                    return Err(self.at.error(
+                        t.span(),
+                        format!("{key}.times"),
+                        "times must be at least 1",
+                    ))
+                }
+                Some(t) => *t.get_ref(),
+                None => 1,
+            };
+            WaitKind::Log { pattern, times }
+        } else if let Some(command) = &raw.exec {
+            if command.get_ref().is_empty() {
+                return Err(self.at.error(
+                    command.span(),
+                    format!("{key}.exec"),
+                    "the command is empty; write e.g. [\"pg_isready\", \"-h\", \"127.0.0.1\"]",
+                ));
+            }
+            WaitKind::Exec {
+                command: self.templates(
+                    command.get_ref(),
+                    &format!("{key}.exec"),
+                    Site::Command,
+                )?,
+            }
+        } else if let Some(port) = &raw.tcp {
+            WaitKind::Tcp {
+                port: self.published(port, &format!("{key}.tcp"))?,
+            }
+        } else if let Some(path) = &raw.http {
+            if !path.get_ref().starts_with('/') {
+                return Err(self.at.error(
+                    path.span(),
+                    format!("{key}.http"),
+                    format!(
+                        "{:?} is not a request path; write e.g. \"/health\"",
+                        path.get_ref()
+                    ),
+                ));
+            }
+            let port = match (&raw.port, self.ports.as_slice()) {
+                (Some(port), _) => self.published(port, &format!("{key}.port"))?,
+                (None, [only]) => *only,
+                (None, _) => {
+                    return Err(self.at.error(
+                        path.span(),
+                        format!("{key}.port"),
+                        format!(
+                            "{} publishes {:?}; say which with port = N",
+                            self.name, self.ports
+                        ),
+                    ))
+                }
+            };
+            let status = match &raw.status {
+                Some(s) if !(100..=599).contains(s.get_ref()) => {
+                    return Err(self.at.error(
+                        s.span(),
+                        format!("{key}.status"),
+                        "an HTTP status is between 100 and 599",
+                    ))
+                }
+                Some(s) => Some(*s.get_ref()),
+                None => None,
+            };
+            WaitKind::Http {
+                path: path.get_ref().clone(),
+                port,
+                status,
+            }
+        } else if let Some(flag) = &raw.healthcheck {
+            if !flag.get_ref() {
+                return Err(self.at.error(flag.span(), format!("{key}.healthcheck"), "healthcheck = false waits for nothing; write healthcheck = true or remove wait"));
+            }
+            WaitKind::Healthcheck
+        } else {
+            return Err(self.at.error(
+                wait.span(),
+                key,
+                "wait needs one kind: log, exec, tcp, http or healthcheck",
+            ));
+        };
+        Ok(WaitStrategy { kind, interval })
+    }
+
+    fn healthcheck(
+        &self,
+        hc: &Spanned<RawHealthcheck>,
+        key: &str,
+    ) -> Result<HealthcheckSpec, ConfigError> {
+        let raw = hc.get_ref();
+        if raw.test.get_ref().is_empty() {
+            return Err(self.at.error(
+                raw.test.span(),
+                format!("{key}.test"),
+                "the test command is empty; write e.g. [\"pg_isready\"]",
+            ));
+        }
+        let dur = |value: &Option<Spanned<String>>, name: &str, default: Duration| match value {
+            Some(v) => self.duration(v, &format!("{key}.{name}")),
+            None => Ok(default),
+        };
+        Ok(HealthcheckSpec {
+            test: self.templates(raw.test.get_ref(), &format!("{key}.test"), Site::Command)?,
+            interval: dur(&raw.interval, "interval", Duration::from_secs(1))?,
+            timeout: dur(&raw.timeout, "timeout", Duration::from_secs(5))?,
+            retries: raw.retries.as_ref().map_or(3, |r| *r.get_ref()),
+            // Zero is a meaningful start period (the default), unlike a zero timeout.
+            start_period: match &raw.start_period {
+                Some(v) => self.parse_duration(v, &format!("{key}.start-period"), true)?,
+                None => Duration::ZERO,
+            },
+        })
+    }
+}
+
+fn check_dependencies(
+    at: &Locator<'_>,
+    services: &BTreeMap<Spanned<String>, Spanned<RawService>>,
+) -> Result<(), ConfigError> {
+    let names: Vec<&str> = services.keys().map(|k| k.get_ref().as_str()).collect();
+    for (name, svc) in services {
+        let Some(deps) = &svc.get_ref().depends_on else {
+            continue;
+        };
+        for (i, dep) in deps.get_ref().iter().enumerate() {
+            let key = format!("services.{}.depends-on[{i}]", name.get_ref());
+            if !names.contains(&dep.get_ref().as_str()) {
+                return Err(at.error(
+                    dep.span(),
+                    key,
+                    format!(
+                        "`{}` is not a service; services are {}",
+                        dep.get_ref(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    // Depth-first search; `path` is the chain being explored.
+    fn visit<'a>(
+        name: &'a str,
+        graph: &HashMap<&'a str, Vec<&'a str>>,
+        done: &mut Vec<&'a str>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<&'a str>> {
+        if let Some(start) = path.iter().position(|n| *n == name) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(name);
+            return Some(cycle);
+        }
+        if done.contains(&name) {
+            return None;
+        }
+        path.push(name);
+        for dep in graph.get(name).into_iter().flatten() {
+            if let Some(cycle) = visit(dep, graph, done, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.push(name);
+        None
+    }
+    let graph: HashMap<&str, Vec<&str>> = services
+        .iter()
+        .map(|(name, svc)| {
+            let deps = svc
+                .get_ref()
+                .depends_on
+                .as_ref()
+                .map(|d| d.get_ref().iter().map(|d| d.get_ref().as_str()).collect())
+                .unwrap_or_default();
+            (name.get_ref().as_str(), deps)
+        })
+        .collect();
+    let mut done = Vec::new();
+    for name in &names {
+        if let Some(cycle) = visit(name, &graph, &mut done, &mut Vec::new()) {
+            let first = cycle[0];
+            let span =
+                services
+                    .iter()
+                    .find(|(n, _)| n.get_ref() == first)
+                    .map_or(0..0, |(_, svc)| {
+                        svc.get_ref()
+                            .depends_on
+                            .as_ref()
+                            .map_or(svc.span(), Spanned::span)
+                    });
+            return Err(at.error(
+                span,
+                format!("services.{first}.depends-on"),
+                format!(
+                    "dependency cycle {}; remove one of these dependencies",
+                    cycle.join(" -> ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_exports_unique(
+    at: &Locator<'_>,
+    services: &BTreeMap<Spanned<String>, Spanned<RawService>>,
+) -> Result<(), ConfigError> {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (name, svc) in services {
+        for var in svc.get_ref().export.keys() {
+            if let Some(other) = seen.insert(var.get_ref(), name.get_ref()) {
+                return Err(at.error(
+                    var.span(),
+                    format!("services.{}.export.{}", name.get_ref(), var.get_ref()),
+                    format!("{} is also exported by {other}; tests would see only one; rename one of them", var.get_ref()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_service_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn list_or_none(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "no variables".to_owned()
+    } else {
+        keys.join(", ")
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

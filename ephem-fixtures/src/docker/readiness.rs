@@ -1,0 +1,320 @@
+//! Waiting until a started container is ready, by the service's [`WaitKind`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{ContainerStateStatusEnum, ExecConfig, HealthStatusEnum};
+use bollard::query_parameters::LogsOptions;
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, timeout_at, Instant};
+
+use crate::config::{LogPattern, WaitKind, WaitStrategy};
+
+/// A started container to wait for.
+pub(crate) struct Target<'a> {
+    pub docker: &'a Docker,
+    /// Container name or id.
+    pub container: &'a str,
+    /// Where published ports are reached.
+    pub host: &'a str,
+    /// Container port to published host port.
+    pub ports: &'a HashMap<u16, u16>,
+    /// The rendered `wait.exec` command, for exec waits.
+    pub exec: &'a [String],
+}
+
+/// Why a container is not ready; the caller adds exit code and logs.
+#[derive(Debug)]
+pub(crate) enum NotReady {
+    /// The deadline passed; `last` says what the last probe saw.
+    TimedOut { last: String },
+    /// The container stopped while we waited.
+    Exited { detail: String },
+    /// Waiting cannot succeed, e.g. a healthcheck wait on an image without one.
+    Impossible(String),
+}
+
+/// Waits until the container is ready or `deadline` passes.
+pub(crate) async fn wait_ready(
+    target: &Target<'_>,
+    wait: &WaitStrategy,
+    deadline: Instant,
+) -> Result<(), NotReady> {
+    let mut last = String::from("no probe finished yet");
+    let outcome = timeout_at(deadline, wait_kind(target, wait, &mut last)).await;
+    match outcome {
+        Ok(result) => result,
+        Err(_) => Err(NotReady::TimedOut { last }),
+    }
+}
+
+async fn wait_kind(
+    target: &Target<'_>,
+    wait: &WaitStrategy,
+    last: &mut String,
+) -> Result<(), NotReady> {
+    loop {
+        let health = alive(target).await?;
+        let probe = match &wait.kind {
+            WaitKind::Running => Ok(()),
+            WaitKind::Tcp { port } => probe_tcp(target, *port).await,
+            WaitKind::Http { path, port, status } => probe_http(target, path, *port, *status).await,
+            WaitKind::Exec { .. } => probe_exec(target).await,
+            WaitKind::Healthcheck => match health {
+                Some(HealthStatusEnum::HEALTHY) => Ok(()),
+                Some(status) => Err(format!("docker reports health {status:?}").to_lowercase()),
+                None => {
+                    return Err(NotReady::Impossible(
+                        "the container has no healthcheck; add a `healthcheck` table to the service or use another wait".into(),
+                    ))
+                }
+            },
+            // Logs are followed as a stream, not polled.
+            WaitKind::Log { pattern, times } => return wait_for_log(target, pattern, *times, last).await,
+        };
+        match probe {
+            Ok(()) => return Ok(()),
+            Err(why) => *last = why,
+        }
+        sleep(wait.interval).await;
+    }
+}
+
+/// Fails when the container is no longer running; returns its health status.
+async fn alive(target: &Target<'_>) -> Result<Option<HealthStatusEnum>, NotReady> {
+    let inspect = target
+        .docker
+        .inspect_container(target.container, None)
+        .await
+        .map_err(|e| NotReady::Exited {
+            detail: format!("the container cannot be inspected: {e}"),
+        })?;
+    let state = inspect.state.unwrap_or_default();
+    if state.running != Some(true) || state.status == Some(ContainerStateStatusEnum::EXITED) {
+        return Err(NotReady::Exited {
+            detail: exit_detail(&state),
+        });
+    }
+    Ok(state
+        .health
+        .and_then(|h| h.status)
+        .filter(|s| !matches!(s, HealthStatusEnum::EMPTY | HealthStatusEnum::NONE)))
+}
+
+/// `exited with code 1 (OOM killed)`, or the state the container is in.
+pub(crate) fn exit_detail(state: &bollard::models::ContainerState) -> String {
+    let mut detail = match (state.running, state.exit_code) {
+        (Some(true), _) => "the container is still running".to_owned(),
+        (_, Some(code)) => format!("the container exited with code {code}"),
+        _ => format!("the container is {:?}", state.status).to_lowercase(),
+    };
+    if state.oom_killed == Some(true) {
+        detail.push_str(" (killed: out of memory)");
+    }
+    if let Some(error) = state.error.as_deref().filter(|e| !e.is_empty()) {
+        detail.push_str(&format!(" ({error})"));
+    }
+    detail
+}
+
+/// Follows stdout and stderr from the start until `times` lines match.
+async fn wait_for_log(
+    target: &Target<'_>,
+    pattern: &LogPattern,
+    times: u32,
+    last: &mut String,
+) -> Result<(), NotReady> {
+    let options = LogsOptions {
+        follow: true,
+        stdout: true,
+        stderr: true,
+        tail: "all".to_owned(),
+        ..Default::default()
+    };
+    let mut stream = target.docker.logs(target.container, Some(options));
+    let mut seen = 0;
+    // Frames are not lines: keep the partial line of each stream apart.
+    let mut partial: HashMap<bool, String> = HashMap::new();
+    *last = format!("saw 0 of {times} matching lines");
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|e| NotReady::Exited {
+            detail: format!("the log stream broke: {e}"),
+        })?;
+        let is_stderr = matches!(frame, bollard::container::LogOutput::StdErr { .. });
+        let buf = partial.entry(is_stderr).or_default();
+        buf.push_str(&String::from_utf8_lossy(frame.as_ref()));
+        while let Some(end) = buf.find('\n') {
+            let line: String = buf.drain(..=end).collect();
+            // Without the line break, so that a regex can anchor with `$`.
+            if pattern.matches(line.trim_end_matches(['\n', '\r'])) {
+                seen += 1;
+                *last = format!("saw {seen} of {times} matching lines");
+                if seen >= times {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    // The stream ends when the container stops; a last unterminated line still counts.
+    let tail_matches = partial.values().filter(|l| pattern.matches(l)).count() as u32;
+    if seen + tail_matches >= times {
+        return Ok(());
+    }
+    let state = target
+        .docker
+        .inspect_container(target.container, None)
+        .await
+        .ok()
+        .and_then(|i| i.state)
+        .unwrap_or_default();
+    Err(NotReady::Exited {
+        detail: format!(
+            "{} after logging {seen} of {times} matching lines",
+            exit_detail(&state)
+        ),
+    })
+}
+
+fn published(target: &Target<'_>, port: u16) -> Result<u16, String> {
+    target
+        .ports
+        .get(&port)
+        .copied()
+        .ok_or_else(|| format!("container port {port} has no published host port"))
+}
+
+/// Connects to the published port and requires the connection to stay open.
+///
+/// With docker-proxy (the default userland proxy) a connect to the published
+/// port succeeds as soon as the container starts, before anything listens
+/// inside: the proxy accepts, fails to reach the container, and closes. So a
+/// probe passes only if, after connecting, the peer neither closes nor resets
+/// within 300 ms (servers that wait for the client, like Postgres and Redis)
+/// or sends a greeting (like MySQL or SMTP).
+async fn probe_tcp(target: &Target<'_>, port: u16) -> Result<(), String> {
+    let host_port = published(target, port)?;
+    let address = format!("{}:{host_port}", target.host);
+    let mut stream = match timeout(Duration::from_secs(2), TcpStream::connect(&address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("tcp {address}: {e}")),
+        Err(_) => return Err(format!("tcp {address}: connect timed out")),
+    };
+    let mut byte = [0u8; 1];
+    match timeout(Duration::from_millis(300), stream.read(&mut byte)).await {
+        Err(_) => Ok(()),
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err(format!(
+            "tcp {address}: connection closed at once (nothing listens in the container yet)"
+        )),
+        Ok(Err(e)) => Err(format!("tcp {address}: {e}")),
+    }
+}
+
+/// `GET path` over HTTP/1.0 and checks the status line.
+async fn probe_http(
+    target: &Target<'_>,
+    path: &str,
+    port: u16,
+    status: Option<u16>,
+) -> Result<(), String> {
+    let host_port = published(target, port)?;
+    let address = format!("{}:{host_port}", target.host);
+    let exchange = async {
+        let mut stream = TcpStream::connect(&address).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: cargo-ephem\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(head)
+    };
+    let head = match timeout(Duration::from_secs(3), exchange).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => return Err(format!("GET http://{address}{path}: {e}")),
+        Err(_) => return Err(format!("GET http://{address}{path}: no answer within 3s")),
+    };
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    let code = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("GET http://{address}{path}: not an HTTP answer: {line:?}"))?;
+    let ok = match status {
+        Some(expected) => code == expected,
+        None => (200..300).contains(&code),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let wanted = status.map_or("2xx".to_owned(), |s| s.to_string());
+        Err(format!(
+            "GET http://{address}{path} answered {code}, expected {wanted}"
+        ))
+    }
+}
+
+/// Runs the exec command in the container; ready when it exits 0.
+async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
+    let config = ExecConfig {
+        cmd: Some(target.exec.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let shown = target.exec.join(" ");
+    let exec = target
+        .docker
+        .create_exec(target.container, config)
+        .await
+        .map_err(|e| format!("exec {shown:?}: {e}"))?;
+    let started = target
+        .docker
+        .start_exec(&exec.id, None::<StartExecOptions>)
+        .await
+        .map_err(|e| format!("exec {shown:?}: {e}"))?;
+    let mut output = String::new();
+    if let StartExecResults::Attached {
+        output: mut stream, ..
+    } = started
+    {
+        let drain = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                output.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+                if output.len() > 4096 {
+                    output.drain(..output.len() - 2048);
+                }
+            }
+        };
+        if timeout(Duration::from_secs(10), drain).await.is_err() {
+            return Err(format!("exec {shown:?}: still running after 10s"));
+        }
+    }
+    let inspect = target
+        .docker
+        .inspect_exec(&exec.id)
+        .await
+        .map_err(|e| format!("exec {shown:?}: {e}"))?;
+    match inspect.exit_code {
+        Some(0) => Ok(()),
+        code => {
+            let said = output.trim().lines().last().unwrap_or("").to_owned();
+            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
+            if said.is_empty() {
+                Err(format!("exec {shown:?} exited with code {code}"))
+            } else {
+                Err(format!("exec {shown:?} exited with code {code}: {said}"))
+            }
+        }
+    }
+}

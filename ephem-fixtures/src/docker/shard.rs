@@ -1,0 +1,495 @@
+//! One shard's environment: a private bridge network and one container per
+//! service, started in dependency order, independent services concurrently.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest,
+    NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::images::ImageFacts;
+use super::readiness::{self, NotReady, Target};
+use super::{labels, Shared};
+use crate::config::{ServiceSpec, WaitKind};
+use crate::template::{Bindings, Template};
+use crate::{EnvError, Environment, ExportedVar, ShardContext};
+
+/// How many log lines a readiness failure shows.
+const FAILURE_LOG_LINES: usize = 50;
+
+/// A service with every template that is known before start rendered.
+struct ServicePlan<'a> {
+    spec: &'a ServiceSpec,
+    facts: Arc<ImageFacts>,
+    env: HashMap<String, String>,
+    cmd: Option<Vec<String>>,
+    exec: Vec<String>,
+    health_test: Option<Vec<String>>,
+}
+
+/// A ready service: what exports and connect hints need.
+struct RunningService {
+    container: String,
+    ports: HashMap<u16, u16>,
+}
+
+/// Names of one shard's resources.
+struct ShardNames {
+    prefix: String,
+}
+
+impl ShardNames {
+    fn new(shard: &ShardContext) -> Self {
+        ShardNames {
+            prefix: format!(
+                "ephem-{}-s{}",
+                labels::short_run(&shard.run.run_id),
+                shard.shard
+            ),
+        }
+    }
+    fn network(&self) -> String {
+        self.prefix.clone()
+    }
+    fn container(&self, service: &str) -> String {
+        format!("{}-{service}", self.prefix)
+    }
+}
+
+/// Starts every service of the shard and returns once all are ready.
+pub(crate) async fn provision(
+    shared: &Shared,
+    shard: &ShardContext,
+) -> Result<Environment, EnvError> {
+    let names = ShardNames::new(shard);
+    let base_labels = labels::for_shard(shard, shared.pid, &shared.hostname);
+    let mut secrets = Vec::new();
+    let plans = plan(shared, shard, &mut secrets).await?;
+
+    let network = names.network();
+    shared
+        .docker
+        .create_network(NetworkCreateRequest {
+            name: network.clone(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(base_labels.clone()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            EnvError::Other(format!(
+                "shard {}: cannot create network {network}: {e}",
+                shard.shard
+            ))
+        })?;
+
+    let running = start_all(shared, shard, &names, &base_labels, &plans).await?;
+
+    let mut env = Environment::default();
+    let services_env: HashMap<String, HashMap<String, String>> = plans
+        .iter()
+        .map(|p| (p.spec.name.clone(), p.env.clone()))
+        .collect();
+    for plan in &plans {
+        let service = &running[&plan.spec.name];
+        let bindings = Bindings {
+            host: Some(&shared.host),
+            ports: Some(&service.ports),
+            env: Some(&plan.env),
+            services_env: Some(&services_env),
+            shard: shard.shard,
+            run: &shard.run.run_id,
+        };
+        for (name, template) in &plan.spec.export {
+            env.vars.push(ExportedVar {
+                name: name.clone(),
+                value: render(
+                    template,
+                    &bindings,
+                    &mut secrets,
+                    shard,
+                    plan.spec,
+                    &format!("export.{name}"),
+                )?,
+            });
+        }
+        env.connect_hints
+            .push(hint(&plan.spec.name, service, &shared.host, &network));
+    }
+    env.connect_hints.push(removal_hint(shard));
+    env.secrets = secrets;
+    Ok(env)
+}
+
+/// Renders env, commands and healthchecks in start order, so that
+/// `${services.NAME.env.KEY}` sees the dependency's values.
+async fn plan<'a>(
+    shared: &'a Shared,
+    shard: &ShardContext,
+    secrets: &mut Vec<String>,
+) -> Result<Vec<ServicePlan<'a>>, EnvError> {
+    let mut rendered_env: HashMap<String, HashMap<String, String>> = HashMap::new();
+    let mut plans = Vec::new();
+    for spec in shared.config.start_order() {
+        let facts = shared.images.ensure(&spec.image).await?;
+        let base = Bindings {
+            services_env: Some(&rendered_env),
+            shard: shard.shard,
+            run: &shard.run.run_id,
+            ..Default::default()
+        };
+        let mut env = HashMap::new();
+        for (name, template) in &spec.env {
+            env.insert(
+                name.clone(),
+                render(
+                    template,
+                    &base,
+                    secrets,
+                    shard,
+                    spec,
+                    &format!("env.{name}"),
+                )?,
+            );
+        }
+        let with_env = Bindings {
+            env: Some(&env),
+            ..base
+        };
+        let mut render_all = |templates: &[Template], key: &str| -> Result<Vec<String>, EnvError> {
+            templates
+                .iter()
+                .map(|t| render(t, &with_env, secrets, shard, spec, key))
+                .collect()
+        };
+        let args = render_all(&spec.args, "args")?;
+        // `args` extend `cmd` when given, else the image's own CMD.
+        let cmd = match &spec.cmd {
+            Some(cmd) => Some([render_all(cmd, "cmd")?, args].concat()),
+            None if !args.is_empty() => Some([facts.cmd.clone(), args].concat()),
+            None => None,
+        };
+        let exec = match &spec.wait.kind {
+            WaitKind::Exec { command } => render_all(command, "wait.exec")?,
+            _ => Vec::new(),
+        };
+        let health_test = match &spec.healthcheck {
+            Some(hc) => Some(render_all(&hc.test, "healthcheck.test")?),
+            None => None,
+        };
+        rendered_env.insert(spec.name.clone(), env.clone());
+        plans.push(ServicePlan {
+            spec,
+            facts,
+            env,
+            cmd,
+            exec,
+            health_test,
+        });
+    }
+    Ok(plans)
+}
+
+fn render(
+    template: &Template,
+    bindings: &Bindings<'_>,
+    secrets: &mut Vec<String>,
+    shard: &ShardContext,
+    spec: &ServiceSpec,
+    key: &str,
+) -> Result<String, EnvError> {
+    template.render(bindings, secrets).map_err(|e| {
+        EnvError::Other(format!(
+            "shard {}: services.{}.{key}: {e}",
+            shard.shard, spec.name
+        ))
+    })
+}
+
+/// Starts services as soon as their dependencies are ready. On the first
+/// failure the others stop waiting, but calls already sent to the daemon
+/// finish, so that teardown sees every container that will ever exist.
+async fn start_all(
+    shared: &Shared,
+    shard: &ShardContext,
+    names: &ShardNames,
+    base_labels: &HashMap<String, String>,
+    plans: &[ServicePlan<'_>],
+) -> Result<HashMap<String, RunningService>, EnvError> {
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let mut running = HashMap::new();
+    let mut started: HashSet<&str> = HashSet::new();
+    let mut inflight = FuturesUnordered::new();
+    let mut failure = None;
+    loop {
+        if failure.is_none() {
+            for plan in plans {
+                let name = plan.spec.name.as_str();
+                if !started.contains(name)
+                    && plan.spec.depends_on.iter().all(|d| running.contains_key(d))
+                {
+                    started.insert(name);
+                    let cancel = cancel_rx.clone();
+                    inflight.push(async move {
+                        let result =
+                            start_service(shared, shard, names, base_labels, plan, cancel).await;
+                        (name, result)
+                    });
+                }
+            }
+        }
+        match inflight.next().await {
+            None => break,
+            Some((name, Ok(service))) => {
+                running.insert(name.to_owned(), service);
+            }
+            Some((_, Err(e))) => {
+                if failure.is_none() {
+                    let _ = cancel_tx.send(true);
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(running),
+    }
+}
+
+async fn start_service(
+    shared: &Shared,
+    shard: &ShardContext,
+    names: &ShardNames,
+    base_labels: &HashMap<String, String>,
+    plan: &ServicePlan<'_>,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<RunningService, EnvError> {
+    let spec = plan.spec;
+    let container = names.container(&spec.name);
+    // startup-timeout covers create, start and readiness; images are already pulled.
+    let deadline = Instant::now() + spec.startup_timeout;
+    let network = names.network();
+    let mut labels = base_labels.clone();
+    labels.insert(labels::SERVICE.to_owned(), spec.name.clone());
+
+    let port_keys: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
+    let port_bindings = port_keys
+        .iter()
+        .map(|key| {
+            // Loopback only, and an empty host port for a random free one.
+            let binding = PortBinding {
+                host_ip: Some("127.0.0.1".to_owned()),
+                host_port: Some(String::new()),
+            };
+            (key.clone(), Some(vec![binding]))
+        })
+        .collect();
+    let healthcheck = plan
+        .health_test
+        .as_ref()
+        .zip(spec.healthcheck.as_ref())
+        .map(|(test, hc)| HealthConfig {
+            test: Some([vec!["CMD".to_owned()], test.clone()].concat()),
+            interval: Some(nanos(hc.interval)),
+            timeout: Some(nanos(hc.timeout)),
+            retries: Some(i64::from(hc.retries)),
+            start_period: Some(nanos(hc.start_period)),
+            ..Default::default()
+        });
+    let mut env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.sort();
+    let body = ContainerCreateBody {
+        image: Some(plan.facts.run_name.clone()),
+        env: Some(env),
+        cmd: plan.cmd.clone(),
+        labels: Some(labels),
+        exposed_ports: Some(port_keys),
+        healthcheck,
+        host_config: Some(HostConfig {
+            port_bindings: Some(port_bindings),
+            network_mode: Some(network.clone()),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.clone(),
+                EndpointSettings {
+                    aliases: Some(vec![spec.name.clone()]),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: Some(container.clone()),
+        ..Default::default()
+    };
+    shared
+        .docker
+        .create_container(Some(options), body)
+        .await
+        .map_err(|e| {
+            EnvError::Other(format!(
+                "shard {}: cannot create container {container} for service {} from {}: {e}",
+                shard.shard, spec.name, plan.facts.run_name
+            ))
+        })?;
+
+    let wait_text = format!(
+        "{} within {}",
+        spec.wait.kind,
+        humantime::format_duration(spec.startup_timeout)
+    );
+    let not_ready = |reason: String, logs: Vec<String>| EnvError::NotReady {
+        shard: shard.shard,
+        service: spec.name.clone(),
+        wait: wait_text.clone(),
+        reason,
+        logs,
+    };
+    if let Err(e) = shared.docker.start_container(&container, None).await {
+        let logs = last_logs(shared, &container).await;
+        return Err(not_ready(
+            format!(
+                "container {container} did not start: {}",
+                super::daemon_message(&e)
+            ),
+            logs,
+        ));
+    }
+    if spec.wait.kind.is_healthcheck() && !plan.facts.has_healthcheck && spec.healthcheck.is_none()
+    {
+        return Err(not_ready(
+            format!(
+                "image {} has no HEALTHCHECK; add a `healthcheck` table to services.{}",
+                spec.image, spec.name
+            ),
+            Vec::new(),
+        ));
+    }
+
+    let ports = published_ports(shared, &container).await?;
+    let target = Target {
+        docker: &shared.docker,
+        container: &container,
+        host: &shared.host,
+        ports: &ports,
+        exec: &plan.exec,
+    };
+    let outcome = tokio::select! {
+        outcome = readiness::wait_ready(&target, &spec.wait, deadline) => outcome,
+        _ = cancel.wait_for(|cancelled| *cancelled) => {
+            return Err(EnvError::Other(format!("shard {}: {} stopped waiting: another service failed", shard.shard, spec.name)));
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(RunningService { container, ports }),
+        Err(why) => {
+            let state = shared
+                .docker
+                .inspect_container(&container, None)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .unwrap_or_default();
+            let reason = match why {
+                NotReady::TimedOut { last } => format!(
+                    "timed out after {} (last probe: {last}); {}",
+                    humantime::format_duration(spec.startup_timeout),
+                    readiness::exit_detail(&state)
+                ),
+                NotReady::Exited { detail } => detail,
+                NotReady::Impossible(why) => why,
+            };
+            Err(not_ready(
+                format!("{reason} [container {container}]"),
+                last_logs(shared, &container).await,
+            ))
+        }
+    }
+}
+
+/// Host ports the daemon picked, by container port.
+async fn published_ports(shared: &Shared, container: &str) -> Result<HashMap<u16, u16>, EnvError> {
+    let inspect = shared
+        .docker
+        .inspect_container(container, None)
+        .await
+        .map_err(|e| EnvError::Other(format!("cannot inspect container {container}: {e}")))?;
+    let mut ports = HashMap::new();
+    let map = inspect
+        .network_settings
+        .and_then(|n| n.ports)
+        .unwrap_or_default();
+    for (key, bindings) in map {
+        let Some(container_port) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else {
+            continue;
+        };
+        let host_port = bindings
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
+            .next();
+        if let Some(host_port) = host_port {
+            ports.insert(container_port, host_port);
+        }
+    }
+    Ok(ports)
+}
+
+/// The container's last log lines, stdout and stderr interleaved.
+async fn last_logs(shared: &Shared, container: &str) -> Vec<String> {
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        tail: FAILURE_LOG_LINES.to_string(),
+        ..Default::default()
+    };
+    let mut stream = shared.docker.logs(container, Some(options));
+    let mut text = String::new();
+    while let Some(Ok(frame)) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(frame.as_ref()));
+    }
+    let lines: Vec<String> = text.lines().map(|l| l.trim_end().to_owned()).collect();
+    let skip = lines.len().saturating_sub(FAILURE_LOG_LINES);
+    lines.into_iter().skip(skip).collect()
+}
+
+fn hint(service: &str, running: &RunningService, host: &str, network: &str) -> String {
+    let mut ports: Vec<(&u16, &u16)> = running.ports.iter().collect();
+    ports.sort();
+    let reach = match ports.as_slice() {
+        [] => format!("no published ports, alias {service} on network {network}"),
+        [(_, host_port)] => format!("{host}:{host_port}"),
+        many => many
+            .iter()
+            .map(|(c, h)| format!("{c} -> {host}:{h}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    format!("{service}: {reach} (container {})", running.container)
+}
+
+fn removal_hint(shard: &ShardContext) -> String {
+    let filters = format!(
+        "--filter label={}={} --filter label={}={}",
+        labels::RUN,
+        shard.run.run_id,
+        labels::SHARD,
+        shard.shard
+    );
+    format!("remove with: docker rm -f -v $(docker ps -aq {filters}) && docker network rm $(docker network ls -q {filters})")
+}
+
+fn nanos(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
