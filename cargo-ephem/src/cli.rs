@@ -40,6 +40,63 @@ pub enum Command {
     /// Work with JUnit reports.
     #[command(subcommand)]
     Junit(JunitCommand),
+    /// Start one shard's environment for local development and keep it until
+    /// Ctrl-C or `cargo ephem down`.
+    #[command(after_help = EXIT_CODES)]
+    Up(UpArgs),
+    /// Remove environments started by `cargo ephem up` in this workspace.
+    Down(DownArgs),
+}
+
+/// Where the environment configuration comes from.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Environments")]
+pub struct EnvArgs {
+    /// Environment configuration [default: ephem.toml at the workspace root, if present].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_env")]
+    pub config: Option<Utf8PathBuf>,
+    /// Run without environments even if ephem.toml exists.
+    #[arg(long)]
+    pub no_env: bool,
+    /// Environments count as abandoned this long after their last sign of
+    /// life; the deadline is pushed forward while the run is alive.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m")]
+    pub env_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum EnvFormat {
+    /// `NAME=value` lines (shell-quoted where needed).
+    #[default]
+    Env,
+    /// One JSON object.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Path to Cargo.toml (to find the workspace and its ephem.toml).
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<Utf8PathBuf>,
+    /// Environment configuration [default: ephem.toml at the workspace root].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<Utf8PathBuf>,
+    /// Which shard's environment to start (sets ${shard}).
+    #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub shard: u32,
+    /// How to print the exported variables on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: EnvFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Path to Cargo.toml (to find the workspace).
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<Utf8PathBuf>,
+    /// Only the environment of this shard [default: all started by `up`].
+    #[arg(long, value_name = "M")]
+    pub shard: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +195,24 @@ pub struct FilterArgs {
     pub include_ignored: bool,
 }
 
+impl FilterArgs {
+    pub fn to_filter(&self) -> ephem_core::test_list::TestFilter {
+        use ephem_core::test_list::{IgnoredMode, TestFilter};
+        TestFilter {
+            patterns: self.filters.clone(),
+            exact: self.exact,
+            skip: self.skip.clone(),
+            ignored: if self.ignored {
+                IgnoredMode::Only
+            } else if self.include_ignored {
+                IgnoredMode::Include
+            } else {
+                IgnoredMode::Default
+            },
+        }
+    }
+}
+
 /// What to do when the filters match no test.
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
 pub enum NoTests {
@@ -202,6 +277,13 @@ pub struct TestArgs {
     /// Write the merged JUnit report here, and one per shard beside it (<stem>-shard-<M>.xml).
     #[arg(long, value_name = "PATH", help_heading = "Reporting")]
     pub junit: Option<Utf8PathBuf>,
+
+    #[command(flatten)]
+    pub env: EnvArgs,
+
+    /// Keep the environments after the run and print how to reach and remove them.
+    #[arg(long, help_heading = "Environments")]
+    pub keep_env: bool,
 }
 
 #[derive(Debug, Args)]

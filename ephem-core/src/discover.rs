@@ -101,6 +101,14 @@ pub fn cargo_path() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What the build produced, before listing.
 struct BuildOutput {
     artifacts: Vec<Artifact>,
@@ -110,31 +118,59 @@ struct BuildOutput {
     out_dirs: HashMap<String, Utf8PathBuf>,
 }
 
-/// Builds the tests, then lists every test of every test binary.
+/// A cargo workspace as `cargo metadata` describes it, read before the build.
+pub struct Workspace {
+    /// The workspace's root directory (where `ephem.toml` lives).
+    pub root: Utf8PathBuf,
+    /// The target directory (`--target-dir` or cargo's).
+    pub target_dir: Utf8PathBuf,
+    packages: HashMap<String, Package>,
+}
+
+impl Workspace {
+    /// Reads the workspace's metadata: no build, no dependency resolution.
+    pub fn load(opts: &CargoOptions) -> Result<Workspace> {
+        let mut cmd = cargo_metadata::MetadataCommand::new();
+        cmd.cargo_path(cargo_path()).no_deps();
+        if let Some(m) = &opts.manifest_path {
+            cmd.manifest_path(m);
+        }
+        let metadata = cmd.exec().map_err(|e| {
+            EphemError::Usage(format!(
+                "cannot read the workspace's metadata: {}; run inside a cargo workspace or pass --manifest-path",
+                one_line(&e.to_string())
+            ))
+        })?;
+        Ok(Workspace {
+            root: metadata.workspace_root,
+            target_dir: opts.target_dir.clone().unwrap_or(metadata.target_directory),
+            packages: metadata
+                .packages
+                .into_iter()
+                .map(|p| (p.id.repr.clone(), p))
+                .collect(),
+        })
+    }
+
+    /// Builds the tests, then lists every test of every test binary.
+    pub fn discover(&self, opts: &CargoOptions) -> Result<TestList> {
+        let build = build(opts)?;
+        let sysroot_lib = rustc_sysroot_lib();
+        let binaries = test_binaries(&build, &self.packages, sysroot_lib.as_deref());
+        let listed = binaries
+            .into_par_iter()
+            .map(|b| {
+                let tests = list_binary(&b)?;
+                Ok((b, tests))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TestList::new(listed, self.target_dir.clone()))
+    }
+}
+
+/// Reads the workspace, builds its tests and lists them.
 pub fn discover(opts: &CargoOptions) -> Result<TestList> {
-    let build = build(opts)?;
-    let packages = workspace_packages(opts)?;
-    let sysroot_lib = rustc_sysroot_lib();
-    let binaries = test_binaries(&build, &packages, sysroot_lib.as_deref());
-    let target_directory = binaries
-        .first()
-        .and_then(|b| {
-            b.path
-                .parent()?
-                .parent()?
-                .parent()
-                .map(Utf8Path::to_path_buf)
-        })
-        .or_else(|| opts.target_dir.clone())
-        .unwrap_or_else(|| "target".into());
-    let listed = binaries
-        .into_par_iter()
-        .map(|b| {
-            let tests = list_binary(&b)?;
-            Ok((b, tests))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(TestList::new(listed, target_directory))
+    Workspace::load(opts)?.discover(opts)
 }
 
 fn build(opts: &CargoOptions) -> Result<BuildOutput> {
@@ -185,23 +221,6 @@ fn build(opts: &CargoOptions) -> Result<BuildOutput> {
         });
     }
     Ok(out)
-}
-
-/// Packages of the workspace, by id, for their names, versions and directories.
-fn workspace_packages(opts: &CargoOptions) -> Result<HashMap<String, Package>> {
-    let mut cmd = cargo_metadata::MetadataCommand::new();
-    cmd.cargo_path(cargo_path()).no_deps();
-    if let Some(m) = &opts.manifest_path {
-        cmd.manifest_path(m);
-    }
-    let metadata = cmd
-        .exec()
-        .map_err(|e| EphemError::Usage(format!("cannot read the workspace's metadata: {e}")))?;
-    Ok(metadata
-        .packages
-        .into_iter()
-        .map(|p| (p.id.repr.clone(), p))
-        .collect())
 }
 
 /// The rustc sysroot's lib directory, which test binaries of dylib crates need.

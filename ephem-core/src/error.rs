@@ -1,7 +1,7 @@
 //! The one error type of the runner, and the exit codes it maps to.
 
 use camino::Utf8PathBuf;
-use ephem_fixtures::EnvError;
+use ephem_fixtures::{ConfigError, EnvError};
 
 /// Process exit codes, documented in `--help` and the README.
 pub mod exit_codes {
@@ -42,6 +42,9 @@ pub enum EphemError {
         /// What is wrong with it and how to fix it.
         message: String,
     },
+    /// `ephem.toml` is unreadable or invalid; the message names file, line and key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The build failed; cargo has already printed its diagnostics.
     #[error("build failed: `{command}` exited with {status}; see cargo's errors above")]
     BuildFailed {
@@ -82,7 +85,9 @@ impl EphemError {
     /// The process exit code this error maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EphemError::Usage(_) | EphemError::Input { .. } => exit_codes::USAGE,
+            EphemError::Usage(_) | EphemError::Input { .. } | EphemError::Config(_) => {
+                exit_codes::USAGE
+            }
             EphemError::BuildFailed { .. } => exit_codes::BUILD_FAILED,
             EphemError::Listing { .. } => exit_codes::LISTING_FAILED,
             EphemError::Environment(_) => exit_codes::ENVIRONMENT_FAILED,
