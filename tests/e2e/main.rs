@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod environments;
 mod junit;
 mod list;
 mod partition;

@@ -284,8 +284,9 @@ pub fn down(args: DownArgs) -> Result<i32> {
             // The `up` process removes its own environment on SIGTERM.
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(state.pid as i32, libc::SIGTERM) };
+            // `up` removes its state file once its environment is gone.
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while pid_alive(state.pid) && std::time::Instant::now() < deadline {
+            while path.exists() && pid_alive(state.pid) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -319,9 +320,21 @@ pub fn down(args: DownArgs) -> Result<i32> {
     Ok(exit_codes::OK)
 }
 
+/// True when the process exists and is not a zombie (an exited process
+/// whose parent has not reaped it yet).
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    if pid == 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z"),
+        Err(_) => true,
+    }
 }
 
 /// SIGINT, SIGTERM or SIGHUP: what ends `cargo ephem up`.

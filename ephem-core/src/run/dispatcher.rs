@@ -218,6 +218,12 @@ impl Dispatcher<'_> {
                     Selection::FilteredOut => {}
                 }
             }
+            // A shard with nothing to run needs no environment.
+            let phase = if queue.is_empty() {
+                EnvPhase::Released
+            } else {
+                phase
+            };
             self.shards.push(ShardState {
                 number,
                 queue,
