@@ -9,7 +9,8 @@
 //! provisions concurrently), median / min / max. Teardown is not timed.
 //! Cold (`--cold`): removes the two images locally, then one 4-shard run;
 //! counts `ImageReady { pulled: true }` events and, when the registry's access
-//! log is readable, the manifest requests it served for each image.
+//! log is readable, the manifest requests it served for each image. It
+//! force-removes those images, so do not run it beside tests that use them.
 
 use std::time::{Duration, Instant, SystemTime};
 
