@@ -322,23 +322,3 @@ fn mirror_with_a_scheme() {
     let message = load_err("[images]\nmirror = \"http://localhost:5000\"\n");
     assert_points_at(&message, 2, "images.mirror");
 }
-
-#[test]
-#[ignore = "prints every message for review"]
-fn print_messages() {
-    for text in [
-        "[services.redis]\nimage = \"redis:7\"\nprots = [6379]\n",
-        "[services.redis]\nimage = \"redis:7\"\nports = [6379]\nwait = { grpc = 6379 }\n",
-        "[services.pg]\nports = [5432]\n",
-        "[services.pg]\nimage = \"postgres:15\"\nports = [\"5432\"]\n",
-        "[services.pg]\nimage = \"postgres:15\"\nports = [70000]\n",
-        "[services.redis]\nimage = \"redis:7\"\nports = [6379\n",
-        "[services.redis]\nimage = \"redis:7\nports = [6379]\n",
-        "[services.a]\nimage = \"x:1\"\ndepends-on = [\"b\"]\n\n[services.b]\nimage = \"x:1\"\ndepends-on = [\"a\"]\n",
-        "[services.r]\nimage = \"redis:7\"\nwait = { log = \"ready (\", regex = true }\n",
-        "[services.redis]\nimage = \"redis:7\"\n\nstartup-timeout = \"60 parsecs\"\n",
-        "[services.pg]\nimage = \"postgres:15\"\nenv = { SELF = [1] }\n",
-    ] {
-        println!("{}", EphemConfig::parse(text, "ephem.toml").unwrap_err());
-    }
-}

@@ -107,18 +107,14 @@ async fn try_candidate(candidate: &Candidate, deadline: Instant) -> Result<Conne
     })
 }
 
-/// Shortens bollard's connection errors to their cause.
+/// The innermost cause of a connection error, e.g. `Connection refused (os
+/// error 111)` rather than hyper's layers of context.
 fn describe(err: &bollard::errors::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        if !text.contains(&inner_text) {
-            text = format!("{text}: {inner_text}");
-        }
-        source = inner.source();
+    let mut innermost: &dyn std::error::Error = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
     }
-    text
+    innermost.to_string()
 }
 
 fn parse_docker_host(value: &str) -> Candidate {

@@ -106,10 +106,15 @@ impl ImageStore {
             Some(m) if via_mirror => m.to_owned(),
             _ => image.registry().to_owned(),
         };
+        let hint = if via_mirror {
+            "check the image name and tag, and that the mirror ([images] mirror or EPHEM_REGISTRY_MIRROR) serves it"
+        } else {
+            "check the image name and tag, and that this machine can reach the registry (or set a mirror)"
+        };
         let pull_error = |reason: String| EnvError::Pull {
             image: image.original().to_owned(),
             registry: registry.clone(),
-            reason,
+            reason: format!("{reason}; {hint}"),
         };
         // An explicit tag (or digest): an empty tag would pull every tag.
         let options = CreateImageOptions {

@@ -9,6 +9,7 @@ use bollard::models::{
     NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{CreateContainerOptions, LogsOptions};
+use futures_util::future::try_join_all;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -135,10 +136,13 @@ async fn plan<'a>(
     shard: &ShardContext,
     secrets: &mut Vec<String>,
 ) -> Result<Vec<ServicePlan<'a>>, EnvError> {
+    // Normally a cache hit after `prepare`; without it, images pull concurrently.
+    let order = shared.config.start_order();
+    let all_facts =
+        try_join_all(order.iter().map(|spec| shared.images.ensure(&spec.image))).await?;
     let mut rendered_env: HashMap<String, HashMap<String, String>> = HashMap::new();
     let mut plans = Vec::new();
-    for spec in shared.config.start_order() {
-        let facts = shared.images.ensure(&spec.image).await?;
+    for (spec, facts) in order.into_iter().zip(all_facts) {
         let base = Bindings {
             services_env: Some(&rendered_env),
             shard: shard.shard,
