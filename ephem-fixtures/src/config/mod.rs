@@ -1,6 +1,6 @@
 //! `ephem.toml`: which services every shard gets, validated at load time.
 //!
-//! Every key is documented in `CONFIG.md`. Loading never talks to Docker; a
+//! Every key is documented in the README (`ephem.toml` section). Loading never talks to Docker; a
 //! configuration that loads is one whose templates, ports, waits and
 //! dependencies are consistent.
 
