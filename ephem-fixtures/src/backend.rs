@@ -128,6 +128,14 @@ pub trait Backend: Send + Sync {
     /// which is why it takes the shard's identity rather than an
     /// [`Environment`]: backends find their resources by label.
     async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError>;
+
+    /// Pushes the run's expiry forward while it is alive, so that a sweep by
+    /// another process never takes a live run for an abandoned one. Called
+    /// periodically by the runner; backends without expiry need not care.
+    async fn renew(&self, run: &RunContext, expires_at: SystemTime) -> Result<(), EnvError> {
+        let _ = (run, expires_at);
+        Ok(())
+    }
 }
 
 /// Something a backend reports while it works, for the runner's display and
