@@ -5,7 +5,9 @@
 //! stable hashing, sorted inputs, ties broken by name.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -212,7 +214,7 @@ fn lpt(
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
     /// Binary id, then test name: nested so lookups by `&str` need no allocation.
-    micros: HashMap<String, HashMap<String, u64>>,
+    micros: FxHashMap<String, FxHashMap<String, u64>>,
     count: usize,
     sum: u128,
 }

@@ -150,6 +150,16 @@ pub fn render(result: &RunResult, list: &TestList, rerun_prefix: &str, shard_cou
             label(o)
         );
     }
+    for death in &result.service_deaths {
+        let shard_failures = failures
+            .iter()
+            .filter(|o| o.diagnosis.as_deref() == Some(death.as_str()))
+            .count();
+        let _ = writeln!(
+            out,
+            "  ENV DIED {death}; {shard_failures} later failure(s) of that shard may come from it"
+        );
+    }
     let _ = writeln!(
         out,
         "Summary [{:>8.3}s] {} tests run: {} passed, {} failed, {} flaky, {} timed out, {} skipped",

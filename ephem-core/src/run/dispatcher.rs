@@ -30,8 +30,9 @@ pub struct RunInput {
     pub backend: Option<Arc<dyn Backend>>,
     /// Events the backend reports (pull progress, service deaths).
     pub env_events: Option<mpsc::UnboundedReceiver<EnvEvent>>,
-    /// When environments count as abandoned, for the backend's labels.
-    pub expires_at: SystemTime,
+    /// How long environments outlive their last sign of life: the expiry on
+    /// their labels, pushed forward every third of it while the run is alive.
+    pub env_ttl: Duration,
 }
 
 /// Messages from the tasks the dispatcher spawns.
@@ -103,6 +104,7 @@ struct Dispatcher<'a> {
     interrupted: Option<i32>,
     env_errors: Vec<(u32, EnvError)>,
     kept: Vec<(u32, Environment)>,
+    service_deaths: Vec<String>,
     events: &'a mut dyn RunEvents,
 }
 
@@ -118,14 +120,14 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
         options,
         backend,
         mut env_events,
-        expires_at,
+        env_ttl,
     } = input;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(StopLevel::Run);
     let run_ctx = RunContext {
         run_id: options.run_id.clone(),
         shard_count: options.shard_count,
-        expires_at,
+        expires_at: SystemTime::now() + env_ttl,
     };
     let mut d = Dispatcher {
         list,
@@ -145,6 +147,7 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
         interrupted: None,
         env_errors: Vec::new(),
         kept: Vec::new(),
+        service_deaths: Vec::new(),
         events,
         opts: options,
     };
@@ -153,6 +156,9 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
     let mut signals = Signals::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let renew_every = (env_ttl / 3).max(Duration::from_secs(1));
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         d.schedule();
         if d.is_done() {
@@ -166,6 +172,15 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
                 let snapshot = d.running_snapshot();
                 d.events.tick(&snapshot);
             }
+            _ = renew.tick(), if d.backend.is_some() => d.renew(env_ttl),
+        }
+    }
+    if let Some(backend) = d.backend.clone() {
+        let kept = !d.kept.is_empty();
+        let mut run = d.run_ctx.clone();
+        run.expires_at = SystemTime::now() + env_ttl;
+        if let Err(e) = backend.finish(&run, kept, run.expires_at).await {
+            d.env_errors.push((0, e));
         }
     }
     // Drain what the backend said last (e.g. the final pull progress).
@@ -181,6 +196,7 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
         interrupted: d.interrupted,
         env_errors: std::mem::take(&mut d.env_errors),
         kept: std::mem::take(&mut d.kept),
+        service_deaths: std::mem::take(&mut d.service_deaths),
         started_at,
         duration: start.elapsed(),
     }
@@ -600,17 +616,30 @@ impl Dispatcher<'_> {
             at,
         } = &event
         {
+            let code = exit_code
+                .map(|c| format!("code {c}"))
+                .unwrap_or("code unknown".into());
+            let at = humantime::format_rfc3339_seconds(*at);
+            let text = format!("service {service} of shard {shard} exited ({code}) at {at}");
             if let Some(s) = self.shards.iter_mut().find(|s| s.number == *shard) {
-                let code = exit_code
-                    .map(|c| format!("code {c}"))
-                    .unwrap_or("code unknown".into());
-                let at = humantime::format_rfc3339_seconds(*at);
-                s.diagnosis.get_or_insert(format!(
-                    "service {service} of shard {shard} exited ({code}) at {at}"
-                ));
+                s.diagnosis.get_or_insert(text.clone());
             }
+            self.service_deaths.push(text);
         }
         self.events.env_event(&event);
+    }
+
+    /// Pushes the expiry of this run's environments forward. A failed
+    /// renewal is not fatal: the next one may succeed, and the runner being
+    /// alive already protects the run from sweeps on this host.
+    fn renew(&mut self, ttl: Duration) {
+        let Some(backend) = self.backend.clone() else { return };
+        let mut run = self.run_ctx.clone();
+        run.expires_at = SystemTime::now() + ttl;
+        self.run_ctx.expires_at = run.expires_at;
+        tokio::spawn(async move {
+            let _ = backend.renew(&run, run.expires_at).await;
+        });
     }
 
     fn running_snapshot(&self) -> Vec<RunningTest> {

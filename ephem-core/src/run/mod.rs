@@ -85,6 +85,8 @@ pub struct RunResult {
     pub env_errors: Vec<(u32, EnvError)>,
     /// Environments still running (`--keep-env`), by shard.
     pub kept: Vec<(u32, Environment)>,
+    /// Services that died while their shard's tests ran, described.
+    pub service_deaths: Vec<String>,
     /// When the run started.
     pub started_at: SystemTime,
     /// How long it took, preparation and teardown included.
