@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use bollard::Docker;
 use tokio::task::JoinHandle;
 
+pub use self::connect::{connect_daemon, DaemonConnection};
 use self::images::ImageStore;
 use crate::{Backend, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext};
 
