@@ -10,6 +10,7 @@ mod backend;
 pub mod config;
 pub mod docker;
 pub mod image_ref;
+mod process;
 mod secret;
 pub mod template;
 

@@ -35,8 +35,8 @@ pub(crate) struct Shared {
     config: EphemConfig,
     events: EventSink,
     images: ImageStore,
-    pid: u32,
-    hostname: String,
+    /// This runner, as labelled on everything the backend creates.
+    owner: labels::Owner,
 }
 
 impl DockerBackend {
@@ -64,8 +64,7 @@ impl DockerBackend {
                 config,
                 events,
                 images,
-                pid: std::process::id(),
-                hostname: labels::hostname(),
+                owner: labels::Owner::current(),
             },
             watchers: Mutex::new(HashMap::new()),
         })
