@@ -3,6 +3,7 @@
 
 mod connect;
 mod images;
+pub mod inventory;
 pub mod labels;
 mod readiness;
 mod shard;
