@@ -5,6 +5,7 @@ mod connect;
 mod images;
 pub mod inventory;
 pub mod labels;
+pub mod lease;
 mod readiness;
 mod shard;
 mod teardown;
@@ -12,6 +13,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use bollard::Docker;
 use tokio::task::JoinHandle;
@@ -146,6 +148,18 @@ impl Backend for DockerBackend {
         // Stop reporting exits first: teardown itself kills the containers.
         self.stop_watcher(shard);
         teardown::teardown(&self.shared.docker, shard).await
+    }
+
+    /// Creates a lease volume carrying the later expiry and removes the
+    /// run's earlier leases; [`lease::remove_leases`] removes the last one.
+    async fn renew(&self, run: &RunContext, expires_at: SystemTime) -> Result<(), EnvError> {
+        lease::renew(
+            &self.shared.docker,
+            &self.shared.owner,
+            &run.run_id,
+            expires_at,
+        )
+        .await
     }
 }
 
