@@ -12,6 +12,7 @@ pub mod docker;
 pub mod image_ref;
 mod process;
 mod secret;
+pub mod sweep;
 pub mod template;
 
 pub use backend::{
