@@ -88,8 +88,9 @@ pub(crate) fn shard_filter(shard: &ShardContext) -> HashMap<String, Vec<String>>
     )])
 }
 
-/// This machine's hostname, or `unknown`.
-pub(crate) fn hostname() -> String {
+/// This machine's hostname, or `unknown`: the `host` label, and what a sweep
+/// compares it with.
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
     // on success (we also guard against truncation by searching for the NUL).
