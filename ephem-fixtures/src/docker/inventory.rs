@@ -108,7 +108,7 @@ pub async fn remove_resources(
 ///
 /// Passes run at 0 s, ~1 s and ~3 s (stopping after two empty ones), so that
 /// a container whose create request was in flight when the runner died is
-/// caught too; all within [`REAP_BUDGET`].
+/// caught too; all within 8 s.
 pub async fn reap_run(docker: &Docker, run_id: &str) -> Result<usize, EnvError> {
     let start = Instant::now();
     let deadline = start + REAP_BUDGET;
