@@ -10,7 +10,9 @@ mod backend;
 pub mod config;
 pub mod docker;
 pub mod image_ref;
+mod process;
 mod secret;
+pub mod sweep;
 pub mod template;
 
 pub use backend::{

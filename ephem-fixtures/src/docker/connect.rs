@@ -24,6 +24,26 @@ pub(crate) struct Connection {
     pub host: String,
 }
 
+/// A daemon that answered, for callers without a configuration (`cargo ephem
+/// gc`, the reaper).
+pub struct DaemonConnection {
+    /// The client, with its API version negotiated down to the daemon's.
+    pub docker: Docker,
+    /// The address that answered, e.g. `unix:///var/run/docker.sock`.
+    pub address: String,
+}
+
+/// Connects like [`DockerBackend::connect`](super::DockerBackend::connect)
+/// does (`DOCKER_HOST`, Docker's socket, then Podman's; within 5 s;
+/// API version negotiated), without needing a configuration.
+pub async fn connect_daemon() -> Result<DaemonConnection, EnvError> {
+    let conn = connect().await?;
+    Ok(DaemonConnection {
+        docker: conn.docker,
+        address: conn.address,
+    })
+}
+
 /// One address to try.
 struct Candidate {
     address: String,

@@ -2,7 +2,7 @@
 //! find resources by label, never by name.
 
 use std::collections::HashMap;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ShardContext;
 
@@ -18,21 +18,63 @@ pub const HOST: &str = "cargo-ephem.host";
 pub const EXPIRES: &str = "cargo-ephem.expires";
 /// Service name (containers only).
 pub const SERVICE: &str = "cargo-ephem.service";
+/// Start time of the runner process (clock ticks since boot, field 22 of
+/// `/proc/PID/stat`), so that a recycled pid is not taken for the runner.
+/// Absent where there is no procfs.
+pub const PID_START: &str = "cargo-ephem.pid-start";
+/// Marks a lease volume: it only carries a later `expires` for its run.
+pub const LEASE: &str = "cargo-ephem.lease";
+
+/// Who created a resource: the runner process and its machine.
+#[derive(Clone, Debug)]
+pub(crate) struct Owner {
+    pub pid: u32,
+    pub pid_start: Option<u64>,
+    pub hostname: String,
+}
+
+impl Owner {
+    /// This process on this machine.
+    pub(crate) fn current() -> Owner {
+        let pid = std::process::id();
+        Owner {
+            pid,
+            pid_start: process_start(pid),
+            hostname: hostname(),
+        }
+    }
+
+    /// `run`, `pid`, `pid-start` (when known), `host` and `expires` labels.
+    pub(crate) fn labels(&self, run_id: &str, expires_at: SystemTime) -> HashMap<String, String> {
+        let mut labels = HashMap::from([
+            (RUN.to_owned(), run_id.to_owned()),
+            (PID.to_owned(), self.pid.to_string()),
+            (HOST.to_owned(), self.hostname.clone()),
+            (EXPIRES.to_owned(), unix_secs(expires_at).to_string()),
+        ]);
+        if let Some(start) = self.pid_start {
+            labels.insert(PID_START.to_owned(), start.to_string());
+        }
+        labels
+    }
+}
 
 /// Labels shared by a shard's containers, network and volumes.
-pub(crate) fn for_shard(shard: &ShardContext, pid: u32, hostname: &str) -> HashMap<String, String> {
-    let expires = shard
-        .run
-        .expires_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    HashMap::from([
-        (RUN.to_owned(), shard.run.run_id.clone()),
-        (SHARD.to_owned(), shard.shard.to_string()),
-        (PID.to_owned(), pid.to_string()),
-        (HOST.to_owned(), hostname.to_owned()),
-        (EXPIRES.to_owned(), expires.to_string()),
-    ])
+pub(crate) fn for_shard(shard: &ShardContext, owner: &Owner) -> HashMap<String, String> {
+    let mut labels = owner.labels(&shard.run.run_id, shard.run.expires_at);
+    labels.insert(SHARD.to_owned(), shard.shard.to_string());
+    labels
+}
+
+/// Start time of process `pid` in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`); `None` if it does not exist or there is no procfs.
+pub fn process_start(pid: u32) -> Option<u64> {
+    crate::process::stat(pid).map(|s| s.start)
+}
+
+/// Seconds since the Unix epoch; 0 for instants before it.
+pub(crate) fn unix_secs(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A list filter matching exactly one shard's resources.
@@ -46,8 +88,9 @@ pub(crate) fn shard_filter(shard: &ShardContext) -> HashMap<String, Vec<String>>
     )])
 }
 
-/// This machine's hostname, or `unknown`.
-pub(crate) fn hostname() -> String {
+/// This machine's hostname, or `unknown`: the `host` label, and what a sweep
+/// compares it with.
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
     // on success (we also guard against truncation by searching for the NUL).
@@ -71,5 +114,61 @@ pub(crate) fn short_run(run_id: &str) -> String {
         "run".to_owned()
     } else {
         short
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::RunContext;
+
+    fn shard() -> ShardContext {
+        ShardContext {
+            run: RunContext {
+                run_id: "r1".to_owned(),
+                shard_count: 2,
+                expires_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            },
+            shard: 2,
+        }
+    }
+
+    #[test]
+    fn shard_labels_name_the_runner_and_its_start_time() {
+        let owner = Owner {
+            pid: 4242,
+            pid_start: Some(777),
+            hostname: "box".to_owned(),
+        };
+        let labels = for_shard(&shard(), &owner);
+        let get = |key: &str| labels.get(key).map(String::as_str);
+        assert_eq!(get(RUN), Some("r1"));
+        assert_eq!(get(SHARD), Some("2"));
+        assert_eq!(get(PID), Some("4242"));
+        assert_eq!(get(PID_START), Some("777"));
+        assert_eq!(get(HOST), Some("box"));
+        assert_eq!(get(EXPIRES), Some("1700000000"));
+        assert_eq!(get(LEASE), None);
+    }
+
+    #[test]
+    fn without_a_start_time_the_label_is_left_out() {
+        let owner = Owner {
+            pid: 4242,
+            pid_start: None,
+            hostname: "box".to_owned(),
+        };
+        assert!(!for_shard(&shard(), &owner).contains_key(PID_START));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_runner_knows_its_start_time() {
+        let me = Owner::current();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.pid_start.is_some_and(|s| s > 0));
+        assert_eq!(process_start(me.pid), me.pid_start);
     }
 }

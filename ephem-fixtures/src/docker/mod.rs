@@ -3,7 +3,9 @@
 
 mod connect;
 mod images;
+pub mod inventory;
 pub mod labels;
+pub mod lease;
 mod readiness;
 mod shard;
 mod teardown;
@@ -11,10 +13,12 @@ mod watch;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use bollard::Docker;
 use tokio::task::JoinHandle;
 
+pub use self::connect::{connect_daemon, DaemonConnection};
 use self::images::ImageStore;
 use crate::{Backend, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext};
 
@@ -34,8 +38,8 @@ pub(crate) struct Shared {
     config: EphemConfig,
     events: EventSink,
     images: ImageStore,
-    pid: u32,
-    hostname: String,
+    /// This runner, as labelled on everything the backend creates.
+    owner: labels::Owner,
 }
 
 impl DockerBackend {
@@ -63,8 +67,7 @@ impl DockerBackend {
                 config,
                 events,
                 images,
-                pid: std::process::id(),
-                hostname: labels::hostname(),
+                owner: labels::Owner::current(),
             },
             watchers: Mutex::new(HashMap::new()),
         })
@@ -145,6 +148,18 @@ impl Backend for DockerBackend {
         // Stop reporting exits first: teardown itself kills the containers.
         self.stop_watcher(shard);
         teardown::teardown(&self.shared.docker, shard).await
+    }
+
+    /// Creates a lease volume carrying the later expiry and removes the
+    /// run's earlier leases; [`lease::remove_leases`] removes the last one.
+    async fn renew(&self, run: &RunContext, expires_at: SystemTime) -> Result<(), EnvError> {
+        lease::renew(
+            &self.shared.docker,
+            &self.shared.owner,
+            &run.run_id,
+            expires_at,
+        )
+        .await
     }
 }
 

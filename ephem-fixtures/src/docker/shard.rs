@@ -70,7 +70,7 @@ pub(crate) async fn provision(
     shard: &ShardContext,
 ) -> Result<Environment, EnvError> {
     let names = ShardNames::new(shard);
-    let base_labels = labels::for_shard(shard, shared.pid, &shared.hostname);
+    let base_labels = labels::for_shard(shard, &shared.owner);
     let mut secrets = Vec::new();
     let plans = plan(shared, shard, &mut secrets).await?;
 

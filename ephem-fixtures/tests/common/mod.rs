@@ -2,6 +2,8 @@
 //! leftover check that run whether the test body passed or panicked.
 #![allow(dead_code)]
 
+pub mod runs;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
