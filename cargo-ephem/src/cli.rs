@@ -46,6 +46,30 @@ pub enum Command {
     Up(UpArgs),
     /// Remove environments started by `cargo ephem up` in this workspace.
     Down(DownArgs),
+    /// Remove resources of abandoned runs: runner gone, or lease expired.
+    ///
+    /// Lists each resource with its run, shard, age and why it is removed.
+    /// Never touches a resource without cargo-ephem labels, nor one of a run
+    /// whose runner is alive.
+    Gc(GcArgs),
+    /// The out-of-process reaper (started by `test`; not for direct use).
+    #[command(name = "__reap", hide = true)]
+    Reap {
+        /// The run to watch.
+        #[arg(long)]
+        run: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also resources created from other hosts (judged by their expiry, since
+    /// their runner's process cannot be checked from here).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Where the environment configuration comes from.

@@ -27,11 +27,21 @@ fn main() {
         // --help and --version.
         Err(e) => e.exit(),
     };
-    let code = match commands::run(app) {
-        Ok(code) => code,
-        Err(e) => {
+    // A panic is a bug, but it must neither look like a build failure (Rust
+    // exits 101 on a panic, our code for that) nor leak an environment:
+    // unwinding drops the reaper's pipe, and the reaper removes the run.
+    let code = match std::panic::catch_unwind(|| commands::run(app)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
             e.exit_code()
+        }
+        Err(_) => {
+            eprintln!(
+                "error: internal error: cargo-ephem panicked (please report this bug); \
+                 its environments are being removed by the reaper"
+            );
+            ephem_core::exit_codes::INTERNAL
         }
     };
     std::process::exit(code);

@@ -136,6 +136,19 @@ pub trait Backend: Send + Sync {
         let _ = (run, expires_at);
         Ok(())
     }
+
+    /// Called once when the run is over and every shard it tore down is
+    /// gone. `kept` says that environments were kept (`--keep-env`) and must
+    /// survive sweeps until `expires_at`.
+    async fn finish(
+        &self,
+        run: &RunContext,
+        kept: bool,
+        expires_at: SystemTime,
+    ) -> Result<(), EnvError> {
+        let _ = (run, kept, expires_at);
+        Ok(())
+    }
 }
 
 /// Something a backend reports while it works, for the runner's display and

@@ -159,6 +159,11 @@ fn judge_run(
         .map(|expiry| SweepReason::Expired {
             expired_secs_ago: policy.now - expiry,
         });
+    // Environments kept with --keep-env outlive their runner until their
+    // lease expires.
+    if expired.is_none() && members.iter().any(|r| r.kept) {
+        return None;
+    }
     let made_elsewhere = members
         .iter()
         .any(|r| r.host.as_deref().is_some_and(|h| h != policy.this_host));
@@ -231,6 +236,7 @@ mod tests {
             expires: Some(NOW + 3600),
             created: None,
             lease: false,
+            kept: false,
         }
     }
 
@@ -479,5 +485,24 @@ mod tests {
         assert_eq!(local_process_state(pid, None), ProcessState::Gone);
         child.wait().expect("reap child");
         assert_eq!(local_process_state(pid, None), ProcessState::Gone);
+    }
+
+    #[test]
+    fn kept_runs_survive_a_dead_runner_until_their_lease_expires() {
+        let mut resources = run("kept", HOST, 100, NOW - 10);
+        resources.push(LabelledResource {
+            shard: None,
+            lease: true,
+            kept: true,
+            expires: Some(NOW + 600),
+            ..resource(ResourceKind::Volume, "kept", "ephem-lease-kept-1")
+        });
+        let here = policy();
+        assert!(plan_sweep(&resources, &here, all(ProcessState::Gone)).is_empty());
+        resources.last_mut().unwrap().expires = Some(NOW - 1);
+        assert_eq!(
+            plan_sweep(&resources, &here, all(ProcessState::Gone)).len(),
+            4
+        );
     }
 }

@@ -3,76 +3,11 @@
 //! (the busybox stand-in from scripts/provision-test-env.sh).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-
-fn config(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
-
-/// Container and network ids carrying this run's label.
-fn resources_of(run_id: &str) -> Vec<String> {
-    let filter = format!("label=cargo-ephem.run={run_id}");
-    let mut ids = Vec::new();
-    for args in [
-        vec!["ps", "-aq", "--filter", &filter],
-        vec!["network", "ls", "-q", "--filter", &filter],
-    ] {
-        let out = Command::new("docker")
-            .args(&args)
-            .output()
-            .expect("docker CLI");
-        assert!(out.status.success(), "docker {args:?}: {}", describe(&out));
-        ids.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned),
-        );
-    }
-    ids
-}
-
-/// Removes a run's resources when dropped, so a failing test leaks nothing.
-struct Cleanup(Option<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(run) = &self.0 {
-            let filter = format!("label=cargo-ephem.run={run}");
-            let ids = |args: &[&str]| {
-                let out = Command::new("docker").args(args).output().unwrap();
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            };
-            let containers = ids(&["ps", "-aq", "--filter", &filter]);
-            if !containers.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&containers)
-                    .output();
-            }
-            let networks = ids(&["network", "ls", "-q", "--filter", &filter]);
-            if !networks.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["network", "rm"])
-                    .args(&networks)
-                    .output();
-            }
-        }
-    }
-}
-
-fn run_id_of(stderr: &str) -> Option<String> {
-    let line = stderr.lines().find(|l| l.contains("Starting "))?;
-    Some(line.rsplit("run ").next()?.trim().to_owned())
-}
 
 fn read_env(path: &Path) -> HashMap<String, String> {
     std::fs::read_to_string(path)

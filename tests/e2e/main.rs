@@ -8,5 +8,6 @@ mod environments;
 mod junit;
 mod list;
 mod partition;
+mod reliability;
 mod run;
 mod signals;

@@ -119,9 +119,12 @@ fn timeout_kills_the_test_and_its_children() {
         other => panic!("{other:?}"),
     }
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 failed, 0 flaky, 1 timed out"));
+    // Every process of the run (the test and its `sleep 987` child) is gone.
+    let run_id = run_id_of(&String::from_utf8_lossy(&out.stderr)).unwrap();
     assert!(
-        wait_for(5, || processes_with_cmdline(&["sleep", "987"]).is_empty()),
-        "the test's child `sleep 987` outlived the timeout"
+        wait_for(5, || test_processes_of(&run_id).is_empty()),
+        "the test's child `sleep 987` outlived the timeout: {:?}",
+        test_processes_of(&run_id)
     );
 }
 
@@ -137,9 +140,11 @@ fn a_finished_test_leaves_no_process_behind() {
         started.elapsed()
     );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let run_id = run_id_of(&String::from_utf8_lossy(&out.stderr)).unwrap();
     assert!(
-        wait_for(5, || processes_with_cmdline(&["sleep", "986"]).is_empty()),
-        "the grandchild `sleep 986` outlived its test"
+        wait_for(5, || test_processes_of(&run_id).is_empty()),
+        "the grandchild `sleep 986` outlived its test: {:?}",
+        test_processes_of(&run_id)
     );
 }
 

@@ -153,24 +153,6 @@ fn strip_attr(s: &str, attr: &str) -> String {
     }
 }
 
-/// Pids of live processes whose command line is exactly `argv`.
-pub fn processes_with_cmdline(argv: &[&str]) -> Vec<u32> {
-    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if cmdline == want {
-                // Zombies have an empty cmdline, so a match is a live process.
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
 /// Pids of live processes whose command line contains every one of `parts`.
 pub fn processes_containing(parts: &[&str]) -> Vec<u32> {
     let mut pids = Vec::new();
@@ -198,4 +180,193 @@ pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     f()
+}
+
+/// Pids of live (non-zombie) processes whose environment holds
+/// `EPHEM_RUN_ID=<run_id>`: the test processes of a run.
+pub fn test_processes_of(run_id: &str) -> Vec<u32> {
+    let needle = format!("EPHEM_RUN_ID={run_id}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+            let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            if !zombie {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Container, network and volume ids carrying this run's label.
+pub fn resources_of(run_id: &str) -> Vec<String> {
+    let filter = format!("label=cargo-ephem.run={run_id}");
+    let mut ids = Vec::new();
+    for args in [
+        vec!["ps", "-aq", "--filter", &filter],
+        vec!["network", "ls", "-q", "--filter", &filter],
+        vec!["volume", "ls", "-q", "--filter", &filter],
+    ] {
+        let out = Command::new("docker")
+            .args(&args)
+            .output()
+            .expect("docker CLI");
+        assert!(out.status.success(), "docker {args:?}: {}", describe(&out));
+        ids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| format!("{}:{l}", args[0])),
+        );
+    }
+    ids
+}
+
+/// Removes a run's resources when dropped, so a failing test leaks nothing.
+pub struct Cleanup(pub Option<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(run) = &self.0 {
+            remove_by_label(&format!("cargo-ephem.run={run}"));
+        }
+    }
+}
+
+/// Force-removes every container, network and volume with this label.
+pub fn remove_by_label(label: &str) {
+    let filter = format!("label={label}");
+    let ids = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let containers = ids(&["ps", "-aq", "--filter", &filter]);
+    if !containers.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&containers)
+            .output();
+    }
+    let networks = ids(&["network", "ls", "-q", "--filter", &filter]);
+    if !networks.is_empty() {
+        let _ = Command::new("docker")
+            .args(["network", "rm"])
+            .args(&networks)
+            .output();
+    }
+    let volumes = ids(&["volume", "ls", "-q", "--filter", &filter]);
+    if !volumes.is_empty() {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f"])
+            .args(&volumes)
+            .output();
+    }
+}
+
+/// The run id from the runner's "Starting ... run <id>" line.
+pub fn run_id_of(stderr: &str) -> Option<String> {
+    let line = stderr.lines().find(|l| l.contains("Starting "))?;
+    Some(line.rsplit("run ").next()?.trim().to_owned())
+}
+
+pub fn config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// A runner started in the background, its stderr collected line by line.
+pub struct Background {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub stderr: String,
+}
+
+impl Background {
+    pub fn spawn(cmd: &mut Command) -> Background {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cargo-ephem starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Background {
+            child,
+            lines,
+            stderr: String::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.stderr.push_str(&line);
+            self.stderr.push('\n');
+        }
+    }
+
+    /// Waits for the run id line.
+    pub fn run_id(&mut self, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            self.drain();
+            if let Some(id) = run_id_of(&self.stderr) {
+                return id;
+            }
+            if std::time::Instant::now() > deadline || self.child.try_wait().unwrap().is_some() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                self.drain();
+                panic!("no run id printed; stderr so far:\n{}", self.stderr);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit, at most `secs`; returns its exit code.
+    pub fn wait(&mut self, secs: u64) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                self.drain();
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                self.drain();
+                panic!("still running after {secs} s; stderr:\n{}", self.stderr);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
 }

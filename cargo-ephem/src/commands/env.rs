@@ -80,9 +80,14 @@ pub fn print_kept(kept: &[(u32, Environment)], run_id: &str) {
         }
     }
     eprintln!("Remove them with:");
+    let filter = format!("--filter label=cargo-ephem.run={run_id}");
     eprintln!(
-        "  docker rm -f -v $(docker ps -aq --filter label=cargo-ephem.run={run_id}); \
-         docker network rm $(docker network ls -q --filter label=cargo-ephem.run={run_id})"
+        "  docker rm -f -v $(docker ps -aq {filter}); \
+         docker network rm $(docker network ls -q {filter}); \
+         docker volume rm $(docker volume ls -q {filter})"
+    );
+    eprintln!(
+        "(until then, sweeps and `cargo ephem gc` leave them alone for --env-ttl after the run)"
     );
 }
 

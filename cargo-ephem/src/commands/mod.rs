@@ -1,8 +1,10 @@
 //! Wiring of each subcommand to the library crates.
 
 mod env;
+mod gc;
 mod junit;
 mod list;
+mod reap;
 mod test;
 
 use ephem_core::Result;
@@ -17,6 +19,8 @@ pub fn run(app: App) -> Result<i32> {
         Command::Junit(cmd) => junit::junit(cmd),
         Command::Up(args) => env::up(args),
         Command::Down(args) => env::down(args),
+        Command::Gc(args) => gc::gc(args),
+        Command::Reap { run } => reap::reap(&run),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo ephem test`: the main job.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use camino::Utf8Path;
 use ephem_core::discover::{CargoOptions, Workspace};
@@ -15,6 +15,8 @@ use ephem_core::{exit_codes, EphemError, Result};
 use ephem_fixtures::Backend;
 
 use super::env;
+use super::gc;
+use super::reap::Reaper;
 use crate::cli::{FilterArgs, NoTests, TestArgs};
 
 pub fn test(args: TestArgs) -> Result<i32> {
@@ -42,10 +44,35 @@ pub fn test(args: TestArgs) -> Result<i32> {
     let workspace = Workspace::load(&cargo)?;
     let config = env::load_config(&workspace.root, &args.env)?;
     let runtime = super::runtime()?;
+    let run_id = uuid::Uuid::new_v4().to_string();
     // Connect before building: a daemon that is down fails the run in
     // seconds, not after a build.
     let connected = match config {
         Some(config) => Some(runtime.block_on(env::connect(config))?),
+        None => None,
+    };
+    // The reaper starts before anything is created, and the sweep of
+    // abandoned runs happens before this run adds its own resources.
+    let reaper = match &connected {
+        Some(c) => {
+            let log = workspace
+                .target_dir
+                .join("ephem")
+                .join(format!("reaper-{}.log", &run_id[..8]));
+            let reaper = Reaper::spawn(&run_id, &log).map_err(|e| {
+                EphemError::Internal(format!("cannot start the reaper process: {e}"))
+            })?;
+            let outcome = runtime.block_on(gc::sweep(
+                c.backend.client(),
+                false,
+                false,
+                vec![run_id.clone()],
+            ))?;
+            if !outcome.planned.is_empty() {
+                eprintln!("     SWEEP {}", outcome.summary("removed"));
+            }
+            Some(reaper)
+        }
         None => None,
     };
 
@@ -98,7 +125,6 @@ pub fn test(args: TestArgs) -> Result<i32> {
         return Ok(no_tests(&args, &list));
     }
 
-    let run_id = uuid::Uuid::new_v4().to_string();
     let options = RunOptions {
         run_id: run_id.clone(),
         test_threads,
@@ -138,10 +164,13 @@ pub fn test(args: TestArgs) -> Result<i32> {
         options,
         backend,
         env_events,
-        expires_at: SystemTime::now() + args.env.env_ttl,
+        env_ttl: args.env.env_ttl,
     };
     let result = runtime.block_on(run::run(input, &mut display));
     display.finish();
+    if let Some(reaper) = reaper {
+        reaper.finish(!result.kept.is_empty());
+    }
 
     let rerun = rerun_prefix(&cargo, &args.filter);
     eprint!("{}", summary::render(&result, &list, &rerun, shard_count));

@@ -157,7 +157,8 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let renew_every = (env_ttl / 3).max(Duration::from_secs(1));
-    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         d.schedule();
@@ -633,7 +634,9 @@ impl Dispatcher<'_> {
     /// renewal is not fatal: the next one may succeed, and the runner being
     /// alive already protects the run from sweeps on this host.
     fn renew(&mut self, ttl: Duration) {
-        let Some(backend) = self.backend.clone() else { return };
+        let Some(backend) = self.backend.clone() else {
+            return;
+        };
         let mut run = self.run_ctx.clone();
         run.expires_at = SystemTime::now() + ttl;
         self.run_ctx.expires_at = run.expires_at;

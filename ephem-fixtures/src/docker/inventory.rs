@@ -76,6 +76,8 @@ pub struct LabelledResource {
     pub created: Option<SystemTime>,
     /// Whether it is a lease volume (`cargo-ephem.lease`).
     pub lease: bool,
+    /// Whether it is the lease of environments kept on purpose (`cargo-ephem.keep`).
+    pub kept: bool,
 }
 
 /// Every container (all states), network and volume labelled `cargo-ephem.run`.
@@ -277,6 +279,7 @@ fn labelled(
         expires: number(labels::EXPIRES),
         created,
         lease: labels.contains_key(labels::LEASE),
+        kept: labels.contains_key(labels::KEEP),
     })
 }
 

@@ -24,6 +24,9 @@ pub const SERVICE: &str = "cargo-ephem.service";
 pub const PID_START: &str = "cargo-ephem.pid-start";
 /// Marks a lease volume: it only carries a later `expires` for its run.
 pub const LEASE: &str = "cargo-ephem.lease";
+/// Marks the lease of a run that ended with `--keep-env`: sweeps leave the
+/// run alone, dead runner or not, until the lease expires.
+pub const KEEP: &str = "cargo-ephem.keep";
 
 /// Who created a resource: the runner process and its machine.
 #[derive(Clone, Debug)]

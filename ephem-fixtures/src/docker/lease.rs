@@ -24,9 +24,13 @@ pub(crate) async fn renew(
     owner: &Owner,
     run_id: &str,
     expires_at: SystemTime,
+    keep: bool,
 ) -> Result<(), EnvError> {
     let mut lease_labels = owner.labels(run_id, expires_at);
     lease_labels.insert(labels::LEASE.to_owned(), "1".to_owned());
+    if keep {
+        lease_labels.insert(labels::KEEP.to_owned(), "1".to_owned());
+    }
     let expires = labels::unix_secs(expires_at);
     let now = labels::unix_secs(SystemTime::now());
     let base = format!("ephem-lease-{}-{now}", labels::short_run(run_id));

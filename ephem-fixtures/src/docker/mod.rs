@@ -158,8 +158,31 @@ impl Backend for DockerBackend {
             &self.shared.owner,
             &run.run_id,
             expires_at,
+            false,
         )
         .await
+    }
+
+    /// Removes the run's leases, or, when environments were kept, leaves one
+    /// marked `keep` so that sweeps spare them until `expires_at`.
+    async fn finish(
+        &self,
+        run: &RunContext,
+        kept: bool,
+        expires_at: SystemTime,
+    ) -> Result<(), EnvError> {
+        if kept {
+            lease::renew(
+                &self.shared.docker,
+                &self.shared.owner,
+                &run.run_id,
+                expires_at,
+                true,
+            )
+            .await
+        } else {
+            lease::remove_leases(&self.shared.docker, &run.run_id).await
+        }
     }
 }
 
