@@ -58,6 +58,12 @@ pub enum Command {
         /// The run to watch.
         #[arg(long)]
         run: String,
+        /// The run has Docker environments to remove.
+        #[arg(long)]
+        docker: bool,
+        /// Where to write, if there is anything to say.
+        #[arg(long)]
+        log: Utf8PathBuf,
     },
 }
 

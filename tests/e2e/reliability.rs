@@ -317,3 +317,28 @@ fn a_service_killed_mid_run_is_named_in_the_failures() {
     }
     assert!(resources_of(&run_id).is_empty());
 }
+
+#[test]
+fn kill_9_without_environments_leaves_no_test_process() {
+    let mut runner =
+        Background::spawn(ephem_test().args(["--no-env", "--ignored", "hang_with_child"]));
+    let run_id = runner.run_id(120);
+    // The test and its `sleep 987` child.
+    assert!(
+        wait_for(60, || test_processes_of(&run_id).len() >= 2),
+        "{}",
+        runner.stderr
+    );
+    let killed = Instant::now();
+    runner.signal(libc::SIGKILL);
+    let _ = runner.wait(10);
+    assert!(
+        wait_for(10, || test_processes_of(&run_id).is_empty()),
+        "test processes outlived the runner: {:?}",
+        test_processes_of(&run_id)
+    );
+    eprintln!(
+        "reliability: kill -9 without environments: test processes gone after {:.2} s",
+        killed.elapsed().as_secs_f64()
+    );
+}

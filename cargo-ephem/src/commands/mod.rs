@@ -20,7 +20,7 @@ pub fn run(app: App) -> Result<i32> {
         Command::Up(args) => env::up(args),
         Command::Down(args) => env::down(args),
         Command::Gc(args) => gc::gc(args),
-        Command::Reap { run } => reap::reap(&run),
+        Command::Reap { run, docker, log } => reap::reap(&run, docker, &log),
     }
 }
 

@@ -16,7 +16,7 @@ use ephem_fixtures::Backend;
 
 use super::env;
 use super::gc;
-use super::reap::Reaper;
+use super::reap::{self, Reaper};
 use crate::cli::{FilterArgs, NoTests, TestArgs};
 
 pub fn test(args: TestArgs) -> Result<i32> {
@@ -51,31 +51,6 @@ pub fn test(args: TestArgs) -> Result<i32> {
         Some(config) => Some(runtime.block_on(env::connect(config))?),
         None => None,
     };
-    // The reaper starts before anything is created, and the sweep of
-    // abandoned runs happens before this run adds its own resources.
-    let reaper = match &connected {
-        Some(c) => {
-            let log = workspace
-                .target_dir
-                .join("ephem")
-                .join(format!("reaper-{}.log", &run_id[..8]));
-            let reaper = Reaper::spawn(&run_id, &log).map_err(|e| {
-                EphemError::Internal(format!("cannot start the reaper process: {e}"))
-            })?;
-            let outcome = runtime.block_on(gc::sweep(
-                c.backend.client(),
-                false,
-                false,
-                vec![run_id.clone()],
-            ))?;
-            if !outcome.planned.is_empty() {
-                eprintln!("     SWEEP {}", outcome.summary("removed"));
-            }
-            Some(reaper)
-        }
-        None => None,
-    };
-
     let list = Arc::new(workspace.discover(&cargo)?);
     let selection = list.select(&args.filter.to_filter());
 
@@ -136,6 +111,26 @@ pub fn test(args: TestArgs) -> Result<i32> {
         shard_count,
         keep_env: args.keep_env,
     };
+    // The reaper starts before any test or container does; the sweep of
+    // abandoned runs happens before this run adds its own resources.
+    let reaper = Reaper::spawn(
+        &run_id,
+        connected.is_some(),
+        &reap::log_path(&workspace.target_dir, &run_id),
+    )
+    .map_err(|e| EphemError::Internal(format!("cannot start the reaper process: {e}")))?;
+    if let Some(c) = &connected {
+        let outcome = runtime.block_on(gc::sweep(
+            c.backend.client(),
+            false,
+            false,
+            vec![run_id.clone()],
+        ))?;
+        if !outcome.planned.is_empty() {
+            eprintln!("     SWEEP {}", outcome.summary("removed"));
+        }
+    }
+
     let per_shard: Vec<(u32, usize)> = shards.iter().map(|(m, t)| (*m, t.len())).collect();
     let mut display = Display::new(
         DisplayMode::detect(),
@@ -168,9 +163,7 @@ pub fn test(args: TestArgs) -> Result<i32> {
     };
     let result = runtime.block_on(run::run(input, &mut display));
     display.finish();
-    if let Some(reaper) = reaper {
-        reaper.finish(!result.kept.is_empty());
-    }
+    reaper.finish(!result.kept.is_empty());
 
     let rerun = rerun_prefix(&cargo, &args.filter);
     eprint!("{}", summary::render(&result, &list, &rerun, shard_count));

@@ -4,7 +4,11 @@
 //! its timeout passes or the run is stopped; then *terminating* (SIGTERM to
 //! the whole process group, SIGKILL after a grace period); then *done*.
 //! Each test gets its own process group so that whatever it spawned dies
-//! with it.
+//! with it. Nothing runs between fork and exec, so the standard library
+//! starts tests with `posix_spawn` (a `pre_exec` hook such as
+//! `PR_SET_PDEATHSIG` would force a full `fork()` of the runner for every
+//! test, which measured 26% slower on 2,000 tiny tests). If the runner
+//! dies, its reaper process kills the run's tests instead.
 
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -100,7 +104,6 @@ pub async fn run_attempt(spec: AttemptSpec, mut stop: watch::Receiver<StopLevel>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    die_with_parent(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -197,29 +200,6 @@ fn signal_group(pgid: Option<i32>, signal: i32) {
         }
     }
 }
-
-/// Ties the test's life to the runner's: if the runner dies (even by
-/// SIGKILL), the kernel kills the test.
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only calls
-    // async-signal-safe functions (prctl, getppid).
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The runner may have died between fork and prctl.
-            if libc::getppid() == 1 {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut Command) {}
 
 fn describe_exit(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
