@@ -18,25 +18,11 @@ use bollard::query_parameters::RemoveImageOptions;
 use ephem_fixtures::{Backend, DockerBackend, EnvEvent, EphemConfig, RunContext, ShardContext};
 use futures_util::future::join_all;
 
-const CONFIG: &str = r#"
-[images]
-mirror = "localhost:5000"
-
-[services.postgres]
-image = "postgres:15-bookworm"
-env = { POSTGRES_PASSWORD = "${random}", POSTGRES_DB = "app" }
-ports = [5432]
-args = ["-c", "fsync=off"]
-wait = { log = "database system is ready to accept connections", times = 2 }
-startup-timeout = "120s"
-export = { DATABASE_URL = "postgres://postgres:${env.POSTGRES_PASSWORD}@${host}:${port.5432}/app" }
-
-[services.redis]
-image = "redis:7-bookworm"
-ports = [6379]
-wait = { tcp = 6379 }
-export = { REDIS_URL = "redis://${host}:${port.6379}" }
-"#;
+/// The main job's configuration: what the README's example runs.
+const CONFIG_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/postgres-redis/ephem.toml"
+);
 
 const IMAGES: [(&str, &str); 2] = [
     (
@@ -91,7 +77,7 @@ async fn main() {
 
 async fn run() -> Result<(), String> {
     let args = args()?;
-    let config = EphemConfig::parse(CONFIG, "bench.toml").map_err(|e| e.to_string())?;
+    let config = EphemConfig::load(CONFIG_PATH).map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let backend = DockerBackend::connect(config.clone(), tx)
         .await
