@@ -101,9 +101,11 @@ impl TestList {
     /// The list as nextest-metadata's `TestListSummary`, so tools that read
     /// `cargo nextest list --message-format json` read ours.
     pub fn to_summary(&self, selection: &[Selection]) -> TestListSummary {
-        let mut meta = RustBuildMetaSummary::default();
-        meta.target_directory = self.target_directory.clone();
-        meta.base_output_directories.insert("debug".into());
+        let meta = RustBuildMetaSummary {
+            target_directory: self.target_directory.clone(),
+            base_output_directories: ["debug".into()].into(),
+            ..Default::default()
+        };
         let mut summary = TestListSummary::new(meta);
         summary.test_count = self.tests.len();
         let mut suites: BTreeMap<RustBinaryId, RustTestSuiteSummary> = BTreeMap::new();

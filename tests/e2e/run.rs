@@ -1,20 +1,9 @@
 //! Running: one process per test with the right environment, fail-fast,
 //! timeouts, and no orphaned processes.
 
-use std::collections::HashMap;
-
 use quick_junit::TestCaseStatus;
 
 use crate::support::*;
-
-fn read_env_file(path: &std::path::Path) -> HashMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
 
 #[test]
 fn every_test_gets_its_shard_and_run_in_its_environment() {

@@ -370,3 +370,13 @@ impl Background {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 }
+
+/// Reads a `KEY=value` file written by a fixture test (`record_env`).
+pub fn read_env_file(path: &Path) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
