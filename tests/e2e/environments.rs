@@ -10,6 +10,7 @@ use crate::support::*;
 
 #[test]
 fn every_shard_gets_its_own_environment_and_nothing_is_left() {
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let out = run(ephem_test()
         .arg("--config")
@@ -64,6 +65,7 @@ fn every_shard_gets_its_own_environment_and_nothing_is_left() {
 
 #[test]
 fn generated_secrets_are_masked_in_output_and_junit() {
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("junit.xml");
     let out = run(ephem_test()
@@ -94,6 +96,7 @@ fn generated_secrets_are_masked_in_output_and_junit() {
 
 #[test]
 fn a_service_that_exits_fails_the_run_with_its_logs_and_leaves_nothing() {
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("junit.xml");
     let out = run(ephem_test()
@@ -131,6 +134,7 @@ fn a_service_that_exits_fails_the_run_with_its_logs_and_leaves_nothing() {
 
 #[test]
 fn an_unreachable_daemon_exits_102_within_seconds() {
+    let _daemon = shared_daemon();
     let started = Instant::now();
     let out = run(ephem_test()
         .arg("--config")
@@ -152,6 +156,7 @@ fn an_unreachable_daemon_exits_102_within_seconds() {
 
 #[test]
 fn a_bad_config_exits_2_naming_file_line_and_key() {
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -170,6 +175,7 @@ fn a_bad_config_exits_2_naming_file_line_and_key() {
 
 #[test]
 fn keep_env_keeps_the_environment_and_says_how_to_remove_it() {
+    let _daemon = shared_daemon();
     let out = run(ephem_test()
         .arg("--config")
         .arg(config("env-busybox.toml"))
@@ -204,6 +210,7 @@ fn keep_env_keeps_the_environment_and_says_how_to_remove_it() {
 
 #[test]
 fn up_starts_an_environment_that_down_removes() {
+    let _daemon = shared_daemon();
     let target = tempfile::tempdir().unwrap();
     let manifest = fixture_manifest();
     let mut up = ephem()

@@ -10,11 +10,16 @@ use crate::support::*;
 /// Starts a run whose two shards each hold a hanging test in their own
 /// environment, and waits until both tests run.
 fn start_hanging_run() -> (Background, String) {
+    start_hanging_run_with(&[])
+}
+
+fn start_hanging_run_with(extra: &[&str]) -> (Background, String) {
     let mut runner = Background::spawn(
         ephem_test()
             .arg("--config")
             .arg(config("env-busybox.toml"))
-            .args(["--shards", "2", "--ignored", "hang_"]),
+            .args(["--shards", "2", "--ignored", "hang_"])
+            .args(extra),
     );
     let run_id = runner.run_id(120);
     assert!(
@@ -57,6 +62,7 @@ fn report(what: &str, times: &mut [f64]) {
 
 #[test]
 fn kill_9_of_the_runner_leaves_nothing_10_times() {
+    let _daemon = shared_daemon();
     let mut times = Vec::new();
     for _ in 0..10 {
         let (mut runner, run_id) = start_hanging_run();
@@ -100,16 +106,19 @@ fn signal_loop(signal: i32, expected: i32, name: &str) {
 
 #[test]
 fn sigint_mid_run_leaves_nothing_10_times() {
+    let _daemon = shared_daemon();
     signal_loop(libc::SIGINT, 130, "SIGINT");
 }
 
 #[test]
 fn sigterm_mid_run_leaves_nothing_10_times() {
+    let _daemon = shared_daemon();
     signal_loop(libc::SIGTERM, 143, "SIGTERM");
 }
 
 #[test]
 fn readiness_failure_in_one_of_four_shards_removes_all_four() {
+    let _daemon = shared_daemon();
     let out = run(ephem_test()
         .arg("--config")
         .arg(config("env-shard3-broken.toml"))
@@ -128,6 +137,7 @@ fn readiness_failure_in_one_of_four_shards_removes_all_four() {
 
 #[test]
 fn two_concurrent_runs_one_killed_the_other_untouched() {
+    let _daemon = exclusive_daemon();
     let (mut doomed, doomed_id) = start_hanging_run();
     let _cleanup_doomed = Cleanup(Some(doomed_id.clone()));
     // The second run sweeps at start (the first is alive: untouched), then
@@ -194,6 +204,7 @@ fn container_exists(id: &str) -> bool {
 
 #[test]
 fn gc_removes_only_abandoned_runs() {
+    let _daemon = exclusive_daemon();
     // busybox:1.36 is in the local store once any environment test pulled it.
     let warm = run(ephem_test()
         .arg("--config")
@@ -271,6 +282,7 @@ fn uuid_like() -> String {
 
 #[test]
 fn a_service_killed_mid_run_is_named_in_the_failures() {
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("junit.xml");
     let mut runner = Background::spawn(
@@ -320,6 +332,7 @@ fn a_service_killed_mid_run_is_named_in_the_failures() {
 
 #[test]
 fn kill_9_without_environments_leaves_no_test_process() {
+    let _daemon = shared_daemon();
     let mut runner =
         Background::spawn(ephem_test().args(["--no-env", "--ignored", "hang_with_child"]));
     let run_id = runner.run_id(120);
@@ -340,5 +353,115 @@ fn kill_9_without_environments_leaves_no_test_process() {
     eprintln!(
         "reliability: kill -9 without environments: test processes gone after {:.2} s",
         killed.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_second_ctrl_c_kills_at_once_and_still_removes_everything() {
+    let _daemon = shared_daemon();
+    let (mut runner, run_id) = start_hanging_run();
+    let _cleanup = Cleanup(Some(run_id.clone()));
+    runner.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(100));
+    runner.signal(libc::SIGINT);
+    assert_eq!(runner.wait(30), Some(130), "{}", runner.stderr);
+    assert!(runner.stderr.contains("SIGINT again"), "{}", runner.stderr);
+    assert!(
+        resources_of(&run_id).is_empty(),
+        "left behind: {:?}",
+        resources_of(&run_id)
+    );
+    assert!(test_processes_of(&run_id).is_empty());
+}
+
+#[test]
+fn a_new_run_sweeps_abandoned_runs_first() {
+    let _daemon = exclusive_daemon();
+    let warm = run(ephem_test()
+        .arg("--config")
+        .arg(config("env-busybox.toml"))
+        .arg("pass_add"));
+    assert_eq!(warm.status.code(), Some(0), "{}", describe(&warm));
+    let dead_run = format!("sweep-dead-{}", uuid_like());
+    let _c = Cleanup(Some(dead_run.clone()));
+    let dead = fake_run_container(&dead_run, 999_998, &[]);
+    let out = run(ephem_test()
+        .arg("--config")
+        .arg(config("env-busybox.toml"))
+        .arg("pass_add"));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let sweep = stderr
+        .lines()
+        .find(|l| l.contains("SWEEP"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(sweep.contains("999998"), "the sweep line says why: {sweep}");
+    assert!(
+        !container_exists(&dead),
+        "the abandoned run's container survived the sweep"
+    );
+}
+
+#[test]
+fn a_live_run_keeps_pushing_its_expiry_forward() {
+    let _daemon = exclusive_daemon();
+    let (mut runner, run_id) = start_hanging_run_with(&["--env-ttl", "3s"]);
+    let _cleanup = Cleanup(Some(run_id.clone()));
+    // Past the first expiry: the renewals (every second) must have moved it.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=cargo-ephem.run={run_id}"),
+        ])
+        .args(["--filter", "label=cargo-ephem.lease"])
+        .output()
+        .unwrap();
+    let leases: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(!leases.is_empty(), "no lease volume for a live run");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let latest = leases
+        .iter()
+        .map(|v| {
+            let out = Command::new("docker")
+                .args([
+                    "volume",
+                    "inspect",
+                    "-f",
+                    "{{index .Labels \"cargo-ephem.expires\"}}",
+                    v,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap();
+    assert!(
+        latest > now,
+        "the run's expiry {latest} is not after now {now}"
+    );
+    // A gc from elsewhere leaves the live run alone.
+    let gc = run(ephem().arg("gc"));
+    assert_eq!(gc.status.code(), Some(0), "{}", describe(&gc));
+    assert!(!String::from_utf8_lossy(&gc.stdout).contains(&run_id));
+    runner.signal(libc::SIGTERM);
+    assert_eq!(runner.wait(30), Some(143), "{}", runner.stderr);
+    assert!(
+        resources_of(&run_id).is_empty(),
+        "left behind: {:?}",
+        resources_of(&run_id)
     );
 }

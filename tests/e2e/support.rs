@@ -380,3 +380,17 @@ pub fn read_env_file(path: &Path) -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
+
+/// Every run with environments sweeps abandoned runs when it starts, so
+/// tests that plant abandoned resources, or assert what a sweep did, must not
+/// overlap with other runs: they take the daemon exclusively, the others
+/// shared.
+static DAEMON: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn shared_daemon() -> std::sync::RwLockReadGuard<'static, ()> {
+    DAEMON.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn exclusive_daemon() -> std::sync::RwLockWriteGuard<'static, ()> {
+    DAEMON.write().unwrap_or_else(|p| p.into_inner())
+}
