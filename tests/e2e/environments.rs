@@ -21,6 +21,12 @@ fn every_shard_gets_its_own_environment_and_nothing_is_left() {
     let _cleanup = Cleanup(run_id_of(&stderr));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let run_id = run_id_of(&stderr).expect("the run id is printed");
+    for shard in 1..=3 {
+        assert!(
+            stderr.contains(&format!("environment of shard {shard}/3")),
+            "no READY line for shard {shard}: {stderr}"
+        );
+    }
 
     let files = [
         "tests__env_unit.env",

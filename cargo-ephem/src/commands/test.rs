@@ -139,6 +139,9 @@ pub fn test(args: TestArgs) -> Result<i32> {
         shard_count,
         args.slow_timeout,
     );
+    if connected.is_some() {
+        display = display.with_environments();
+    }
     let env_note = match &connected {
         Some(c) => format!(", environments from {}", c.config_path),
         None => String::new(),

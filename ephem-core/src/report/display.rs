@@ -57,6 +57,9 @@ pub struct Display {
     last_count: Instant,
     count_every: Duration,
     color: bool,
+    /// Shards get environments (so readiness is worth a line).
+    with_env: bool,
+    started: Instant,
 }
 
 impl Display {
@@ -124,7 +127,15 @@ impl Display {
             last_count: Instant::now(),
             count_every: Duration::from_secs(30),
             color: mode == DisplayMode::Live && std::env::var_os("NO_COLOR").is_none(),
+            with_env: false,
+            started: Instant::now(),
         }
+    }
+
+    /// Says that shards get environments, so their readiness is reported.
+    pub fn with_environments(mut self) -> Display {
+        self.with_env = true;
+        self
     }
 
     /// Prints a line above the bars (or plainly).
@@ -235,6 +246,14 @@ impl RunEvents for Display {
     fn shard_ready(&mut self, shard: u32) {
         if let Some(bar) = self.shard_bars.get(&shard) {
             bar.set_message("");
+        }
+        if self.with_env {
+            self.line(&format!(
+                "{} [{:>8.3}s] environment of shard {shard}/{}",
+                self.paint("32", "     READY"),
+                self.started.elapsed().as_secs_f64(),
+                self.shard_count
+            ));
         }
     }
 

@@ -183,12 +183,44 @@ pub async fn run_attempt(spec: AttemptSpec, mut stop: watch::Receiver<StopLevel>
     }
 }
 
+/// Most bytes of one stream kept in memory: a test that prints gigabytes
+/// must not take the runner down. Beyond it, the middle is dropped (the
+/// start and the end of a log say the most).
+const MAX_CAPTURE: usize = 4 << 20;
+
 async fn read_all<R: AsyncRead + Unpin>(reader: Option<R>) -> String {
-    let mut buf = Vec::new();
-    if let Some(mut r) = reader {
-        let _ = r.read_to_end(&mut buf).await;
+    let Some(mut r) = reader else {
+        return String::new();
+    };
+    let mut head = Vec::new();
+    let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let mut dropped = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut bytes = &chunk[..n];
+        if head.len() < MAX_CAPTURE / 2 {
+            let take = bytes.len().min(MAX_CAPTURE / 2 - head.len());
+            head.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+        tail.extend(bytes.iter().copied());
+        if tail.len() > MAX_CAPTURE / 2 {
+            let excess = tail.len() - MAX_CAPTURE / 2;
+            tail.drain(..excess);
+            dropped += excess;
+        }
     }
-    String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    if dropped > 0 {
+        head.extend_from_slice(
+            format!("\n[... {dropped} bytes of output dropped by cargo-ephem ...]\n").as_bytes(),
+        );
+    }
+    head.extend(tail);
+    String::from_utf8(head).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn signal_group(pgid: Option<i32>, signal: i32) {
@@ -225,5 +257,26 @@ pub fn signal_name(sig: i32) -> &'static str {
         libc::SIGSEGV => "SIGSEGV",
         libc::SIGTERM => "SIGTERM",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn huge_output_keeps_head_and_tail() {
+        let mut data = b"HEAD".to_vec();
+        data.resize(MAX_CAPTURE * 3, b'x');
+        data.extend_from_slice(b"TAIL");
+        let out = read_all(Some(&data[..])).await;
+        assert!(out.len() < MAX_CAPTURE + 200, "{}", out.len());
+        assert!(out.starts_with("HEAD") && out.ends_with("TAIL"));
+        assert!(out.contains("bytes of output dropped by cargo-ephem"));
+    }
+
+    #[tokio::test]
+    async fn small_output_is_kept_whole() {
+        assert_eq!(read_all(Some(&b"hello\n"[..])).await, "hello\n");
     }
 }
