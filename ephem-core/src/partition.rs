@@ -245,11 +245,6 @@ impl Timings {
         self.count == 0
     }
 
-    /// The recorded duration of one test.
-    pub fn get(&self, binary_id: &str, name: &str) -> Option<Duration> {
-        self.micros(binary_id, name).map(Duration::from_micros)
-    }
-
     fn micros(&self, binary_id: &str, name: &str) -> Option<u64> {
         self.micros.get(binary_id)?.get(name).copied()
     }

@@ -2,8 +2,6 @@
 //! output, and the command that reruns exactly the failed tests.
 
 use std::fmt::Write as _;
-use std::time::Duration;
-
 use crate::run::{RunResult, TestOutcome, Verdict};
 use crate::test_list::TestList;
 
@@ -214,11 +212,6 @@ pub fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
-}
-
-/// Sum of the durations of the given outcomes.
-pub fn total_time(outcomes: &[TestOutcome]) -> Duration {
-    outcomes.iter().map(TestOutcome::duration).sum()
 }
 
 #[cfg(test)]
