@@ -59,6 +59,8 @@ pub struct Display {
     color: bool,
     /// Shards get environments (so readiness is worth a line).
     with_env: bool,
+    /// Shards whose environment is ready (or who need none).
+    ready: HashSet<u32>,
     started: Instant,
 }
 
@@ -90,7 +92,7 @@ impl Display {
                 let bar = multi.add(ProgressBar::new(n as u64));
                 bar.set_style(style.clone());
                 bar.set_prefix(format!("shard {shard}/{shard_count}"));
-                bar.set_message("waiting for environment");
+                bar.set_message("starting environment");
                 shard_bars.insert(shard, bar);
             }
         }
@@ -112,6 +114,10 @@ impl Display {
             .progress_chars("=> "),
         );
         overall.set_prefix("all");
+        if mode == DisplayMode::Live {
+            // Keeps the elapsed time moving while environments start.
+            overall.enable_steady_tick(Duration::from_millis(500));
+        }
         Display {
             mode,
             list,
@@ -128,6 +134,7 @@ impl Display {
             count_every: Duration::from_secs(30),
             color: mode == DisplayMode::Live && std::env::var_os("NO_COLOR").is_none(),
             with_env: false,
+            ready: HashSet::new(),
             started: Instant::now(),
         }
     }
@@ -243,11 +250,12 @@ impl RunEvents for Display {
         }
     }
 
-    fn shard_ready(&mut self, shard: u32) {
+    fn shard_ready(&mut self, shard: u32, with_env: bool) {
+        self.ready.insert(shard);
         if let Some(bar) = self.shard_bars.get(&shard) {
             bar.set_message("");
         }
-        if self.with_env {
+        if with_env {
             self.line(&format!(
                 "{} [{:>8.3}s] environment of shard {shard}/{}",
                 self.paint("32", "     READY"),
@@ -325,6 +333,13 @@ impl RunEvents for Display {
         match self.mode {
             DisplayMode::Live => {
                 for (shard, bar) in &self.shard_bars {
+                    if self.with_env && !self.ready.contains(shard) {
+                        bar.set_message(format!(
+                            "starting environment ({:.0}s)",
+                            self.started.elapsed().as_secs_f64()
+                        ));
+                        continue;
+                    }
                     let c = &self.counts[shard];
                     let longest = running
                         .iter()

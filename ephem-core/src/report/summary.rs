@@ -1,9 +1,9 @@
 //! The end of a run: counts, the slowest tests, every failure with its
 //! output, and the command that reruns exactly the failed tests.
 
-use std::fmt::Write as _;
 use crate::run::{RunResult, TestOutcome, Verdict};
 use crate::test_list::TestList;
+use std::fmt::Write as _;
 
 use super::display::fmt_duration;
 

@@ -259,9 +259,10 @@ impl Dispatcher<'_> {
             self.prepare_task = Some(tokio::spawn(async move {
                 let _ = tx.send(Msg::Prepared(backend.prepare(&ctx).await));
             }));
-        } else {
-            for s in &self.shards {
-                self.events.shard_ready(s.number);
+        }
+        for s in &self.shards {
+            if s.phase != EnvPhase::AwaitPrepare {
+                self.events.shard_ready(s.number, false);
             }
         }
     }
@@ -407,7 +408,7 @@ impl Dispatcher<'_> {
                         shard.masker = Masker::new(env.secrets.clone());
                         shard.env = Some(env);
                         shard.phase = EnvPhase::Ready;
-                        self.events.shard_ready(number);
+                        self.events.shard_ready(number, true);
                     }
                     Err(e) => {
                         shard.phase = EnvPhase::Failed;

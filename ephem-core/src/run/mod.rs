@@ -110,8 +110,9 @@ pub struct RunningTest {
 pub trait RunEvents: Send {
     /// The environment backend reported progress (pulls, service deaths).
     fn env_event(&mut self, event: &EnvEvent);
-    /// A shard's environment is ready (or the shard needs none).
-    fn shard_ready(&mut self, shard: u32);
+    /// A shard can run tests: its environment is ready (`with_env`), or it
+    /// needs none (no backend, or nothing to run).
+    fn shard_ready(&mut self, shard: u32, with_env: bool);
     /// A test attempt failed and will be retried.
     fn retrying(&mut self, test: TestIdx, shard: u32, failed: &Attempt);
     /// A test has its verdict.
