@@ -214,6 +214,9 @@ fn build(opts: &CargoOptions) -> Result<BuildOutput> {
     let status = child
         .wait()
         .map_err(|e| EphemError::Internal(format!("waiting for cargo: {e}")))?;
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return Err(EphemError::Interrupted { signal });
+    }
     if !status.success() {
         return Err(EphemError::BuildFailed {
             command,

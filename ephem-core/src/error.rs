@@ -53,6 +53,12 @@ pub enum EphemError {
         /// Its exit status, described.
         status: String,
     },
+    /// The build was stopped by a signal (Ctrl-C reaches cargo too).
+    #[error("interrupted by signal {signal} while building")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
     /// A test binary could not be run with `--list`, or printed something unexpected.
     #[error("cannot list tests of {binary_id} ({path}): {reason}")]
     Listing {
@@ -89,6 +95,7 @@ impl EphemError {
                 exit_codes::USAGE
             }
             EphemError::BuildFailed { .. } => exit_codes::BUILD_FAILED,
+            EphemError::Interrupted { signal } => exit_codes::SIGNAL_BASE + signal,
             EphemError::Listing { .. } => exit_codes::LISTING_FAILED,
             EphemError::Environment(_) => exit_codes::ENVIRONMENT_FAILED,
             EphemError::Io { .. } | EphemError::Internal(_) => exit_codes::INTERNAL,
