@@ -465,3 +465,26 @@ fn a_live_run_keeps_pushing_its_expiry_forward() {
         resources_of(&run_id)
     );
 }
+
+#[test]
+fn a_panic_in_the_runner_exits_1_and_leaves_nothing() {
+    let _daemon = shared_daemon();
+    let mut runner = Background::spawn(
+        ephem_test()
+            .arg("--config")
+            .arg(config("env-busybox.toml"))
+            .args(["--shards", "2", "--ignored", "hang_"])
+            .env("CARGO_EPHEM_TEST_PANIC_ON_READY", "1"),
+    );
+    let run_id = runner.run_id(120);
+    let _cleanup = Cleanup(Some(run_id.clone()));
+    assert_eq!(runner.wait(60), Some(1), "{}", runner.stderr);
+    assert!(
+        runner.stderr.contains("internal error"),
+        "{}",
+        runner.stderr
+    );
+    let exited = Instant::now();
+    let secs = time_until_clean(&run_id, exited, 15);
+    eprintln!("reliability: panic in the runner: clean {secs:.2} s after exit");
+}

@@ -164,7 +164,11 @@ pub fn test(args: TestArgs) -> Result<i32> {
         env_events,
         env_ttl: args.env.env_ttl,
     };
-    let result = runtime.block_on(run::run(input, &mut display));
+    let result = if std::env::var_os(PANIC_HOOK).is_some() {
+        runtime.block_on(run::run(input, &mut PanicOnReady(&mut display)))
+    } else {
+        runtime.block_on(run::run(input, &mut display))
+    };
     display.finish();
     reaper.finish(!result.kept.is_empty());
 
@@ -252,4 +256,35 @@ fn exit_code(result: &RunResult) -> i32 {
         return exit_codes::TESTS_FAILED;
     }
     exit_codes::OK
+}
+
+/// Test hook: when set, the runner panics as soon as a shard's environment
+/// is ready, so the end-to-end tests can prove that a panic leaves nothing
+/// behind. There is no other way to make a correct runner panic on demand.
+const PANIC_HOOK: &str = "CARGO_EPHEM_TEST_PANIC_ON_READY";
+
+struct PanicOnReady<'a>(&'a mut Display);
+
+impl ephem_core::run::RunEvents for PanicOnReady<'_> {
+    fn env_event(&mut self, event: &ephem_fixtures::EnvEvent) {
+        self.0.env_event(event)
+    }
+    fn shard_ready(&mut self, shard: u32, with_env: bool) {
+        self.0.shard_ready(shard, with_env);
+        if with_env {
+            panic!("{PANIC_HOOK} is set: panicking on purpose");
+        }
+    }
+    fn retrying(&mut self, test: usize, shard: u32, failed: &ephem_core::run::Attempt) {
+        self.0.retrying(test, shard, failed)
+    }
+    fn finished(&mut self, outcome: &ephem_core::run::TestOutcome) {
+        self.0.finished(outcome)
+    }
+    fn tick(&mut self, running: &[ephem_core::run::RunningTest]) {
+        self.0.tick(running)
+    }
+    fn interrupted(&mut self, signal: i32, second: bool) {
+        self.0.interrupted(signal, second)
+    }
 }
