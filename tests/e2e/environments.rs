@@ -63,10 +63,7 @@ fn every_shard_gets_its_own_environment_and_nothing_is_left() {
     }
     assert_eq!(urls.len(), 3, "each shard has its own service: {urls:?}");
     assert_eq!(secrets.len(), 3, "each shard has its own secret");
-    assert!(
-        resources_of(&run_id).is_empty(),
-        "resources of {run_id} left behind"
-    );
+    assert_nothing_left(&run_id);
 }
 
 #[test]
@@ -132,10 +129,7 @@ fn a_service_that_exits_fails_the_run_with_its_logs_and_leaves_nothing() {
         skipped > 0,
         "tests of failed shards are reported as not run"
     );
-    assert!(
-        resources_of(&run_id).is_empty(),
-        "resources of {run_id} left behind"
-    );
+    assert_nothing_left(&run_id);
 }
 
 #[test]
@@ -208,10 +202,7 @@ fn keep_env_keeps_the_environment_and_says_how_to_remove_it() {
         .status()
         .unwrap();
     assert!(status.success(), "{remove}");
-    assert!(
-        resources_of(&run_id).is_empty(),
-        "the printed command did not remove everything"
-    );
+    assert_nothing_left(&run_id);
 }
 
 #[test]
@@ -265,10 +256,7 @@ fn up_starts_an_environment_that_down_removes() {
     assert_eq!(down.status.code(), Some(0), "{}", describe(&down));
     let status = up.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(
-        resources_of(&run_id).is_empty(),
-        "down left resources of {run_id}"
-    );
+    assert_nothing_left(&run_id);
 }
 
 fn http_body(url: &str) -> String {

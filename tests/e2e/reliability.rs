@@ -90,11 +90,7 @@ fn signal_loop(signal: i32, expected: i32, name: &str) {
             "exit took {exit_after:?}"
         );
         // The runner removes its environments before it exits.
-        assert!(
-            resources_of(&run_id).is_empty(),
-            "left behind: {:?}",
-            resources_of(&run_id)
-        );
+        assert_nothing_left(&run_id);
         assert!(test_processes_of(&run_id).is_empty());
         exits.push(exit_after.as_secs_f64());
     }
@@ -128,11 +124,7 @@ fn readiness_failure_in_one_of_four_shards_removes_all_four() {
     let _cleanup = Cleanup(Some(run_id.clone()));
     assert_eq!(out.status.code(), Some(102), "{}", describe(&out));
     assert!(stderr.contains("shard 3 is broken on purpose"), "{stderr}");
-    assert!(
-        resources_of(&run_id).is_empty(),
-        "left behind: {:?}",
-        resources_of(&run_id)
-    );
+    assert_nothing_left(&run_id);
 }
 
 #[test]
@@ -167,7 +159,7 @@ fn two_concurrent_runs_one_killed_the_other_untouched() {
         survivor.stderr
     );
     assert!(!survivor.stderr.contains("SWEEP"), "{}", survivor.stderr);
-    assert!(resources_of(&survivor_id).is_empty());
+    assert_nothing_left(&survivor_id);
 }
 
 fn hostname() -> String {
@@ -327,7 +319,7 @@ fn a_service_killed_mid_run_is_named_in_the_failures() {
         }
         other => panic!("svc_b_connects should fail: {other:?}"),
     }
-    assert!(resources_of(&run_id).is_empty());
+    assert_nothing_left(&run_id);
 }
 
 #[test]
@@ -366,11 +358,7 @@ fn a_second_ctrl_c_kills_at_once_and_still_removes_everything() {
     runner.signal(libc::SIGINT);
     assert_eq!(runner.wait(30), Some(130), "{}", runner.stderr);
     assert!(runner.stderr.contains("SIGINT again"), "{}", runner.stderr);
-    assert!(
-        resources_of(&run_id).is_empty(),
-        "left behind: {:?}",
-        resources_of(&run_id)
-    );
+    assert_nothing_left(&run_id);
     assert!(test_processes_of(&run_id).is_empty());
 }
 
@@ -459,11 +447,7 @@ fn a_live_run_keeps_pushing_its_expiry_forward() {
     assert!(!String::from_utf8_lossy(&gc.stdout).contains(&run_id));
     runner.signal(libc::SIGTERM);
     assert_eq!(runner.wait(30), Some(143), "{}", runner.stderr);
-    assert!(
-        resources_of(&run_id).is_empty(),
-        "left behind: {:?}",
-        resources_of(&run_id)
-    );
+    assert_nothing_left(&run_id);
 }
 
 #[test]

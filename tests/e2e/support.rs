@@ -233,6 +233,12 @@ pub fn resources_of(run_id: &str) -> Vec<String> {
     ids
 }
 
+/// Fails the test if any container, network or volume of the run remains.
+pub fn assert_nothing_left(run_id: &str) {
+    let left = resources_of(run_id);
+    assert!(left.is_empty(), "run {run_id} left behind: {left:?}");
+}
+
 /// Removes a run's resources when dropped, so a failing test leaks nothing.
 pub struct Cleanup(pub Option<String>);
 
