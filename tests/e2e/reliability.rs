@@ -169,6 +169,16 @@ fn hostname() -> String {
         .to_owned()
 }
 
+/// Puts busybox:1.36 in the local image store (the fake runs below use it
+/// directly), by running one test with an environment that pulls it.
+fn pull_busybox() {
+    let out = run(ephem_test()
+        .arg("--config")
+        .arg(config("env-busybox.toml"))
+        .arg("pass_add"));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
 /// Starts a labelled container like a run of cargo-ephem would have left.
 fn fake_run_container(run: &str, pid: u32, extra: &[&str]) -> String {
     let out = Command::new("docker")
@@ -197,12 +207,7 @@ fn container_exists(id: &str) -> bool {
 #[test]
 fn gc_removes_only_abandoned_runs() {
     let _daemon = exclusive_daemon();
-    // busybox:1.36 is in the local store once any environment test pulled it.
-    let warm = run(ephem_test()
-        .arg("--config")
-        .arg(config("env-busybox.toml"))
-        .arg("pass_add"));
-    assert_eq!(warm.status.code(), Some(0), "{}", describe(&warm));
+    pull_busybox();
 
     let tag = uuid_like();
     let dead_run = format!("gc-dead-{tag}");
@@ -365,11 +370,7 @@ fn a_second_ctrl_c_kills_at_once_and_still_removes_everything() {
 #[test]
 fn a_new_run_sweeps_abandoned_runs_first() {
     let _daemon = exclusive_daemon();
-    let warm = run(ephem_test()
-        .arg("--config")
-        .arg(config("env-busybox.toml"))
-        .arg("pass_add"));
-    assert_eq!(warm.status.code(), Some(0), "{}", describe(&warm));
+    pull_busybox();
     let dead_run = format!("sweep-dead-{}", uuid_like());
     let _c = Cleanup(Some(dead_run.clone()));
     let dead = fake_run_container(&dead_run, 999_998, &[]);
