@@ -182,6 +182,14 @@ pub enum EnvEvent {
         /// When the backend noticed.
         at: SystemTime,
     },
+    /// Something the user should know that does not stop the run, e.g. a
+    /// lost event stream that means service deaths go unreported.
+    Warning {
+        /// The shard it concerns, if one.
+        shard: Option<u32>,
+        /// One line: what happened and what it means.
+        message: String,
+    },
 }
 
 /// Where a backend sends its [`EnvEvent`]s; dropped events are fine.

@@ -247,6 +247,10 @@ impl RunEvents for Display {
                 let msg = format!("service {service} of shard {shard} exited (code {code})");
                 self.line(&format!("{} {msg}", self.paint("31;1", "  ENV DIED")));
             }
+            EnvEvent::Warning { shard, message } => {
+                let place = shard.map(|s| format!("shard {s}: ")).unwrap_or_default();
+                self.line(&format!("{} {place}{message}", self.paint("33;1", "   WARNING")));
+            }
         }
     }
 
