@@ -1,16 +1,23 @@
-//! Command-line definitions. Only parsing lives here; `main.rs` wires the
-//! parsed options to `ephem-core`.
+//! Command-line definitions, and how each maps onto `ephem-core`'s options.
+//! Only parsing lives here; every command is one call into `ephem-core`.
 
 use std::time::Duration;
 
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ephem_core::discover::CargoOptions;
+use ephem_core::discover::{CargoOptions, TargetSelection};
+use ephem_core::limits;
+use ephem_core::options::{
+    ConfigSource, DownOptions, EnvOptions, GcOptions, ListFormat, ListOptions, NoTests,
+    ReapOptions, Sharding, TestOptions, UpOptions, VarsFormat,
+};
 use ephem_core::partition::PartitionSpec;
+use ephem_core::test_list::{IgnoredMode, TestFilter};
+use ephem_core::BackendKind;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    all selected tests passed (flaky tests count as passed)
+  0    all selected tests passed (flaky tests count as passed), or none to run
   2    usage or configuration error
   4    no test matched the filters and --no-tests=fail
   100  one or more tests failed or timed out
@@ -33,7 +40,7 @@ pub struct App {
 pub enum Command {
     /// Build, list, shard and run the tests, then report.
     #[command(after_help = EXIT_CODES)]
-    Test(TestArgs),
+    Test(Box<TestArgs>),
     /// Build and list the tests, grouped by binary.
     #[command(after_help = EXIT_CODES)]
     List(ListArgs),
@@ -46,52 +53,114 @@ pub enum Command {
     Up(UpArgs),
     /// Remove environments started by `cargo ephem up` in this workspace.
     Down(DownArgs),
-    /// Remove resources of abandoned runs: runner gone, or lease expired.
+    /// Remove resources of abandoned runs: runner gone, or expiry passed.
     ///
     /// Lists each resource with its run, shard, age and why it is removed.
     /// Never touches a resource without cargo-ephem labels, nor one of a run
     /// whose runner is alive.
     Gc(GcArgs),
-    /// The out-of-process reaper (started by `test`; not for direct use).
+    /// The out-of-process reaper (started by `test` and `up`; not for direct use).
     #[command(name = "__reap", hide = true)]
-    Reap {
-        /// The run to watch.
-        #[arg(long)]
-        run: String,
-        /// The run has Docker environments to remove.
-        #[arg(long)]
-        docker: bool,
-        /// Where to write, if there is anything to say.
-        #[arg(long)]
-        log: Utf8PathBuf,
-    },
+    Reap(ReapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// The run to watch.
+    #[arg(long)]
+    run: String,
+    /// The backend holding the run's environments, if any.
+    #[arg(long, value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+    /// The run's configuration, for backends that need it to be reached.
+    #[arg(long)]
+    config: Option<Utf8PathBuf>,
+    /// Where to write, if there is anything to say.
+    #[arg(long)]
+    log: Utf8PathBuf,
+}
+
+impl ReapArgs {
+    pub fn options(self) -> ReapOptions {
+        ReapOptions {
+            run_id: self.run,
+            backend: self.backend,
+            config: self.config,
+            log: self.log,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
     /// List what would be removed, remove nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    dry_run: bool,
     /// Also resources created from other hosts (judged by their expiry, since
     /// their runner's process cannot be checked from here).
     #[arg(long)]
-    pub all: bool,
+    all: bool,
+    /// Path to Cargo.toml (whose workspace's ephem.toml names the backend).
+    #[arg(long, value_name = "PATH")]
+    manifest_path: Option<Utf8PathBuf>,
+    /// Environment configuration [default: ephem.toml at the workspace root, if present].
+    #[arg(long, value_name = "PATH")]
+    config: Option<Utf8PathBuf>,
+    /// The backend to clean [default: the configuration's, else docker].
+    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+}
+
+impl GcArgs {
+    pub fn options(self) -> GcOptions {
+        GcOptions {
+            manifest_path: self.manifest_path,
+            env: EnvOptions {
+                config: config_source(self.config, false),
+                backend: self.backend,
+                ..Default::default()
+            },
+            dry_run: self.dry_run,
+            all_hosts: self.all,
+        }
+    }
 }
 
 /// Where the environment configuration comes from.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Environments")]
 pub struct EnvArgs {
     /// Environment configuration [default: ephem.toml at the workspace root, if present].
     #[arg(long, value_name = "PATH", conflicts_with = "no_env")]
-    pub config: Option<Utf8PathBuf>,
+    config: Option<Utf8PathBuf>,
     /// Run without environments even if ephem.toml exists.
     #[arg(long)]
-    pub no_env: bool,
+    no_env: bool,
+    /// The backend that provisions environments [default: the configuration's `backend`, else docker].
+    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+    backend: Option<BackendKind>,
     /// Environments count as abandoned this long after their last sign of
     /// life; the deadline is pushed forward while the run is alive.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m")]
-    pub env_ttl: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "30m")]
+    env_ttl: Duration,
+}
+
+impl EnvArgs {
+    fn options(self) -> EnvOptions {
+        EnvOptions {
+            config: config_source(self.config, self.no_env),
+            backend: self.backend,
+            env_ttl: self.env_ttl,
+        }
+    }
+}
+
+fn config_source(config: Option<Utf8PathBuf>, no_env: bool) -> ConfigSource {
+    match (config, no_env) {
+        (_, true) => ConfigSource::Disabled,
+        (Some(path), false) => ConfigSource::File(path),
+        (None, false) => ConfigSource::WorkspaceDefault,
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
@@ -107,26 +176,64 @@ pub enum EnvFormat {
 pub struct UpArgs {
     /// Path to Cargo.toml (to find the workspace and its ephem.toml).
     #[arg(long, value_name = "PATH")]
-    pub manifest_path: Option<Utf8PathBuf>,
+    manifest_path: Option<Utf8PathBuf>,
     /// Environment configuration [default: ephem.toml at the workspace root].
     #[arg(long, value_name = "PATH")]
-    pub config: Option<Utf8PathBuf>,
+    config: Option<Utf8PathBuf>,
+    /// The backend [default: the configuration's `backend`, else docker].
+    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+    backend: Option<BackendKind>,
     /// Which shard's environment to start (sets ${shard}).
-    #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub shard: u32,
+    #[arg(long, value_name = "M", default_value_t = 1, value_parser = limits::parse_shard_count)]
+    shard: u32,
     /// How to print the exported variables on stdout.
     #[arg(long, value_enum, default_value_t)]
-    pub format: EnvFormat,
+    format: EnvFormat,
+    /// The environment counts as abandoned this long after `up` stops
+    /// renewing it (it renews every third of it while alive).
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "30m")]
+    env_ttl: Duration,
+}
+
+impl UpArgs {
+    pub fn options(self) -> UpOptions {
+        UpOptions {
+            manifest_path: self.manifest_path,
+            env: EnvOptions {
+                config: config_source(self.config, false),
+                backend: self.backend,
+                env_ttl: self.env_ttl,
+            },
+            shard: self.shard,
+            format: match self.format {
+                EnvFormat::Env => VarsFormat::Env,
+                EnvFormat::Json => VarsFormat::Json,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// Path to Cargo.toml (to find the workspace).
     #[arg(long, value_name = "PATH")]
-    pub manifest_path: Option<Utf8PathBuf>,
+    manifest_path: Option<Utf8PathBuf>,
     /// Only the environment of this shard [default: all started by `up`].
-    #[arg(long, value_name = "M")]
-    pub shard: Option<u32>,
+    #[arg(long, value_name = "M", value_parser = limits::parse_shard_count)]
+    shard: Option<u32>,
+    /// The backend [default: the one `up` recorded].
+    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+}
+
+impl DownArgs {
+    pub fn options(self) -> DownOptions {
+        DownOptions {
+            manifest_path: self.manifest_path,
+            shard: self.shard,
+            backend: self.backend,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,42 +258,81 @@ pub enum JunitCommand {
 pub struct CargoArgs {
     /// Test all packages in the workspace.
     #[arg(long)]
-    pub workspace: bool,
+    workspace: bool,
     /// Package to test (repeatable).
     #[arg(short = 'p', long = "package", value_name = "SPEC")]
-    pub packages: Vec<String>,
+    packages: Vec<String>,
     /// Exclude a package with --workspace (repeatable).
     #[arg(long, value_name = "SPEC")]
-    pub exclude: Vec<String>,
+    exclude: Vec<String>,
     /// Features to activate (space- or comma-separated, repeatable).
     #[arg(short = 'F', long, value_name = "FEATURES")]
-    pub features: Vec<String>,
+    features: Vec<String>,
     /// Activate all features.
     #[arg(long)]
-    pub all_features: bool,
+    all_features: bool,
     /// Do not activate the `default` feature.
     #[arg(long)]
-    pub no_default_features: bool,
+    no_default_features: bool,
     /// Build in release mode.
     #[arg(long)]
-    pub release: bool,
+    release: bool,
     /// Cargo profile to build with (cargo's --profile).
     #[arg(long, value_name = "NAME")]
-    pub cargo_profile: Option<String>,
+    cargo_profile: Option<String>,
     /// Path to Cargo.toml.
     #[arg(long, value_name = "PATH")]
-    pub manifest_path: Option<Utf8PathBuf>,
+    manifest_path: Option<Utf8PathBuf>,
     /// Directory for all generated artifacts.
     #[arg(long, value_name = "DIR")]
-    pub target_dir: Option<Utf8PathBuf>,
+    target_dir: Option<Utf8PathBuf>,
+    #[command(flatten)]
+    targets: TargetArgs,
+}
+
+/// Which targets of the selected packages to test, as `cargo test` takes them.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Target selection")]
+pub struct TargetArgs {
+    /// Test only this package's library.
+    #[arg(long)]
+    lib: bool,
+    /// Test only the named binary (repeatable).
+    #[arg(long = "bin", value_name = "NAME")]
+    bin: Vec<String>,
+    /// Test all binaries.
+    #[arg(long)]
+    bins: bool,
+    /// Test only the named test target (repeatable).
+    #[arg(long = "test", value_name = "NAME")]
+    test: Vec<String>,
+    /// Test all test targets.
+    #[arg(long)]
+    tests: bool,
+    /// Test only the named example (repeatable).
+    #[arg(long = "example", value_name = "NAME")]
+    example: Vec<String>,
+    /// Test all examples.
+    #[arg(long)]
+    examples: bool,
+    /// Test only the named bench target (repeatable).
+    #[arg(long = "bench", value_name = "NAME")]
+    bench: Vec<String>,
+    /// Test all bench targets.
+    #[arg(long)]
+    benches: bool,
+    /// Test all targets.
+    #[arg(long)]
+    all_targets: bool,
 }
 
 impl CargoArgs {
-    pub fn to_options(&self) -> CargoOptions {
+    fn options(self) -> CargoOptions {
+        let t = self.targets;
         CargoOptions {
             workspace: self.workspace,
-            packages: self.packages.clone(),
-            exclude: self.exclude.clone(),
+            packages: self.packages,
+            exclude: self.exclude,
             features: self
                 .features
                 .iter()
@@ -197,9 +343,21 @@ impl CargoArgs {
             all_features: self.all_features,
             no_default_features: self.no_default_features,
             release: self.release,
-            cargo_profile: self.cargo_profile.clone(),
-            manifest_path: self.manifest_path.clone(),
-            target_dir: self.target_dir.clone(),
+            cargo_profile: self.cargo_profile,
+            manifest_path: self.manifest_path,
+            target_dir: self.target_dir,
+            targets: TargetSelection {
+                lib: t.lib,
+                bins: t.bin,
+                all_bins: t.bins,
+                tests: t.test,
+                all_tests: t.tests,
+                examples: t.example,
+                all_examples: t.examples,
+                benches: t.bench,
+                all_benches: t.benches,
+                all_targets: t.all_targets,
+            },
         }
     }
 }
@@ -210,28 +368,27 @@ impl CargoArgs {
 pub struct FilterArgs {
     /// Run tests whose name contains one of these (all tests when none).
     #[arg(value_name = "FILTER")]
-    pub filters: Vec<String>,
+    filters: Vec<String>,
     /// Filters must match the whole test name.
     #[arg(long)]
-    pub exact: bool,
+    exact: bool,
     /// Leave out tests whose name contains this (repeatable).
     #[arg(long, value_name = "PATTERN")]
-    pub skip: Vec<String>,
+    skip: Vec<String>,
     /// Run only tests marked #[ignore].
     #[arg(long, conflicts_with = "include_ignored")]
-    pub ignored: bool,
+    ignored: bool,
     /// Run tests marked #[ignore] too.
     #[arg(long)]
-    pub include_ignored: bool,
+    include_ignored: bool,
 }
 
 impl FilterArgs {
-    pub fn to_filter(&self) -> ephem_core::test_list::TestFilter {
-        use ephem_core::test_list::{IgnoredMode, TestFilter};
+    fn filter(self) -> TestFilter {
         TestFilter {
-            patterns: self.filters.clone(),
+            patterns: self.filters,
             exact: self.exact,
-            skip: self.skip.clone(),
+            skip: self.skip,
             ignored: if self.ignored {
                 IgnoredMode::Only
             } else if self.include_ignored {
@@ -243,9 +400,9 @@ impl FilterArgs {
     }
 }
 
-/// What to do when the filters match no test.
+/// What to do when no test of the whole selection is to run.
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
-pub enum NoTests {
+pub enum NoTestsArg {
     /// Exit 0 silently.
     Pass,
     /// Exit 0 with a note.
@@ -258,75 +415,112 @@ pub enum NoTests {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     #[command(flatten)]
-    pub cargo: CargoArgs,
+    cargo: CargoArgs,
 
     #[command(flatten)]
-    pub filter: FilterArgs,
+    filter: FilterArgs,
 
-    /// What to do when no test matches the filters.
+    /// What to do when no test of the whole selection (every shard) is to run.
     #[arg(long, value_enum, default_value_t, help_heading = "Test selection")]
-    pub no_tests: NoTests,
+    no_tests: NoTestsArg,
 
-    /// Tests to run at once, across all shards; each shard runs at most ceil(N / shards) [default: number of CPUs].
-    #[arg(
-        short = 'j',
-        long = "test-threads",
-        value_name = "N",
-        help_heading = "Running"
-    )]
-    pub test_threads: Option<usize>,
+    /// Tests to run at once, across all shards; each shard runs at most ceil(N / shards), or `[shards] test-threads` [default: number of CPUs].
+    #[arg(short = 'j', long = "test-threads", value_name = "N", value_parser = limits::parse_test_threads, help_heading = "Running")]
+    test_threads: Option<usize>,
 
     /// Retry a failing test up to N more times; one that then passes is reported as flaky.
-    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Running")]
-    pub retries: u32,
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = limits::parse_retries, help_heading = "Running")]
+    retries: u32,
 
     /// Kill a test (its whole process group) after this long and report it as timed out (e.g. 60s, 2m).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Running")]
-    pub test_timeout: Option<Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, help_heading = "Running")]
+    test_timeout: Option<Duration>,
 
     /// Report a test as slow after this long.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s", help_heading = "Running")]
-    pub slow_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "60s", help_heading = "Running")]
+    slow_timeout: Duration,
 
     /// Run every test even after failures [default: stop scheduling after the first failure].
     #[arg(long, help_heading = "Running")]
-    pub no_fail_fast: bool,
+    no_fail_fast: bool,
 
-    /// Run N shards at once in this invocation, each with its own environment.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Sharding", conflicts_with = "partition")]
-    pub shards: Option<u32>,
+    /// Run N shards at once in this invocation, each with its own environment (1 to 1024).
+    #[arg(long, value_name = "N", value_parser = limits::parse_shard_count, help_heading = "Sharding", conflicts_with = "partition")]
+    shards: Option<u32>,
 
     /// Run only shard M of N, for CI matrix jobs: KIND:M/N with KIND hash, slice or duration.
     #[arg(long, value_name = "KIND:M/N", value_parser = parse_partition, help_heading = "Sharding")]
-    pub partition: Option<PartitionSpec>,
+    partition: Option<PartitionSpec>,
 
     /// JUnit report of an earlier run (merged or per shard) giving durations for duration sharding (repeatable).
     #[arg(long, value_name = "FILE", help_heading = "Sharding")]
-    pub timings: Vec<Utf8PathBuf>,
+    timings: Vec<Utf8PathBuf>,
 
     /// Write the merged JUnit report here, and one per shard beside it (<stem>-shard-<M>.xml).
     #[arg(long, value_name = "PATH", help_heading = "Reporting")]
-    pub junit: Option<Utf8PathBuf>,
+    junit: Option<Utf8PathBuf>,
 
     #[command(flatten)]
-    pub env: EnvArgs,
+    env: EnvArgs,
 
-    /// Keep the environments after the run and print how to reach and remove them.
+    /// Keep the environments after the run and print how to reach them.
     #[arg(long, help_heading = "Environments")]
-    pub keep_env: bool,
+    keep_env: bool,
+}
+
+impl TestArgs {
+    pub fn options(self) -> TestOptions {
+        TestOptions {
+            cargo: self.cargo.options(),
+            filter: self.filter.filter(),
+            no_tests: match self.no_tests {
+                NoTestsArg::Pass => NoTests::Pass,
+                NoTestsArg::Warn => NoTests::Warn,
+                NoTestsArg::Fail => NoTests::Fail,
+            },
+            test_threads: self.test_threads,
+            retries: self.retries,
+            test_timeout: self.test_timeout,
+            slow_timeout: self.slow_timeout,
+            fail_fast: !self.no_fail_fast,
+            sharding: match (self.partition, self.shards) {
+                (Some(p), _) => Sharding::Partition(p),
+                (None, count) => Sharding::All {
+                    count: count.unwrap_or(1),
+                },
+            },
+            timings: self.timings,
+            junit: self.junit,
+            env: self.env.options(),
+            keep_env: self.keep_env,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    pub cargo: CargoArgs,
+    cargo: CargoArgs,
 
     #[command(flatten)]
-    pub filter: FilterArgs,
+    filter: FilterArgs,
 
     /// Output format: human-readable, or nextest-compatible JSON (TestListSummary).
     #[arg(long, value_enum, default_value_t)]
-    pub message_format: MessageFormat,
+    message_format: MessageFormat,
+}
+
+impl ListArgs {
+    pub fn options(self) -> ListOptions {
+        ListOptions {
+            cargo: self.cargo.options(),
+            filter: self.filter.filter(),
+            format: match self.message_format {
+                MessageFormat::Human => ListFormat::Human,
+                MessageFormat::Json => ListFormat::Json,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
@@ -336,16 +530,11 @@ pub enum MessageFormat {
     Json,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{e}; write a duration like 30s, 2m or 1h30m"))?;
-    if d.is_zero() {
-        return Err("must be more than zero".to_owned());
-    }
-    Ok(d)
+fn parse_partition(s: &str) -> Result<PartitionSpec, String> {
+    s.parse()
 }
 
-fn parse_partition(s: &str) -> Result<PartitionSpec, String> {
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
 }
 
@@ -359,24 +548,105 @@ mod tests {
         App::command().debug_assert();
     }
 
+    fn parse(args: &[&str]) -> Result<App, clap::Error> {
+        App::try_parse_from(std::iter::once("cargo ephem").chain(args.iter().copied()))
+    }
+
     #[test]
     fn shards_and_partition_conflict() {
-        let err = App::try_parse_from([
-            "cargo ephem",
-            "test",
-            "--shards",
-            "2",
-            "--partition",
-            "slice:1/2",
-        ])
-        .unwrap_err();
+        let err = parse(&["test", "--shards", "2", "--partition", "slice:1/2"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]
     fn bad_partition_is_a_usage_error() {
-        let err =
-            App::try_parse_from(["cargo ephem", "test", "--partition", "slice:3/2"]).unwrap_err();
+        let err = parse(&["test", "--partition", "slice:3/2"]).unwrap_err();
         assert!(err.to_string().contains("between 1 and 2"), "{err}");
+    }
+
+    #[test]
+    fn target_selection_passes_through_to_cargo() {
+        let Command::Test(args) = parse(&[
+            "test",
+            "--lib",
+            "--bin",
+            "cli",
+            "--bins",
+            "--test",
+            "db",
+            "--test",
+            "cache",
+            "--tests",
+            "--example",
+            "demo",
+            "--examples",
+            "--bench",
+            "b",
+            "--benches",
+            "--all-targets",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not a test command");
+        };
+        let cargo_args = args.options().cargo.build_args();
+        let joined = cargo_args.join(" ");
+        for expected in [
+            "--lib",
+            "--bins",
+            "--tests",
+            "--examples",
+            "--benches",
+            "--all-targets",
+            "--bin cli",
+            "--test db --test cache",
+            "--example demo",
+            "--bench b",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "{expected:?} missing from {joined:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_numbers_are_usage_errors_naming_the_range() {
+        for (args, range) in [
+            (
+                &["test", "--test-timeout", "10000000000000000000s"][..],
+                "1ms to 365days",
+            ),
+            (
+                &["test", "--env-ttl", "10000000000000000000s"][..],
+                "1ms to 365days",
+            ),
+            (
+                &["test", "--slow-timeout", "10000000000000000000s"][..],
+                "1ms to 365days",
+            ),
+            (&["test", "--shards", "4000000000"][..], "1 to 1024"),
+            (
+                &["test", "--partition", "slice:1/4000000000"][..],
+                "1 to 1024",
+            ),
+            (&["test", "--retries", "4294967295"][..], "0 to 100"),
+            (&["test", "-j", "18446744073709551616"][..], "1 to 4096"),
+            (&["up", "--shard", "4000000000"][..], "1 to 1024"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.to_string().contains(range), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_backend_names_the_ones_that_exist() {
+        for command in ["test", "up", "down", "gc"] {
+            let err = parse(&[command, "--backend", "podman"]).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("unknown backend \"podman\""), "{text}");
+            assert!(text.contains(&BackendKind::names()), "{text}");
+        }
     }
 }

@@ -1,12 +1,13 @@
 //! `cargo ephem`: the command-line front of cargo-ephem. Parsing is in
-//! `cli`, the wiring of each subcommand in `commands`; all logic lives in
-//! `ephem-core` and `ephem-fixtures`.
+//! `cli`; every command is one call into `ephem-core`, whose result becomes
+//! the exit code.
 
 mod cli;
-mod commands;
 
 use clap::error::ErrorKind;
 use clap::Parser;
+
+use cli::{App, Command, JunitCommand};
 
 fn main() {
     // As a cargo subcommand we are run as `cargo-ephem ephem test ...`;
@@ -15,7 +16,7 @@ fn main() {
     if args.get(1).is_some_and(|a| a == "ephem") {
         args.remove(1);
     }
-    let app = match cli::App::try_parse_from(args) {
+    let app = match App::try_parse_from(args) {
         Ok(app) => app,
         Err(e)
             if e.use_stderr()
@@ -27,10 +28,11 @@ fn main() {
         // --help and --version.
         Err(e) => e.exit(),
     };
+    install_panic_hook();
     // A panic is a bug, but it must neither look like a build failure (Rust
     // exits 101 on a panic, our code for that) nor leak an environment:
     // unwinding drops the reaper's pipe, and the reaper removes the run.
-    let code = match std::panic::catch_unwind(|| commands::run(app)) {
+    let code = match std::panic::catch_unwind(|| run(app.command)) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             eprintln!("error: {e}");
@@ -45,6 +47,44 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Each command is one call into the library.
+fn run(command: Command) -> ephem_core::Result<i32> {
+    match command {
+        Command::Test(args) => ephem_core::test(&args.options()),
+        Command::List(args) => ephem_core::list(&args.options()),
+        Command::Junit(JunitCommand::Merge { output, inputs }) => {
+            ephem_core::merge_junit(&output, &inputs)
+        }
+        Command::Up(args) => ephem_core::up(&args.options()),
+        Command::Down(args) => ephem_core::down(&args.options()),
+        Command::Gc(args) => ephem_core::gc(&args.options()),
+        Command::Reap(args) => ephem_core::reap(&args.options()),
+    }
+}
+
+/// A panic prints one line saying where (the backtrace only when
+/// RUST_BACKTRACE asks for it); the error line that ends the run follows.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default(info);
+            return;
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("note: cargo-ephem panicked{place}: {message}");
+    }));
 }
 
 /// Clap's error as one line: what is wrong and its tip, without the usage

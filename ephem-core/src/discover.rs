@@ -35,6 +35,64 @@ pub struct CargoOptions {
     pub manifest_path: Option<Utf8PathBuf>,
     /// `--target-dir`.
     pub target_dir: Option<Utf8PathBuf>,
+    /// Which targets of the selected packages are built and run.
+    pub targets: TargetSelection,
+}
+
+/// cargo's target selection flags, as `cargo test` and `cargo nextest run`
+/// take them. Empty: cargo's default (lib, bins, tests, examples built
+/// only, doc tests aside).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetSelection {
+    /// `--lib`.
+    pub lib: bool,
+    /// `--bin NAME` (repeatable).
+    pub bins: Vec<String>,
+    /// `--bins`.
+    pub all_bins: bool,
+    /// `--test NAME` (repeatable).
+    pub tests: Vec<String>,
+    /// `--tests`.
+    pub all_tests: bool,
+    /// `--example NAME` (repeatable).
+    pub examples: Vec<String>,
+    /// `--examples`.
+    pub all_examples: bool,
+    /// `--bench NAME` (repeatable).
+    pub benches: Vec<String>,
+    /// `--benches`.
+    pub all_benches: bool,
+    /// `--all-targets`.
+    pub all_targets: bool,
+}
+
+impl TargetSelection {
+    /// The flags as cargo takes them.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut flag = |on: bool, name: &str| {
+            if on {
+                args.push(name.to_owned());
+            }
+        };
+        flag(self.lib, "--lib");
+        flag(self.all_bins, "--bins");
+        flag(self.all_tests, "--tests");
+        flag(self.all_examples, "--examples");
+        flag(self.all_benches, "--benches");
+        flag(self.all_targets, "--all-targets");
+        for (name, values) in [
+            ("--bin", &self.bins),
+            ("--test", &self.tests),
+            ("--example", &self.examples),
+            ("--bench", &self.benches),
+        ] {
+            for value in values {
+                args.extend([name.to_owned(), value.clone()]);
+            }
+        }
+        args
+    }
 }
 
 impl CargoOptions {
@@ -66,6 +124,7 @@ impl CargoOptions {
         if let Some(p) = &self.cargo_profile {
             args.extend(["--profile".to_owned(), p.clone()]);
         }
+        args.extend(self.targets.args());
         args.extend(self.common_args());
         args
     }
@@ -79,6 +138,19 @@ impl CargoOptions {
             args.extend(["--target-dir".to_owned(), t.to_string()]);
         }
         args
+    }
+
+    /// The folder of the target directory the build writes to: `debug` for
+    /// the dev and test profiles, `release` for release and bench, else the
+    /// custom profile's name.
+    pub fn profile_dir(&self) -> &str {
+        match (self.release, self.cargo_profile.as_deref()) {
+            (_, Some("dev" | "test")) => "debug",
+            (_, Some("release" | "bench")) => "release",
+            (_, Some(custom)) => custom,
+            (true, None) => "release",
+            (false, None) => "debug",
+        }
     }
 
     /// The same selection as flags for `cargo ephem test`, for the rerun hint.
@@ -155,8 +227,8 @@ impl Workspace {
     /// Builds the tests, then lists every test of every test binary.
     pub fn discover(&self, opts: &CargoOptions) -> Result<TestList> {
         let build = build(opts)?;
-        let sysroot_lib = rustc_sysroot_lib();
-        let binaries = test_binaries(&build, &self.packages, sysroot_lib.as_deref());
+        let toolchain_libs = toolchain_lib_dirs(&self.root);
+        let binaries = test_binaries(&build, &self.packages, &toolchain_libs);
         let listed = binaries
             .into_par_iter()
             .map(|b| {
@@ -164,7 +236,9 @@ impl Workspace {
                 Ok((b, tests))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(TestList::new(listed, self.target_dir.clone()))
+        let mut list = TestList::new(listed, self.target_dir.clone());
+        list.profile_dir = Utf8PathBuf::from(opts.profile_dir());
+        Ok(list)
     }
 }
 
@@ -226,15 +300,28 @@ fn build(opts: &CargoOptions) -> Result<BuildOutput> {
     Ok(out)
 }
 
-/// The rustc sysroot's lib directory, which test binaries of dylib crates need.
-fn rustc_sysroot_lib() -> Option<Utf8PathBuf> {
+/// The toolchain's library folders that test binaries linking the shared
+/// std (proc-macro crates, `-C prefer-dynamic`) need: `rustc --print
+/// target-libdir` (where `libstd-*.so` lives) and the sysroot's `lib`.
+/// Asked in the workspace, so a `rust-toolchain` file there picks the same
+/// toolchain as the build.
+fn toolchain_lib_dirs(root: &Utf8Path) -> Vec<Utf8PathBuf> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let out = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()?;
-    let sysroot = String::from_utf8(out.stdout).ok()?;
-    Some(Utf8PathBuf::from(sysroot.trim()).join("lib"))
+    let print = |what: &str| -> Option<Utf8PathBuf> {
+        let out = Command::new(&rustc)
+            .args(["--print", what])
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        Some(Utf8PathBuf::from(text.trim()))
+    };
+    let mut dirs = Vec::new();
+    dirs.extend(print("target-libdir"));
+    dirs.extend(print("sysroot").map(|s| s.join("lib")));
+    dirs
 }
 
 /// nextest's binary id scheme, so reports and timings line up with nextest's.
@@ -249,7 +336,7 @@ pub fn binary_id(package: &str, kind: &str, target: &str) -> String {
 fn test_binaries(
     build: &BuildOutput,
     packages: &HashMap<String, Package>,
-    sysroot_lib: Option<&Utf8Path>,
+    toolchain_libs: &[Utf8PathBuf],
 ) -> Vec<TestBinary> {
     let mut seen = BTreeSet::new();
     let mut binaries = Vec::new();
@@ -276,7 +363,7 @@ fn test_binaries(
             .map(Utf8Path::to_path_buf)
             .unwrap_or_default();
         let binary_name = exe.file_name().unwrap_or_default().to_owned();
-        let env = binary_env(&exe, artifact, package, build, sysroot_lib);
+        let env = binary_env(&exe, artifact, package, build, toolchain_libs);
         binaries.push(TestBinary {
             binary_id: binary_id(&package_name, &kind, &artifact.target.name),
             binary_name,
@@ -297,7 +384,7 @@ fn binary_env(
     artifact: &Artifact,
     package: Option<&Package>,
     build: &BuildOutput,
-    sysroot_lib: Option<&Utf8Path>,
+    toolchain_libs: &[Utf8PathBuf],
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("CARGO".to_owned(), cargo_path()),
@@ -353,7 +440,7 @@ fn binary_env(
     }
     env.push((
         dylib_path_var().to_owned(),
-        dylib_path(exe, build, sysroot_lib),
+        dylib_path(exe, build, toolchain_libs),
     ));
     env
 }
@@ -366,10 +453,11 @@ fn dylib_path_var() -> &'static str {
     }
 }
 
-/// The search path cargo and nextest give test binaries: the target's deps and
-/// profile directories, build-script link paths inside the target directory,
-/// the sysroot's libs, then whatever the user had.
-fn dylib_path(exe: &Utf8Path, build: &BuildOutput, sysroot_lib: Option<&Utf8Path>) -> String {
+/// The search path cargo and nextest give test binaries, for listing and
+/// running alike: the target's deps and profile directories, build-script
+/// link paths inside the target directory, the toolchain's libs, then
+/// whatever the user had.
+fn dylib_path(exe: &Utf8Path, build: &BuildOutput, toolchain_libs: &[Utf8PathBuf]) -> String {
     let mut dirs: Vec<String> = Vec::new();
     let deps = exe.parent();
     let profile = deps.and_then(Utf8Path::parent);
@@ -390,15 +478,14 @@ fn dylib_path(exe: &Utf8Path, build: &BuildOutput, sysroot_lib: Option<&Utf8Path
             }
         }
     }
-    if let Some(s) = sysroot_lib {
-        dirs.push(s.to_string());
-    }
+    dirs.extend(toolchain_libs.iter().map(|d| d.to_string()));
     if let Ok(existing) = std::env::var(dylib_path_var()) {
         if !existing.is_empty() {
             dirs.push(existing);
         }
     }
-    dirs.dedup();
+    let mut seen = BTreeSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
     dirs.join(":")
 }
 

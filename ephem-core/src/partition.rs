@@ -68,9 +68,11 @@ impl FromStr for PartitionSpec {
         let (m, n) = frac
             .split_once('/')
             .ok_or_else(|| format!("invalid partition {s:?}: {usage}"))?;
-        let parse = |v: &str, what: &str| {
-            v.parse::<u32>()
-                .map_err(|_| format!("invalid {what} {v:?} in partition {s:?}: {usage}"))
+        let max = crate::limits::MAX_SHARDS;
+        let parse = |v: &str, what: &str| match v.parse::<u64>() {
+            Ok(n) => Ok(n),
+            Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => Ok(u64::MAX),
+            Err(_) => Err(format!("invalid {what} {v:?} in partition {s:?}: {usage}")),
         };
         let (shard, count) = (parse(m, "shard number")?, parse(n, "shard count")?);
         if count == 0 {
@@ -78,6 +80,12 @@ impl FromStr for PartitionSpec {
                 "invalid partition {s:?}: the shard count must be at least 1"
             ));
         }
+        if count > u64::from(max) {
+            return Err(format!(
+                "invalid partition {s:?}: the shard count is out of range (allowed: 1 to {max})"
+            ));
+        }
+        let (shard, count) = (shard.min(u64::from(u32::MAX)) as u32, count as u32);
         if shard == 0 || shard > count {
             return Err(format!(
                 "invalid partition {s:?}: the shard number must be between 1 and {count}"
@@ -125,7 +133,9 @@ impl ShardPlan {
         kind: PartitionKind,
         timings: &Timings,
     ) -> ShardPlan {
-        let count = count.max(1) as usize;
+        // Callers check the range (`limits::MAX_SHARDS`); clamping keeps a
+        // bad call from allocating without bound.
+        let count = count.clamp(1, crate::limits::MAX_SHARDS) as usize;
         let mut shards = vec![Vec::new(); count];
         let mut predicted = vec![Duration::ZERO; count];
         match kind {
@@ -277,6 +287,9 @@ mod tests {
             "slice",
             "slice:1",
             "hash:a/2",
+            "slice:1/4000000000",
+            "slice:1/99999999999999999999",
+            "slice:4000000000/4",
         ] {
             let err = bad.parse::<PartitionSpec>().unwrap_err();
             assert!(err.contains(bad), "{bad}: {err}");

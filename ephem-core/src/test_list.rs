@@ -53,6 +53,9 @@ pub struct TestList {
     pub tests: Vec<TestCase>,
     /// Target directory of the build.
     pub target_directory: Utf8PathBuf,
+    /// The build's folder in it (`debug`, `release`, a custom profile's name),
+    /// for when no binary says where it is.
+    pub profile_dir: Utf8PathBuf,
 }
 
 /// Index of a test in [`TestList::tests`].
@@ -69,6 +72,7 @@ impl TestList {
             binaries: Vec::with_capacity(binaries.len()),
             tests: Vec::new(),
             target_directory,
+            profile_dir: Utf8PathBuf::from("debug"),
         };
         for (idx, (binary, mut tests)) in binaries.into_iter().enumerate() {
             tests.sort();
@@ -103,7 +107,7 @@ impl TestList {
     pub fn to_summary(&self, selection: &[Selection]) -> TestListSummary {
         let meta = RustBuildMetaSummary {
             target_directory: self.target_directory.clone(),
-            base_output_directories: ["debug".into()].into(),
+            base_output_directories: self.base_output_directories(),
             ..Default::default()
         };
         let mut summary = TestListSummary::new(meta);
@@ -156,6 +160,27 @@ impl TestList {
         }
         summary.rust_suites = suites;
         summary
+    }
+}
+
+impl TestList {
+    /// Where the binaries were built, relative to the target directory, as
+    /// nextest reports it: `debug`, `release`, `<triple>/debug`, ... Read off
+    /// the binaries' paths (`<base>/deps/<binary>`); the profile's folder
+    /// when there is no binary.
+    pub fn base_output_directories(&self) -> std::collections::BTreeSet<Utf8PathBuf> {
+        let mut dirs: std::collections::BTreeSet<Utf8PathBuf> = self
+            .binaries
+            .iter()
+            .filter_map(|b| {
+                let base = b.path.parent()?.parent()?;
+                Some(base.strip_prefix(&self.target_directory).ok()?.to_owned())
+            })
+            .collect();
+        if dirs.is_empty() {
+            dirs.insert(self.profile_dir.clone());
+        }
+        dirs
     }
 }
 
@@ -279,5 +304,53 @@ mod tests {
         };
         assert_eq!(f.select(&case("slow_one", false)), Selection::FilteredOut);
         assert_eq!(f.select(&case("fast_one", false)), Selection::Run);
+    }
+
+    fn binary_at(path: &str) -> TestBinary {
+        TestBinary {
+            binary_id: "pkg".into(),
+            binary_name: "pkg-0".into(),
+            package_id: "pkg 0.1.0".into(),
+            package_name: "pkg".into(),
+            kind: "lib".into(),
+            path: path.into(),
+            cwd: "/ws".into(),
+            env: Arc::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn base_output_directories_follow_the_profile() {
+        let release = TestList::new(
+            vec![(binary_at("/ws/target/release/deps/pkg-0"), vec![])],
+            "/ws/target".into(),
+        );
+        assert_eq!(
+            release
+                .base_output_directories()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [Utf8PathBuf::from("release")]
+        );
+        let custom = TestList::new(
+            vec![(binary_at("/ws/target/ci-fast/deps/pkg-0"), vec![])],
+            "/ws/target".into(),
+        );
+        assert_eq!(
+            custom
+                .base_output_directories()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [Utf8PathBuf::from("ci-fast")]
+        );
+        let mut empty = TestList::new(vec![], "/ws/target".into());
+        empty.profile_dir = "release".into();
+        assert_eq!(
+            empty
+                .base_output_directories()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [Utf8PathBuf::from("release")]
+        );
     }
 }

@@ -1,6 +1,12 @@
 //! The contract between the runner and an environment backend.
 
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use crate::cleanup::Cleanup;
+use crate::{DockerBackend, EphemConfig};
 
 /// What every shard of one run shares: the run's identity and size.
 #[derive(Clone, Debug)]
@@ -107,11 +113,16 @@ fn format_logs(logs: &[String]) -> String {
 /// The runner calls [`prepare`](Backend::prepare) once per run before any
 /// shard starts, then [`provision`](Backend::provision) for every shard
 /// concurrently, and [`teardown`](Backend::teardown) for every shard it
-/// provisioned or tried to provision, on every exit path.
+/// provisioned or tried to provision, on every exit path. The safety nets
+/// that work when the runner cannot (reaper, sweeps, expiry) go through
+/// [`cleanup`](Backend::cleanup).
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     /// Short name used in messages, e.g. `docker`.
     fn name(&self) -> &str;
+
+    /// Where the backend was reached, for messages (a socket, a server URL).
+    fn address(&self) -> &str;
 
     /// Once-per-run work shared by all shards, such as pulling images.
     async fn prepare(&self, run: &RunContext) -> Result<(), EnvError>;
@@ -129,25 +140,80 @@ pub trait Backend: Send + Sync {
     /// [`Environment`]: backends find their resources by label.
     async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError>;
 
-    /// Pushes the run's expiry forward while it is alive, so that a sweep by
-    /// another process never takes a live run for an abandoned one. Called
-    /// periodically by the runner; backends without expiry need not care.
-    async fn renew(&self, run: &RunContext, expires_at: SystemTime) -> Result<(), EnvError> {
-        let _ = (run, expires_at);
-        Ok(())
+    /// The same backend's safety-net side: listing runs, removing them,
+    /// renewing a live run's expiry.
+    fn cleanup(&self) -> Arc<dyn Cleanup>;
+}
+
+/// The backends this build knows, by the name `backend = "..."` in
+/// `ephem.toml` and `--backend NAME` use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Containers on a private network per shard, through the Docker API.
+    #[default]
+    Docker,
+}
+
+impl BackendKind {
+    /// Every backend, in the order help texts list them.
+    pub const ALL: &'static [BackendKind] = &[BackendKind::Docker];
+
+    /// The name in `ephem.toml` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Docker => "docker",
+        }
     }
 
-    /// Called once when the run is over and every shard it tore down is
-    /// gone. `kept` says that environments were kept (`--keep-env`) and must
-    /// survive sweeps until `expires_at`.
-    async fn finish(
-        &self,
-        run: &RunContext,
-        kept: bool,
-        expires_at: SystemTime,
-    ) -> Result<(), EnvError> {
-        let _ = (run, kept, expires_at);
-        Ok(())
+    /// `docker, kubernetes`: for messages that list the choices.
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Connects the backend that provisions `config`'s services, reporting
+    /// progress to `events`.
+    pub async fn connect(
+        self,
+        config: EphemConfig,
+        events: EventSink,
+    ) -> Result<Arc<dyn Backend>, EnvError> {
+        match self {
+            BackendKind::Docker => Ok(Arc::new(DockerBackend::connect(config, events).await?)),
+        }
+    }
+
+    /// Connects only the safety-net side, for the reaper and `gc`; `config`,
+    /// when there is one, may say where the backend lives.
+    pub async fn connect_cleanup(
+        self,
+        config: Option<&EphemConfig>,
+    ) -> Result<Arc<dyn Cleanup>, EnvError> {
+        let _ = config;
+        match self {
+            BackendKind::Docker => Ok(Arc::new(crate::docker::DockerCleanup::connect().await?)),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown backend {s:?}; the backends are: {}", Self::names()))
     }
 }
 

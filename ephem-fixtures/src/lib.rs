@@ -7,17 +7,20 @@
 //! [`Backend`] trait, so a new backend slots in without touching the runner.
 
 mod backend;
+pub mod cleanup;
 pub mod config;
 pub mod docker;
 pub mod image_ref;
-mod process;
+pub mod process;
 mod secret;
 pub mod sweep;
 pub mod template;
 
 pub use backend::{
-    Backend, EnvError, EnvEvent, Environment, EventSink, ExportedVar, RunContext, ShardContext,
+    Backend, BackendKind, EnvError, EnvEvent, Environment, EventSink, ExportedVar, RunContext,
+    ShardContext,
 };
+pub use cleanup::{Cleanup, ResourceKind, RunResource};
 pub use config::{ConfigError, EphemConfig, ServiceSpec, WaitKind, WaitStrategy};
 pub use docker::DockerBackend;
 pub use image_ref::ImageRef;

@@ -1,5 +1,6 @@
 //! What this machine says about a process: whether it exists and when it
-//! started, so that a recycled pid is not taken for the runner that used it.
+//! started, so that a recycled pid is not taken for the runner that used it;
+//! and the machine's own name.
 
 /// A process as `/proc/PID/stat` describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +51,27 @@ pub(crate) fn exists(pid: u32) -> bool {
     let rc = unsafe { libc::kill(raw, 0) };
     // EPERM: the process exists but belongs to another user.
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Start time of process `pid` in clock ticks since boot; `None` if it does
+/// not exist or there is no procfs. With the pid, it names one process for
+/// good: a recycled pid has another start time.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|s| s.start)
+}
+
+/// This machine's hostname, or `unknown`: what resources are labelled with,
+/// and what a sweep compares that label with.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // on success (we also guard against truncation by searching for the NUL).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".to_owned();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]

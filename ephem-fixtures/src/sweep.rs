@@ -1,15 +1,18 @@
-//! Which labelled resources a sweep may remove, and why: the policy behind
-//! the start-of-run sweep and `cargo ephem gc`. Pure; the caller lists the
-//! resources and says whether a runner process is alive.
+//! Which resources of which runs a sweep may remove, and why: the policy
+//! behind the start-of-run sweep and `cargo ephem gc` ([`plan_sweep`], pure:
+//! the caller lists the resources and says whether a runner process is
+//! alive), and the sweep itself over any backend's [`Cleanup`] ([`sweep`]).
 //!
-//! Decisions are made per run, never per resource, so that a live run keeps
-//! all of its resources, and a dead one loses all of them.
+//! Decisions are made per run, never per resource or per kind of object, so
+//! that a live run keeps all of its resources, and a dead one loses all of
+//! them, whatever the backend.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
-use crate::docker::inventory::LabelledResource;
 use crate::process;
+use crate::{Cleanup, EnvError, RunResource};
 
 /// What a sweep may touch.
 #[derive(Clone, Debug)]
@@ -69,18 +72,19 @@ impl fmt::Display for SweepReason {
     }
 }
 
-/// `45 s`, `35 min`, `5 h`, `3 days`: precise enough to judge at a glance.
-fn approximate(secs: u64) -> String {
-    match secs {
-        0..120 => format!("{secs} s"),
-        120..7_200 => format!("{} min", secs / 60),
-        7_200..172_800 => format!("{} h", secs / 3_600),
-        _ => format!("{} days", secs / 86_400),
-    }
+/// `45s`, `35m`, `5h`, `3days`: precise enough to judge at a glance.
+pub fn approximate(secs: u64) -> String {
+    let unit = match secs {
+        0..120 => 1,
+        120..7_200 => 60,
+        7_200..172_800 => 3_600,
+        _ => 86_400,
+    };
+    humantime::format_duration(Duration::from_secs(secs / unit * unit)).to_string()
 }
 
-/// The resources to remove, with why, in removal order: containers, then
-/// networks, then volumes; within each by run, shard, name and id.
+/// The resources to remove, with why, by run, shard, kind, name and id (the
+/// backend's [`Cleanup::remove`] orders the removal itself).
 ///
 /// Per run (a run's expiry is the latest `expires` of all its resources,
 /// lease volumes included):
@@ -95,11 +99,11 @@ fn approximate(secs: u64) -> String {
 ///
 /// `process_alive(pid, pid_start)` is asked once per distinct runner.
 pub fn plan_sweep(
-    resources: &[LabelledResource],
+    resources: &[RunResource],
     policy: &SweepPolicy,
     process_alive: impl Fn(u32, Option<u64>) -> ProcessState,
-) -> Vec<(LabelledResource, SweepReason)> {
-    let mut runs: BTreeMap<&str, Vec<&LabelledResource>> = BTreeMap::new();
+) -> Vec<(RunResource, SweepReason)> {
+    let mut runs: BTreeMap<&str, Vec<&RunResource>> = BTreeMap::new();
     for resource in resources {
         runs.entry(resource.run.as_str())
             .or_default()
@@ -119,7 +123,7 @@ pub fn plan_sweep(
         }
     }
     plan.sort_by(|(a, _), (b, _)| {
-        (a.kind, &a.run, a.shard, &a.name, &a.id).cmp(&(b.kind, &b.run, b.shard, &b.name, &b.id))
+        (&a.run, a.shard, a.kind, &a.name, &a.id).cmp(&(&b.run, b.shard, b.kind, &b.name, &b.id))
     });
     plan
 }
@@ -133,7 +137,7 @@ enum RunVerdict {
 }
 
 impl RunVerdict {
-    fn for_resource(&self, resource: &LabelledResource) -> SweepReason {
+    fn for_resource(&self, resource: &RunResource) -> SweepReason {
         match self {
             RunVerdict::RunnerDead(by_runner, first) => resource
                 .pid
@@ -147,7 +151,7 @@ impl RunVerdict {
 
 /// `None` keeps the run.
 fn judge_run(
-    members: &[&LabelledResource],
+    members: &[&RunResource],
     policy: &SweepPolicy,
     process_alive: &impl Fn(u32, Option<u64>) -> ProcessState,
 ) -> Option<RunVerdict> {
@@ -213,18 +217,97 @@ pub fn local_process_state(pid: u32, pid_start: Option<u64>) -> ProcessState {
     }
 }
 
+/// What a sweep found and did.
+#[derive(Debug, Default)]
+pub struct SweepOutcome {
+    /// Resources judged abandoned, with why.
+    pub planned: Vec<(RunResource, SweepReason)>,
+    /// Those that could not be removed, with the backend's answer.
+    pub failed: Vec<(RunResource, String)>,
+}
+
+impl SweepOutcome {
+    /// One line: what was (or would be, per `verb`) removed, of how many runs.
+    pub fn summary(&self, verb: &str) -> String {
+        let mut kinds: Vec<(crate::ResourceKind, usize)> = Vec::new();
+        for (r, _) in &self.planned {
+            match kinds.iter_mut().find(|(k, _)| *k == r.kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((r.kind, 1)),
+            }
+        }
+        kinds.sort_unstable();
+        let counts: Vec<String> = kinds
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}{}", if *n == 1 { "" } else { "s" }))
+            .collect();
+        let mut runs: Vec<&str> = self.planned.iter().map(|(r, _)| r.run.as_str()).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        let mut line = format!(
+            "{verb} {} of {} abandoned run(s)",
+            counts.join(", "),
+            runs.len()
+        );
+        if let Some((_, reason)) = self.planned.first() {
+            let more = if runs.len() > 1 { ", ..." } else { "" };
+            line.push_str(&format!(" ({reason}{more})"));
+        }
+        if !self.failed.is_empty() {
+            line.push_str(&format!("; {} could not be removed", self.failed.len()));
+        }
+        line
+    }
+}
+
+/// Lists the backend's runs, judges them by `policy` against this machine's
+/// processes, and removes the abandoned ones unless `dry_run`.
+pub async fn sweep(
+    cleanup: &dyn Cleanup,
+    policy: &SweepPolicy,
+    dry_run: bool,
+) -> Result<SweepOutcome, EnvError> {
+    let resources = cleanup.list().await?;
+    let planned = plan_sweep(&resources, policy, local_process_state);
+    let mut failed = Vec::new();
+    if !dry_run && !planned.is_empty() {
+        let targets: Vec<RunResource> = planned.iter().map(|(r, _)| r.clone()).collect();
+        for (resource, result) in cleanup.remove(&targets).await {
+            if let Err(e) = result {
+                failed.push((resource, e));
+            }
+        }
+    }
+    Ok(SweepOutcome { planned, failed })
+}
+
+impl SweepPolicy {
+    /// The policy of this machine, now: only this host's runs, unless
+    /// `all_hosts`; never the runs in `keep_runs`.
+    pub fn here(all_hosts: bool, keep_runs: Vec<String>) -> SweepPolicy {
+        SweepPolicy {
+            this_host: process::hostname(),
+            all_hosts,
+            now: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            keep_runs,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
 
     use super::*;
-    use crate::docker::inventory::ResourceKind;
+    use crate::ResourceKind;
 
     const HOST: &str = "here";
     const NOW: u64 = 1_700_000_000;
 
-    fn resource(kind: ResourceKind, run: &str, name: &str) -> LabelledResource {
-        LabelledResource {
+    fn resource(kind: ResourceKind, run: &str, name: &str) -> RunResource {
+        RunResource {
             kind,
             id: format!("id-{name}"),
             name: name.to_owned(),
@@ -241,14 +324,14 @@ mod tests {
     }
 
     /// A shard's container, network and volume, made by `pid` on `host`.
-    fn run(run: &str, host: &str, pid: u32, expires: u64) -> Vec<LabelledResource> {
+    fn run(run: &str, host: &str, pid: u32, expires: u64) -> Vec<RunResource> {
         [
             (ResourceKind::Volume, "vol"),
             (ResourceKind::Container, "db"),
             (ResourceKind::Network, "net"),
         ]
         .into_iter()
-        .map(|(kind, name)| LabelledResource {
+        .map(|(kind, name)| RunResource {
             host: Some(host.to_owned()),
             pid: Some(pid),
             expires: Some(expires),
@@ -266,11 +349,11 @@ mod tests {
         }
     }
 
-    fn names(plan: &[(LabelledResource, SweepReason)]) -> Vec<&str> {
+    fn names(plan: &[(RunResource, SweepReason)]) -> Vec<&str> {
         plan.iter().map(|(r, _)| r.name.as_str()).collect()
     }
 
-    fn reasons(plan: &[(LabelledResource, SweepReason)]) -> Vec<SweepReason> {
+    fn reasons(plan: &[(RunResource, SweepReason)]) -> Vec<SweepReason> {
         plan.iter().map(|(_, why)| *why).collect()
     }
 
@@ -373,7 +456,7 @@ mod tests {
             3
         );
 
-        resources.push(LabelledResource {
+        resources.push(RunResource {
             shard: None,
             lease: true,
             host: Some("elsewhere".to_owned()),
@@ -393,7 +476,7 @@ mod tests {
 
     #[test]
     fn resources_without_runner_labels_go_only_once_expired() {
-        let bare = |expires| LabelledResource {
+        let bare = |expires| RunResource {
             pid: None,
             pid_start: None,
             host: None,
@@ -415,7 +498,7 @@ mod tests {
     #[test]
     fn a_dead_runs_unlabelled_leftovers_go_with_it() {
         let mut resources = run("a", HOST, 100, NOW + 3600);
-        resources.push(LabelledResource {
+        resources.push(RunResource {
             pid: None,
             host: None,
             ..resource(ResourceKind::Container, "a", "a-stray")
@@ -452,10 +535,10 @@ mod tests {
             }
             .to_string()
         };
-        assert_eq!(ago(35 * 60), "expired 35 min ago");
-        assert_eq!(ago(42), "expired 42 s ago");
-        assert_eq!(ago(5 * 3600 + 10), "expired 5 h ago");
-        assert_eq!(ago(3 * 86_400), "expired 3 days ago");
+        assert_eq!(ago(35 * 60 + 12), "expired 35m ago");
+        assert_eq!(ago(42), "expired 42s ago");
+        assert_eq!(ago(5 * 3600 + 10), "expired 5h ago");
+        assert_eq!(ago(3 * 86_400 + 7), "expired 3days ago");
     }
 
     #[cfg(target_os = "linux")]
@@ -490,7 +573,7 @@ mod tests {
     #[test]
     fn kept_runs_survive_a_dead_runner_until_their_lease_expires() {
         let mut resources = run("kept", HOST, 100, NOW - 10);
-        resources.push(LabelledResource {
+        resources.push(RunResource {
             shard: None,
             lease: true,
             kept: true,

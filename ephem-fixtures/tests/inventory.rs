@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::runs::{create_container, guarded, leftovers, make_run, Claim};
-use ephem_fixtures::docker::inventory::{
-    list_resources, reap_run, remove_resources, LabelledResource, ResourceKind,
-};
 use ephem_fixtures::docker::labels;
+use ephem_fixtures::{Backend, Cleanup, ResourceKind, RunResource};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -31,7 +29,7 @@ fn claim_by_me(run: &str) -> Claim {
     }
 }
 
-fn of_run<'a>(all: &'a [LabelledResource], run: &str) -> Vec<&'a LabelledResource> {
+fn of_run<'a>(all: &'a [RunResource], run: &str) -> Vec<&'a RunResource> {
     all.iter().filter(|r| r.run == run).collect()
 }
 
@@ -57,9 +55,7 @@ async fn lists_a_runs_container_network_and_volume_and_nothing_unlabelled() {
             .await
             .unwrap();
 
-        let all = list_resources(&g.docker)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let all = g.cleanup.list().await.unwrap_or_else(|e| panic!("{e}"));
         for unlabelled in [&bare, &decoy, &bare_volume] {
             assert!(
                 !all.iter().any(|r| &r.name == unlabelled),
@@ -97,8 +93,8 @@ async fn lists_a_runs_container_network_and_volume_and_nothing_unlabelled() {
         }
 
         // Removal: containers, then networks, then volumes; all succeed.
-        let mine: Vec<LabelledResource> = mine.into_iter().cloned().collect();
-        let removed = remove_resources(&g.docker, &mine).await;
+        let mine: Vec<RunResource> = mine.into_iter().cloned().collect();
+        let removed = g.cleanup.remove(&mine).await;
         let order: Vec<ResourceKind> = removed.iter().map(|(r, _)| r.kind).collect();
         assert_eq!(
             order,
@@ -114,7 +110,7 @@ async fn lists_a_runs_container_network_and_volume_and_nothing_unlabelled() {
         assert_eq!(leftovers(&g.docker, &run).await, Vec::<String>::new());
 
         // Already gone counts as removed.
-        for (r, result) in remove_resources(&g.docker, &mine).await {
+        for (r, result) in g.cleanup.remove(&mine).await {
             assert_eq!(result, Ok(()), "removing {r:?} again");
         }
 
@@ -151,7 +147,9 @@ async fn reap_run_catches_a_container_created_after_it_started() {
         });
 
         let started = Instant::now();
-        let removed = reap_run(&g.docker, &run)
+        let removed = g
+            .cleanup
+            .remove_run(&run)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let took = started.elapsed();
@@ -178,7 +176,9 @@ async fn reap_run_of_an_unknown_run_finds_nothing_quickly() {
     guarded(|g| async move {
         let run = g.run("inventory-reap-empty");
         let started = Instant::now();
-        let removed = reap_run(&g.docker, &run)
+        let removed = g
+            .cleanup
+            .remove_run(&run)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(removed, 0);
@@ -197,7 +197,10 @@ cmd = ["sleep", "3600"]
 "#;
     common::scenario("inventory-provisioned", CONFIG, 1, |s| async move {
         s.up(1).await.unwrap_or_else(|e| panic!("{e}"));
-        let all = list_resources(s.docker())
+        let all = s
+            .backend
+            .cleanup()
+            .list()
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let mine = of_run(&all, &s.run.run_id);

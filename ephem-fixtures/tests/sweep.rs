@@ -5,14 +5,11 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::runs::{busybox_backend, guarded, leftovers, make_run, Claim};
-use ephem_fixtures::docker::inventory::{
-    list_resources, reap_run, remove_resources, LabelledResource,
-};
+use common::runs::{guarded, leftovers, make_run, Claim};
 use ephem_fixtures::docker::labels;
-use ephem_fixtures::docker::lease::remove_leases;
 use ephem_fixtures::sweep::{local_process_state, plan_sweep, SweepPolicy, SweepReason};
-use ephem_fixtures::{Backend, RunContext};
+use ephem_fixtures::RunContext;
+use ephem_fixtures::{Cleanup, RunResource};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -25,8 +22,9 @@ fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-async fn leases(docker: &bollard::Docker, run: &str) -> Vec<LabelledResource> {
-    let mut found: Vec<LabelledResource> = list_resources(docker)
+async fn leases(cleanup: &dyn Cleanup, run: &str) -> Vec<RunResource> {
+    let mut found: Vec<RunResource> = cleanup
+        .list()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
@@ -39,7 +37,7 @@ async fn leases(docker: &bollard::Docker, run: &str) -> Vec<LabelledResource> {
 #[tokio::test]
 async fn renew_replaces_the_older_lease_and_reaping_removes_the_last() {
     guarded(|g| async move {
-        let backend = busybox_backend().await;
+        let backend = g.cleanup.clone();
         let run = RunContext {
             run_id: g.run("lease"),
             shard_count: 1,
@@ -47,10 +45,10 @@ async fn renew_replaces_the_older_lease_and_reaping_removes_the_last() {
         };
         let first = now() + 600;
         backend
-            .renew(&run, at(first))
+            .renew(&run.run_id, at(first), false)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let found = leases(&g.docker, &run.run_id).await;
+        let found = leases(g.cleanup.as_ref(), &run.run_id).await;
         assert_eq!(found.len(), 1, "{found:?}");
         let lease = &found[0];
         assert_eq!(lease.expires, Some(first));
@@ -63,29 +61,32 @@ async fn renew_replaces_the_older_lease_and_reaping_removes_the_last() {
         // Within the same second (the name is taken) and a second later.
         for later in [first + 600, first + 1200] {
             backend
-                .renew(&run, at(later))
+                .renew(&run.run_id, at(later), false)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            let found = leases(&g.docker, &run.run_id).await;
+            let found = leases(g.cleanup.as_ref(), &run.run_id).await;
             let expiries: Vec<_> = found.iter().map(|l| l.expires).collect();
             assert_eq!(expiries, [Some(later)]);
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
 
-        remove_leases(&g.docker, &run.run_id)
+        g.cleanup
+            .end_run(&run.run_id)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(leases(&g.docker, &run.run_id).await.is_empty());
+        assert!(leases(g.cleanup.as_ref(), &run.run_id).await.is_empty());
 
         backend
-            .renew(&run, at(first))
+            .renew(&run.run_id, at(first), false)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let removed = reap_run(&g.docker, &run.run_id)
+        let removed = g
+            .cleanup
+            .remove_run(&run.run_id)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(removed, 1, "reap_run removes lease volumes too");
-        assert!(leases(&g.docker, &run.run_id).await.is_empty());
+        assert!(leases(g.cleanup.as_ref(), &run.run_id).await.is_empty());
     })
     .await;
 }
@@ -135,9 +136,7 @@ async fn a_sweep_of_the_real_inventory_takes_only_the_dead_runs() {
             now: now(),
             keep_runs: Vec::new(),
         };
-        let inventory = list_resources(&g.docker)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let inventory = g.cleanup.list().await.unwrap_or_else(|e| panic!("{e}"));
         let plan = plan_sweep(&inventory, &policy, local_process_state);
 
         // Other runs on this daemon (the lead's, other tests') may be in the
@@ -147,7 +146,7 @@ async fn a_sweep_of_the_real_inventory_takes_only_the_dead_runs() {
             !plan.iter().any(|(r, _)| live_runs.contains(&&r.run)),
             "a live run was planned for removal: {plan:?}"
         );
-        let ours: Vec<(LabelledResource, SweepReason)> = plan
+        let ours: Vec<(RunResource, SweepReason)> = plan
             .into_iter()
             .filter(|(r, _)| r.run == dead.run || reused.as_ref().is_some_and(|c| c.run == r.run))
             .collect();
@@ -172,8 +171,8 @@ async fn a_sweep_of_the_real_inventory_takes_only_the_dead_runs() {
             );
         }
 
-        let to_remove: Vec<LabelledResource> = ours.into_iter().map(|(r, _)| r).collect();
-        for (r, result) in remove_resources(&g.docker, &to_remove).await {
+        let to_remove: Vec<RunResource> = ours.into_iter().map(|(r, _)| r).collect();
+        for (r, result) in g.cleanup.remove(&to_remove).await {
             assert_eq!(result, Ok(()), "{r:?}");
         }
         assert!(leftovers(&g.docker, &dead.run).await.is_empty());

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ephem_fixtures::{DockerBackend, EnvError, EphemConfig};
+use ephem_fixtures::{Backend, DockerBackend, EnvError, EphemConfig};
 
 async fn connect_error(docker_host: &str) -> (EnvError, Duration) {
     std::env::set_var("DOCKER_HOST", docker_host);

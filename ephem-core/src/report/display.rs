@@ -249,7 +249,10 @@ impl RunEvents for Display {
             }
             EnvEvent::Warning { shard, message } => {
                 let place = shard.map(|s| format!("shard {s}: ")).unwrap_or_default();
-                self.line(&format!("{} {place}{message}", self.paint("33;1", "   WARNING")));
+                self.line(&format!(
+                    "{} {place}{message}",
+                    self.paint("33;1", "   WARNING")
+                ));
             }
         }
     }

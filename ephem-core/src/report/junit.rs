@@ -279,6 +279,29 @@ pub fn write_report(report: &Report, path: &Utf8Path) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Fails now, before the build, if a report could not be written at `path`
+/// later: its folder cannot be made, or is not writable, or `path` is a folder.
+pub fn check_writable(path: &Utf8Path) -> Result<()> {
+    let io = |source| EphemError::Io {
+        action: "cannot write JUnit report",
+        path: path.to_owned(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(EphemError::Usage(format!(
+            "--junit {path}: is a folder; give a file name, e.g. {}",
+            path.join("junit.xml")
+        )));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let probe = path.with_extension("xml.tmp");
+    std::fs::write(&probe, b"").map_err(io)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// `<stem>-shard-<M>.xml` beside the merged report.
 pub fn shard_report_path(merged: &Utf8Path, shard: u32) -> Utf8PathBuf {
     let stem = merged.file_stem().unwrap_or("junit");

@@ -204,14 +204,10 @@ fn tail_lines(text: &str, max: usize) -> String {
 
 /// Quotes a word for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    // shlex refuses only words with a NUL, which no shell can pass anyway.
+    shlex::try_quote(s)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| format!("'{}'", s.replace(['\0', '\''], "")))
 }
 
 #[cfg(test)]
@@ -221,7 +217,13 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(shell_quote("tests::a_b"), "tests::a_b");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote("a b"), "'a b'");
+        for word in ["it's", "a b", "$(rm -rf ~)", "x\"y", "", "tab\there"] {
+            let quoted = shell_quote(word);
+            assert_eq!(
+                shlex::split(&quoted),
+                Some(vec![word.to_owned()]),
+                "{quoted}"
+            );
+        }
     }
 }

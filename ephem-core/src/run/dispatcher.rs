@@ -1,19 +1,25 @@
-//! The dispatcher: one `select!` loop over test events, environment events,
-//! signals and a ticker. It owns every decision (what runs next, retries,
-//! fail-fast, stopping, teardown); executors only run attempts.
+//! The dispatcher: one `select!` loop over the ends of the tasks it spawned
+//! (test attempts, provisioning, teardown), environment events, signals and
+//! timers. It owns every decision (what runs next, retries, fail-fast,
+//! stopping, teardown); executors only run attempts, backends only build and
+//! remove environments.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ephem_fixtures::{Backend, EnvError, EnvEvent, Environment, RunContext, ShardContext};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use ephem_fixtures::{Backend, Cleanup, EnvError, EnvEvent, Environment, RunContext, ShardContext};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
 use super::executor::{run_attempt, Attempt, AttemptSpec, AttemptStatus, StopLevel};
-use super::{RunEvents, RunOptions, RunResult, RunningTest, TestOutcome, Verdict};
+use super::tasks::{Ended, Msg, Task, Tasks};
+use super::{
+    PanicPoint, RunEnvironments, RunEvents, RunOptions, RunResult, RunningTest, TestOutcome,
+    Verdict,
+};
 use crate::mask::Masker;
+use crate::signals::Signals;
 use crate::test_list::{Selection, TestIdx, TestList};
 
 /// What to run: the tests of each shard run here, and the shared context.
@@ -26,26 +32,11 @@ pub struct RunInput {
     pub shards: Vec<(u32, Vec<TestIdx>)>,
     /// Knobs.
     pub options: RunOptions,
-    /// The environment backend, if shards need environments.
-    pub backend: Option<Arc<dyn Backend>>,
-    /// Events the backend reports (pull progress, service deaths).
-    pub env_events: Option<mpsc::UnboundedReceiver<EnvEvent>>,
+    /// The environments, if shards need them.
+    pub environments: Option<RunEnvironments>,
     /// How long environments outlive their last sign of life: the expiry on
     /// their labels, pushed forward every third of it while the run is alive.
     pub env_ttl: Duration,
-}
-
-/// Messages from the tasks the dispatcher spawns.
-enum Msg {
-    Prepared(Result<(), EnvError>),
-    Provisioned(u32, Result<Environment, EnvError>),
-    AttemptDone {
-        shard: u32,
-        test: TestIdx,
-        attempt_no: u32,
-        attempt: Attempt,
-    },
-    TornDown(u32, Result<(), EnvError>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +64,7 @@ struct ShardState {
     masker: Masker,
     env: Option<Environment>,
     running: usize,
-    provision_task: Option<JoinHandle<()>>,
+    provision_task: Option<AbortHandle>,
     /// A service of this shard died: later failures probably come from that.
     diagnosis: Option<String>,
 }
@@ -88,13 +79,14 @@ struct Dispatcher<'a> {
     list: Arc<TestList>,
     opts: RunOptions,
     backend: Option<Arc<dyn Backend>>,
+    cleanup: Option<Arc<dyn Cleanup>>,
     run_ctx: RunContext,
     shards: Vec<ShardState>,
     next_shard: usize,
-    tx: mpsc::UnboundedSender<Msg>,
+    tasks: Tasks,
     stop_tx: watch::Sender<StopLevel>,
     stop_rx: watch::Receiver<StopLevel>,
-    prepare_task: Option<JoinHandle<()>>,
+    prepare_task: Option<AbortHandle>,
     teardowns_pending: usize,
     running: HashMap<TestIdx, Running>,
     attempts: HashMap<TestIdx, Vec<Attempt>>,
@@ -105,53 +97,19 @@ struct Dispatcher<'a> {
     env_errors: Vec<(u32, EnvError)>,
     kept: Vec<(u32, Environment)>,
     service_deaths: Vec<String>,
+    internal_error: Option<String>,
     events: &'a mut dyn RunEvents,
 }
 
 /// Runs the shards' tests to completion, or until stopped, and tears their
-/// environments down. Always returns a result, so the report is never lost.
+/// environments down. Always returns a result, so the report is never lost;
+/// a task that panics stops the run with [`RunResult::internal_error`] set,
+/// environments still torn down.
 pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
     let started_at = SystemTime::now();
     let start = Instant::now();
-    let RunInput {
-        list,
-        selection,
-        shards,
-        options,
-        backend,
-        mut env_events,
-        env_ttl,
-    } = input;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(StopLevel::Run);
-    let run_ctx = RunContext {
-        run_id: options.run_id.clone(),
-        shard_count: options.shard_count,
-        expires_at: SystemTime::now() + env_ttl,
-    };
-    let mut d = Dispatcher {
-        list,
-        run_ctx,
-        backend,
-        shards: Vec::new(),
-        next_shard: 0,
-        tx,
-        stop_tx,
-        stop_rx,
-        prepare_task: None,
-        teardowns_pending: 0,
-        running: HashMap::new(),
-        attempts: HashMap::new(),
-        outcomes: Vec::new(),
-        stopping: None,
-        interrupted: None,
-        env_errors: Vec::new(),
-        kept: Vec::new(),
-        service_deaths: Vec::new(),
-        events,
-        opts: options,
-    };
-    d.init_shards(shards, &selection);
+    let env_ttl = input.env_ttl;
+    let (mut d, mut env_events) = Dispatcher::new(input, events);
 
     let mut signals = Signals::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -166,21 +124,28 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
             break;
         }
         tokio::select! {
-            Some(msg) = rx.recv() => d.handle(msg),
+            ended = d.tasks.next() => d.task_ended(ended),
             Some(ev) = recv_opt(&mut env_events) => d.env_event(ev),
             sig = signals.recv() => d.on_signal(sig),
             _ = tick.tick() => {
                 let snapshot = d.running_snapshot();
                 d.events.tick(&snapshot);
             }
-            _ = renew.tick(), if d.backend.is_some() => d.renew(env_ttl),
+            _ = renew.tick(), if d.cleanup.is_some() => d.renew(env_ttl),
         }
     }
-    if let Some(backend) = d.backend.clone() {
-        let kept = !d.kept.is_empty();
-        let mut run = d.run_ctx.clone();
-        run.expires_at = SystemTime::now() + env_ttl;
-        if let Err(e) = backend.finish(&run, kept, run.expires_at).await {
+    // A renewal in flight must not outlive the run's end below.
+    d.tasks.drain().await;
+    if let Some(cleanup) = d.cleanup.clone() {
+        let run_id = d.run_ctx.run_id.clone();
+        let ended = if d.kept.is_empty() {
+            cleanup.end_run(&run_id).await
+        } else {
+            cleanup
+                .renew(&run_id, SystemTime::now() + env_ttl, true)
+                .await
+        };
+        if let Err(e) = ended {
             d.env_errors.push((0, e));
         }
     }
@@ -198,6 +163,7 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
         env_errors: std::mem::take(&mut d.env_errors),
         kept: std::mem::take(&mut d.kept),
         service_deaths: std::mem::take(&mut d.service_deaths),
+        internal_error: d.internal_error.take(),
         started_at,
         duration: start.elapsed(),
     }
@@ -210,7 +176,59 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     }
 }
 
-impl Dispatcher<'_> {
+impl<'a> Dispatcher<'a> {
+    /// A dispatcher for `input`, its shards queued and the run-wide
+    /// preparation started; also the backend's event stream.
+    fn new(
+        input: RunInput,
+        events: &'a mut dyn RunEvents,
+    ) -> (Self, Option<mpsc::UnboundedReceiver<EnvEvent>>) {
+        let RunInput {
+            list,
+            selection,
+            shards,
+            options,
+            environments,
+            env_ttl,
+        } = input;
+        let (stop_tx, stop_rx) = watch::channel(StopLevel::Run);
+        let run_ctx = RunContext {
+            run_id: options.run_id.clone(),
+            shard_count: options.shard_count,
+            expires_at: SystemTime::now() + env_ttl,
+        };
+        let (backend, cleanup, env_events) = match environments {
+            Some(e) => (Some(e.backend), Some(e.cleanup), Some(e.events)),
+            None => (None, None, None),
+        };
+        let mut d = Dispatcher {
+            list,
+            run_ctx,
+            backend,
+            cleanup,
+            shards: Vec::new(),
+            next_shard: 0,
+            tasks: Tasks::default(),
+            stop_tx,
+            stop_rx,
+            prepare_task: None,
+            teardowns_pending: 0,
+            running: HashMap::new(),
+            attempts: HashMap::new(),
+            outcomes: Vec::new(),
+            stopping: None,
+            interrupted: None,
+            env_errors: Vec::new(),
+            kept: Vec::new(),
+            service_deaths: Vec::new(),
+            internal_error: None,
+            events,
+            opts: options,
+        };
+        d.init_shards(shards, &selection);
+        (d, env_events)
+    }
+
     fn init_shards(&mut self, shards: Vec<(u32, Vec<TestIdx>)>, selection: &[Selection]) {
         let phase = if self.backend.is_some() {
             EnvPhase::AwaitPrepare
@@ -253,11 +271,14 @@ impl Dispatcher<'_> {
                 diagnosis: None,
             });
         }
-        if let Some(backend) = self.backend.clone() {
-            let tx = self.tx.clone();
+        let needs_env = self
+            .shards
+            .iter()
+            .any(|s| s.phase == EnvPhase::AwaitPrepare);
+        if let Some(backend) = self.backend.clone().filter(|_| needs_env) {
             let ctx = self.run_ctx.clone();
-            self.prepare_task = Some(tokio::spawn(async move {
-                let _ = tx.send(Msg::Prepared(backend.prepare(&ctx).await));
+            self.prepare_task = Some(self.tasks.spawn(Task::Prepare, async move {
+                Msg::Prepared(backend.prepare(&ctx).await)
             }));
         }
         for s in &self.shards {
@@ -300,12 +321,14 @@ impl Dispatcher<'_> {
 
     /// Each shard may run at most its share of the thread budget, so that
     /// tests sharing one environment see bounded concurrency (one at a time
-    /// when there are at least as many shards as threads).
+    /// when there are at least as many shards as threads), or what
+    /// `[shards] test-threads` says; `-j` caps it either way.
     fn per_shard_limit(&self) -> usize {
+        let divided = self.opts.test_threads.div_ceil(self.shards.len().max(1));
         self.opts
-            .test_threads
-            .div_ceil(self.shards.len().max(1))
-            .max(1)
+            .shard_test_threads
+            .unwrap_or(divided)
+            .clamp(1, self.opts.test_threads.max(1))
     }
 
     fn next_ready_shard(&mut self) -> Option<usize> {
@@ -356,20 +379,25 @@ impl Dispatcher<'_> {
                 started: Instant::now(),
             },
         );
-        let (tx, stop, shard_no, attempt_no) = (
-            self.tx.clone(),
-            self.stop_rx.clone(),
-            shard.number,
-            pending.attempt_no,
-        );
-        tokio::spawn(async move {
-            let attempt = run_attempt(spec, stop).await;
-            let _ = tx.send(Msg::AttemptDone {
+        let (stop, shard_no, attempt_no) = (self.stop_rx.clone(), shard.number, pending.attempt_no);
+        let panic_hook = self.opts.panic_at == Some(PanicPoint::Attempt);
+        let task = Task::Attempt {
+            shard: shard_no,
+            test,
+        };
+        self.tasks.spawn(task, async move {
+            let attempt = tokio::select! {
+                attempt = run_attempt(spec, stop) => attempt,
+                _ = tokio::time::sleep(Duration::from_millis(300)), if panic_hook => {
+                    panic!("{} is set: panicking on purpose while a test runs", PanicPoint::VAR)
+                }
+            };
+            Msg::AttemptDone {
                 shard: shard_no,
                 test,
                 attempt_no,
                 attempt,
-            });
+            }
         });
     }
 
@@ -380,8 +408,69 @@ impl Dispatcher<'_> {
             .expect("message for a known shard")
     }
 
+    fn task_ended(&mut self, ended: Ended) {
+        match ended {
+            Ended::Done(msg) => self.handle(msg),
+            // Its state was settled when it was aborted.
+            Ended::Aborted => {}
+            Ended::Panicked(task, message) => self.task_panicked(task, message),
+        }
+    }
+
+    /// A task panicked: a bug. Its part of the state is settled as if it had
+    /// failed, and the run stops (exit 1), environments torn down as usual.
+    fn task_panicked(&mut self, task: Task, message: String) {
+        match task {
+            Task::Prepare => self.prepare_task = None,
+            Task::Provision { shard } => {
+                let idx = self.shard_idx(shard);
+                let s = &mut self.shards[idx];
+                s.provision_task = None;
+                if s.phase == EnvPhase::Provisioning {
+                    s.phase = EnvPhase::Failed;
+                }
+            }
+            Task::Attempt { shard, test } => {
+                // Recorded as a failed attempt: its verdict must not read as a
+                // pass, and its process (if any) is left to the reaper.
+                let attempt = Attempt {
+                    status: AttemptStatus::Failed(format!(
+                        "cargo-ephem failed while running this test (internal error: {message})"
+                    )),
+                    started_at: SystemTime::now(),
+                    duration: self
+                        .running
+                        .get(&test)
+                        .map(|r| r.started.elapsed())
+                        .unwrap_or_default(),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                };
+                let attempt_no = self.running.get(&test).map_or(1, |r| r.attempt_no);
+                self.stop("not run: stopped after an internal error");
+                self.attempt_done(shard, test, attempt_no, attempt);
+            }
+            Task::Teardown { shard } => {
+                self.teardowns_pending -= 1;
+                self.env_errors.push((
+                    shard,
+                    EnvError::Other(format!(
+                        "shard {shard}: teardown failed (internal error: {message}); \
+                         the reaper removes what is left"
+                    )),
+                ));
+            }
+            Task::Renew => {}
+        }
+        self.internal_error
+            .get_or_insert_with(|| format!("{task} panicked: {message}"));
+        self.stop("not run: stopped after an internal error");
+        let _ = self.stop_tx.send(StopLevel::Terminate);
+    }
+
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Renewed => {}
             Msg::Prepared(result) => {
                 self.prepare_task = None;
                 match result {
@@ -397,6 +486,12 @@ impl Dispatcher<'_> {
                 let idx = self.shard_idx(number);
                 let shard = &mut self.shards[idx];
                 shard.provision_task = None;
+                if shard.phase != EnvPhase::Provisioning {
+                    // The run stopped while this shard was provisioning: its
+                    // teardown is under way or follows; a late success must
+                    // not make it ready again (nor be torn down twice).
+                    return;
+                }
                 match result {
                     Ok(env) => {
                         shard.vars = Arc::new(
@@ -409,6 +504,9 @@ impl Dispatcher<'_> {
                         shard.env = Some(env);
                         shard.phase = EnvPhase::Ready;
                         self.events.shard_ready(number, true);
+                        if self.opts.panic_at == Some(PanicPoint::Ready) {
+                            panic!("{} is set: panicking on purpose", PanicPoint::VAR);
+                        }
                     }
                     Err(e) => {
                         shard.phase = EnvPhase::Failed;
@@ -449,14 +547,21 @@ impl Dispatcher<'_> {
             .filter(|s| s.phase == EnvPhase::AwaitPrepare)
         {
             shard.phase = EnvPhase::Provisioning;
-            let (tx, backend) = (self.tx.clone(), backend.clone());
+            let backend = backend.clone();
             let ctx = ShardContext {
                 run: self.run_ctx.clone(),
                 shard: shard.number,
             };
-            shard.provision_task = Some(tokio::spawn(async move {
+            let panic_hook = self.opts.panic_at == Some(PanicPoint::Provision);
+            let task = Task::Provision {
+                shard: shard.number,
+            };
+            shard.provision_task = Some(self.tasks.spawn(task, async move {
+                if panic_hook {
+                    panic!("{} is set: panicking on purpose", PanicPoint::VAR);
+                }
                 let result = backend.provision(&ctx).await;
-                let _ = tx.send(Msg::Provisioned(ctx.shard, result));
+                Msg::Provisioned(ctx.shard, result)
             }));
         }
     }
@@ -603,10 +708,14 @@ impl Dispatcher<'_> {
             run: self.run_ctx.clone(),
             shard: shard.number,
         };
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
+        let panic_hook = self.opts.panic_at == Some(PanicPoint::Teardown);
+        let task = Task::Teardown { shard: ctx.shard };
+        self.tasks.spawn(task, async move {
+            if panic_hook {
+                panic!("{} is set: panicking on purpose", PanicPoint::VAR);
+            }
             let result = backend.teardown(&ctx).await;
-            let _ = tx.send(Msg::TornDown(ctx.shard, result));
+            Msg::TornDown(ctx.shard, result)
         });
     }
 
@@ -635,14 +744,18 @@ impl Dispatcher<'_> {
     /// renewal is not fatal: the next one may succeed, and the runner being
     /// alive already protects the run from sweeps on this host.
     fn renew(&mut self, ttl: Duration) {
-        let Some(backend) = self.backend.clone() else {
+        let Some(cleanup) = self.cleanup.clone() else {
             return;
         };
-        let mut run = self.run_ctx.clone();
-        run.expires_at = SystemTime::now() + ttl;
-        self.run_ctx.expires_at = run.expires_at;
-        tokio::spawn(async move {
-            let _ = backend.renew(&run, run.expires_at).await;
+        if self.tasks.any(|t| *t == Task::Renew) {
+            return;
+        }
+        let expires_at = SystemTime::now() + ttl;
+        self.run_ctx.expires_at = expires_at;
+        let run_id = self.run_ctx.run_id.clone();
+        self.tasks.spawn(Task::Renew, async move {
+            let _ = cleanup.renew(&run_id, expires_at, false).await;
+            Msg::Renewed
         });
     }
 
@@ -656,39 +769,5 @@ impl Dispatcher<'_> {
                 elapsed: r.started.elapsed(),
             })
             .collect()
-    }
-}
-
-/// The signals that stop a run: SIGINT (Ctrl-C), SIGTERM (CI cancel), SIGHUP
-/// (terminal closed).
-struct Signals {
-    int: Option<Signal>,
-    term: Option<Signal>,
-    hup: Option<Signal>,
-}
-
-impl Signals {
-    fn new() -> Self {
-        Signals {
-            int: signal(SignalKind::interrupt()).ok(),
-            term: signal(SignalKind::terminate()).ok(),
-            hup: signal(SignalKind::hangup()).ok(),
-        }
-    }
-
-    async fn recv(&mut self) -> i32 {
-        async fn one(s: &mut Option<Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            _ = one(&mut self.int) => libc::SIGINT,
-            _ = one(&mut self.term) => libc::SIGTERM,
-            _ = one(&mut self.hup) => libc::SIGHUP,
-        }
     }
 }

@@ -3,10 +3,14 @@
 
 mod dispatcher;
 pub mod executor;
+mod tasks;
 
 use std::time::{Duration, SystemTime};
 
-use ephem_fixtures::{EnvError, EnvEvent, Environment};
+use std::sync::Arc;
+
+use ephem_fixtures::{Backend, Cleanup, EnvError, EnvEvent, Environment};
+use tokio::sync::mpsc;
 
 pub use dispatcher::{run, RunInput};
 pub use executor::{Attempt, AttemptStatus};
@@ -35,6 +39,56 @@ pub struct RunOptions {
     pub shard_count: u32,
     /// Leave environments running after the run.
     pub keep_env: bool,
+    /// At most this many tests of one shard at once (`[shards]
+    /// test-threads`); `None`: `ceil(test_threads / shards)`.
+    pub shard_test_threads: Option<usize>,
+    /// Test hook: make a task panic on purpose (see [`PanicPoint`]).
+    #[doc(hidden)]
+    pub panic_at: Option<PanicPoint>,
+}
+
+/// Where the test hook `CARGO_EPHEM_TEST_PANIC` makes the runner panic, so
+/// the end-to-end tests can prove that a panic anywhere ends the run with
+/// exit 1 and leaves nothing behind. There is no other way to make a
+/// correct runner panic on demand.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanicPoint {
+    /// In the dispatcher itself, once a shard's environment is ready.
+    Ready,
+    /// Inside a shard's provisioning task.
+    Provision,
+    /// Inside a test attempt's task, once the test process runs.
+    Attempt,
+    /// Inside a shard's teardown task.
+    Teardown,
+}
+
+impl PanicPoint {
+    /// The environment variable that sets the hook.
+    pub const VAR: &'static str = "CARGO_EPHEM_TEST_PANIC";
+
+    /// The hook set in the environment, if any.
+    pub fn from_env() -> Option<PanicPoint> {
+        match std::env::var(Self::VAR).ok()?.as_str() {
+            "ready" => Some(PanicPoint::Ready),
+            "provision" => Some(PanicPoint::Provision),
+            "attempt" => Some(PanicPoint::Attempt),
+            "teardown" => Some(PanicPoint::Teardown),
+            _ => None,
+        }
+    }
+}
+
+/// The environments of a run: the backend, its safety-net side, and what
+/// it reports.
+pub struct RunEnvironments {
+    /// Provisions and tears down shards.
+    pub backend: Arc<dyn Backend>,
+    /// Renews the run's expiry while it is alive.
+    pub cleanup: Arc<dyn Cleanup>,
+    /// Pull progress, service deaths, warnings.
+    pub events: mpsc::UnboundedReceiver<EnvEvent>,
 }
 
 /// The final word on one test.
@@ -87,6 +141,8 @@ pub struct RunResult {
     pub kept: Vec<(u32, Environment)>,
     /// Services that died while their shard's tests ran, described.
     pub service_deaths: Vec<String>,
+    /// A task of the runner panicked (a bug): the run was stopped.
+    pub internal_error: Option<String>,
     /// When the run started.
     pub started_at: SystemTime,
     /// How long it took, preparation and teardown included.

@@ -20,6 +20,7 @@ pub use wait::{LogPattern, WaitKind, WaitStrategy, DEFAULT_WAIT_INTERVAL};
 
 use crate::image_ref::ImageRef;
 use crate::template::Template;
+use crate::BackendKind;
 
 /// File name the CLI looks for at the workspace root.
 pub const DEFAULT_CONFIG_FILE: &str = "ephem.toml";
@@ -30,16 +31,55 @@ pub const MIRROR_ENV: &str = "EPHEM_REGISTRY_MIRROR";
 /// Default `startup-timeout`: start plus readiness, not the pull.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest duration any setting takes (365 days): beyond it, deadlines
+/// and expiry labels would overflow, and no test waits that long on purpose.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a humantime duration (`"500ms"`, `"60s"`, `"1h 30m"`) between zero
+/// (only when `allow_zero`) or 1 ms and [`MAX_DURATION`]. The error says what
+/// is wrong and the allowed range.
+pub fn parse_duration(text: &str, allow_zero: bool) -> Result<Duration, String> {
+    let range = "allowed: 1ms to 365days";
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "{text:?} is not a duration ({e}); write e.g. \"60s\", \"500ms\" or \"2m\" ({range})"
+        )
+    })?;
+    if d.is_zero() && !allow_zero {
+        return Err(format!("the duration must be greater than zero ({range})"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!("{text:?} is too long ({range})"));
+    }
+    Ok(d)
+}
+
 /// A loaded and validated `ephem.toml`.
 #[derive(Clone, Debug)]
 pub struct EphemConfig {
     /// Where the configuration came from, for messages.
     pub path: PathBuf,
+    /// `backend`: which backend provisions the services (`docker` by default).
+    pub backend: BackendKind,
+    /// `[shards]`: how each shard runs its tests.
+    pub shards: ShardsConfig,
     /// `[images]`: how images are fetched.
     pub images: ImagesConfig,
     /// `[services.NAME]`, sorted by name.
     pub services: Vec<ServiceSpec>,
 }
+
+/// The `[shards]` table.
+#[derive(Clone, Debug, Default)]
+pub struct ShardsConfig {
+    /// `test-threads`: at most this many tests of one shard run at once, for
+    /// suites that share fixed state inside their services. `None`: the
+    /// divided thread budget.
+    pub test_threads: Option<usize>,
+}
+
+/// The largest `[shards] test-threads`.
+pub const MAX_SHARD_TEST_THREADS: usize = 1024;
 
 /// The `[images]` table.
 #[derive(Clone, Debug, Default)]

@@ -11,9 +11,17 @@ pub(super) type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
+    pub backend: Option<Spanned<String>>,
+    pub shards: Option<RawShards>,
     pub images: Option<RawImages>,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawShards {
+    pub test_threads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -322,3 +322,55 @@ fn mirror_with_a_scheme() {
     let message = load_err("[images]\nmirror = \"http://localhost:5000\"\n");
     assert_points_at(&message, 2, "images.mirror");
 }
+
+#[test]
+fn backend_defaults_to_docker_and_names_the_choices_when_unknown() {
+    let config = EphemConfig::parse(EXAMPLE, "ephem.toml").unwrap();
+    assert_eq!(config.backend, BackendKind::Docker);
+    let config = EphemConfig::parse("backend = \"docker\"\n", "ephem.toml").unwrap();
+    assert_eq!(config.backend, BackendKind::Docker);
+
+    let message = load_err("\nbackend = \"podman\"\n");
+    assert_points_at(&message, 2, "backend");
+    assert!(message.contains("\"podman\""), "{message}");
+    assert!(
+        message.contains(&format!("the backends are: {}", BackendKind::names())),
+        "{message}"
+    );
+}
+
+#[test]
+fn shard_test_threads_is_a_bounded_positive_count() {
+    let config = EphemConfig::parse("[shards]\ntest-threads = 1\n", "ephem.toml").unwrap();
+    assert_eq!(config.shards.test_threads, Some(1));
+    let config = EphemConfig::parse(EXAMPLE, "ephem.toml").unwrap();
+    assert_eq!(config.shards.test_threads, None);
+    for bad in ["0", "-3", "4294967296", "100000"] {
+        let message = load_err(&format!("[shards]\ntest-threads = {bad}\n"));
+        assert_points_at(&message, 2, "shards.test-threads");
+        assert!(message.contains("1 to 1024"), "{message}");
+    }
+    let message = load_err("[shards]\nthreads = 1\n");
+    assert!(message.contains("threads"), "{message}");
+}
+
+#[test]
+fn absurd_durations_are_rejected_with_the_allowed_range() {
+    let ten_to_the_19 = "10000000000000000000s";
+    for key in [
+        "startup-timeout = \"X\"",
+        "wait = { tcp = 80, interval = \"X\" }",
+    ] {
+        let text = format!(
+            "[services.web]\nimage = \"nginx:1\"\nports = [80]\n{}\n",
+            key.replace('X', ten_to_the_19)
+        );
+        let message = load_err(&text);
+        assert_points_at(&message, 4, "services.web");
+        assert!(message.contains("allowed: 1ms to 365days"), "{message}");
+    }
+    assert_eq!(parse_duration("365days", false), Ok(MAX_DURATION));
+    assert!(parse_duration("366days", false).is_err());
+    assert!(parse_duration("0s", false).is_err());
+    assert_eq!(parse_duration("0s", true), Ok(Duration::ZERO));
+}

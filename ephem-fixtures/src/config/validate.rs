@@ -10,11 +10,12 @@ use toml::Spanned;
 use super::error::Locator;
 use super::raw::{RawFile, RawHealthcheck, RawService, RawWait, Scalar};
 use super::{
-    ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, ServiceSpec, WaitKind,
-    WaitStrategy, DEFAULT_STARTUP_TIMEOUT, DEFAULT_WAIT_INTERVAL,
+    ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, ServiceSpec, ShardsConfig,
+    WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT, DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
 };
 use crate::image_ref::ImageRef;
 use crate::template::{Template, Var};
+use crate::BackendKind;
 
 /// Where a template is used decides which variables it may name.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,19 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
     let at = Locator::new(path, text);
     let raw: RawFile = toml::from_str(text).map_err(|e| at.toml_error(e))?;
 
+    let backend = match &raw.backend {
+        Some(name) => name
+            .get_ref()
+            .parse::<BackendKind>()
+            .map_err(|e| at.error(name.span(), "backend", e))?,
+        None => BackendKind::default(),
+    };
+    let shards = match raw.shards.as_ref().and_then(|s| s.test_threads.as_ref()) {
+        Some(n) => ShardsConfig {
+            test_threads: Some(check_test_threads(&at, n)?),
+        },
+        None => ShardsConfig::default(),
+    };
     let mirror = match raw.images.and_then(|i| i.mirror) {
         Some(mirror) => Some(check_mirror(&at, &mirror)?),
         None => None,
@@ -60,9 +74,23 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
 
     Ok(EphemConfig {
         path: path.to_owned(),
+        backend,
+        shards,
         images: ImagesConfig { mirror },
         services,
     })
+}
+
+fn check_test_threads(at: &Locator<'_>, n: &Spanned<i64>) -> Result<usize, ConfigError> {
+    let value = *n.get_ref();
+    match usize::try_from(value) {
+        Ok(v) if (1..=MAX_SHARD_TEST_THREADS).contains(&v) => Ok(v),
+        _ => Err(at.error(
+            n.span(),
+            "shards.test-threads",
+            format!("{value} is out of range: a shard runs 1 to {MAX_SHARD_TEST_THREADS} tests at once (1 for suites whose tests share fixed state in a service)"),
+        )),
+    }
 }
 
 fn check_mirror(at: &Locator<'_>, mirror: &Spanned<String>) -> Result<String, ConfigError> {
@@ -313,22 +341,8 @@ impl ServiceChecker<'_, '_> {
         key: &str,
         allow_zero: bool,
     ) -> Result<Duration, ConfigError> {
-        match humantime::parse_duration(value.get_ref().trim()) {
-            Ok(d) if allow_zero || !d.is_zero() => Ok(d),
-            Ok(_) => {
-                Err(self
-                    .at
-                    .error(value.span(), key, "the duration must be greater than zero"))
-            }
-            Err(e) => Err(self.at.error(
-                value.span(),
-                key,
-                format!(
-                    "{:?} is not a duration ({e}); write e.g. \"60s\", \"500ms\" or \"2m\"",
-                    value.get_ref()
-                ),
-            )),
-        }
+        super::parse_duration(value.get_ref(), allow_zero)
+            .map_err(|message| self.at.error(value.span(), key, message))
     }
 
     fn published(&self, port: &Spanned<u16>, key: &str) -> Result<u16, ConfigError> {

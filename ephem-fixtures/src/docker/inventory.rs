@@ -4,7 +4,6 @@
 //! Nothing here ever lists or removes a resource without the run label.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{
@@ -16,7 +15,7 @@ use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use super::{daemon_message, is_gone, labels};
-use crate::EnvError;
+use crate::{EnvError, ResourceKind, RunResource};
 
 /// Passes of [`reap_run`], as offsets from its start: a create request in
 /// flight when the runner died can complete after the first pass.
@@ -29,59 +28,8 @@ const REAP_PASSES: [Duration; 3] = [
 /// All of [`reap_run`] finishes within this, however slow the daemon.
 const REAP_BUDGET: Duration = Duration::from_secs(8);
 
-/// What kind of Docker object a resource is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ResourceKind {
-    /// A container, in any state.
-    Container,
-    /// A network.
-    Network,
-    /// A volume (lease volumes included).
-    Volume,
-}
-
-impl fmt::Display for ResourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ResourceKind::Container => "container",
-            ResourceKind::Network => "network",
-            ResourceKind::Volume => "volume",
-        })
-    }
-}
-
-/// A container, network or volume with cargo-ephem labels, as they read.
-/// Labels that are missing or unparsable are `None`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelledResource {
-    /// Container, network or volume.
-    pub kind: ResourceKind,
-    /// What the daemon removes it by: the id, or a volume's name.
-    pub id: String,
-    /// Human-readable name (without a container name's leading `/`).
-    pub name: String,
-    /// `cargo-ephem.run`.
-    pub run: String,
-    /// `cargo-ephem.shard` (lease volumes have none).
-    pub shard: Option<u32>,
-    /// `cargo-ephem.pid`: the runner's pid.
-    pub pid: Option<u32>,
-    /// `cargo-ephem.pid-start`: the runner's start time in clock ticks since boot.
-    pub pid_start: Option<u64>,
-    /// `cargo-ephem.host`: the runner's hostname.
-    pub host: Option<String>,
-    /// `cargo-ephem.expires`: unix seconds after which the run counts as abandoned.
-    pub expires: Option<u64>,
-    /// When the daemon created it, if it said.
-    pub created: Option<SystemTime>,
-    /// Whether it is a lease volume (`cargo-ephem.lease`).
-    pub lease: bool,
-    /// Whether it is the lease of environments kept on purpose (`cargo-ephem.keep`).
-    pub kept: bool,
-}
-
 /// Every container (all states), network and volume labelled `cargo-ephem.run`.
-pub async fn list_resources(docker: &Docker) -> Result<Vec<LabelledResource>, EnvError> {
+pub async fn list_resources(docker: &Docker) -> Result<Vec<RunResource>, EnvError> {
     list_matching(docker, vec![labels::RUN.to_owned()]).await
 }
 
@@ -90,14 +38,15 @@ pub async fn list_resources(docker: &Docker) -> Result<Vec<LabelledResource>, En
 /// already gone counts as removed. Results come in removal order.
 pub async fn remove_resources(
     docker: &Docker,
-    resources: &[LabelledResource],
-) -> Vec<(LabelledResource, Result<(), String>)> {
+    resources: &[RunResource],
+) -> Vec<(RunResource, Result<(), String>)> {
     let mut results = Vec::with_capacity(resources.len());
-    for kind in [
-        ResourceKind::Container,
-        ResourceKind::Network,
-        ResourceKind::Volume,
-    ] {
+    // Containers first: a network in use cannot go. Kinds that are not
+    // Docker's come last and fail in `remove_one`.
+    let mut kinds: Vec<ResourceKind> = resources.iter().map(|r| r.kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for kind in kinds {
         let of_kind = resources.iter().filter(|r| r.kind == kind);
         let removals = of_kind.map(|r| async move { (r.clone(), remove_one(docker, r).await) });
         results.extend(join_all(removals).await);
@@ -116,7 +65,7 @@ pub async fn reap_run(docker: &Docker, run_id: &str) -> Result<usize, EnvError> 
     let deadline = start + REAP_BUDGET;
     let mut removed = 0;
     // Failures by id; a later pass that removes the resource clears its entry.
-    let mut failures: HashMap<String, (LabelledResource, String)> = HashMap::new();
+    let mut failures: HashMap<String, (RunResource, String)> = HashMap::new();
     let mut empty_passes = 0;
     for offset in REAP_PASSES {
         if empty_passes == 2 {
@@ -170,7 +119,7 @@ pub async fn reap_run(docker: &Docker, run_id: &str) -> Result<usize, EnvError> 
 async fn reap_pass(
     docker: &Docker,
     run_id: &str,
-) -> Result<Vec<(LabelledResource, Result<(), String>)>, EnvError> {
+) -> Result<Vec<(RunResource, Result<(), String>)>, EnvError> {
     let found = list_matching(docker, vec![format!("{}={run_id}", labels::RUN)]).await?;
     Ok(remove_resources(docker, &found).await)
 }
@@ -180,7 +129,7 @@ async fn reap_pass(
 pub(crate) async fn list_matching(
     docker: &Docker,
     label_filters: Vec<String>,
-) -> Result<Vec<LabelledResource>, EnvError> {
+) -> Result<Vec<RunResource>, EnvError> {
     let filters = HashMap::from([("label".to_owned(), label_filters)]);
     let listing_error = |what: &str, e: bollard::errors::Error| {
         EnvError::Other(format!(
@@ -264,10 +213,10 @@ fn labelled(
     name: String,
     labels: &HashMap<String, String>,
     created: Option<SystemTime>,
-) -> Option<LabelledResource> {
+) -> Option<RunResource> {
     let run = labels.get(labels::RUN)?.clone();
     let number = |key: &str| labels.get(key).and_then(|v| v.trim().parse::<u64>().ok());
-    Some(LabelledResource {
+    Some(RunResource {
         kind,
         id,
         name,
@@ -283,7 +232,7 @@ fn labelled(
     })
 }
 
-async fn remove_one(docker: &Docker, resource: &LabelledResource) -> Result<(), String> {
+async fn remove_one(docker: &Docker, resource: &RunResource) -> Result<(), String> {
     let result = match resource.kind {
         ResourceKind::Container => {
             // v: anonymous volumes (e.g. Postgres' VOLUME) go with the container.
@@ -300,6 +249,7 @@ async fn remove_one(docker: &Docker, resource: &LabelledResource) -> Result<(), 
                 .remove_volume(&resource.id, Some(RemoveVolumeOptions { force: true }))
                 .await
         }
+        other => return Err(format!("a {other} is not a Docker resource")),
     };
     match result {
         Ok(()) => Ok(()),
@@ -315,26 +265,9 @@ fn short_id(id: &str) -> &str {
 /// An RFC 3339 timestamp as the daemon writes it (`2024-05-01T10:00:00Z`,
 /// with optional fraction and a `Z` or `±hh:mm` offset).
 fn parse_timestamp(text: &str) -> Option<SystemTime> {
-    let text = text.trim();
-    let time_at = text.find('T')?;
-    let (local, offset_secs) = match text[time_at..].rfind(['+', '-']) {
-        Some(at) => {
-            let at = time_at + at;
-            let (h, m) = text[at + 1..].split_once(':')?;
-            let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60;
-            let sign = if text[at..].starts_with('-') { -1 } else { 1 };
-            (&text[..at], sign * secs)
-        }
-        None => (text.trim_end_matches(['Z', 'z']), 0),
-    };
-    let utc_if_local_were_utc = humantime::parse_rfc3339_weak(local).ok()?;
-    // A `+02:00` wall clock is two hours ahead of UTC.
-    let magnitude = Duration::from_secs(offset_secs.unsigned_abs());
-    if offset_secs >= 0 {
-        utc_if_local_were_utc.checked_sub(magnitude)
-    } else {
-        utc_if_local_were_utc.checked_add(magnitude)
-    }
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(SystemTime::from)
 }
 
 #[cfg(test)]
@@ -405,12 +338,5 @@ mod tests {
             labelled(ResourceKind::Volume, "v".into(), "v".into(), &foreign, None),
             None
         );
-    }
-
-    #[test]
-    fn kinds_display_as_docker_names_them() {
-        assert_eq!(ResourceKind::Container.to_string(), "container");
-        assert_eq!(ResourceKind::Network.to_string(), "network");
-        assert_eq!(ResourceKind::Volume.to_string(), "volume");
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn for_shard(shard: &ShardContext, owner: &Owner) -> HashMap<String, 
 /// Start time of process `pid` in clock ticks since boot (field 22 of
 /// `/proc/PID/stat`); `None` if it does not exist or there is no procfs.
 pub fn process_start(pid: u32) -> Option<u64> {
-    crate::process::stat(pid).map(|s| s.start)
+    crate::process::start_time(pid)
 }
 
 /// Seconds since the Unix epoch; 0 for instants before it.
@@ -91,19 +91,7 @@ pub(crate) fn shard_filter(shard: &ShardContext) -> HashMap<String, Vec<String>>
     )])
 }
 
-/// This machine's hostname, or `unknown`: the `host` label, and what a sweep
-/// compares it with.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
-    // on success (we also guard against truncation by searching for the NUL).
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".to_owned();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
+pub use crate::process::hostname;
 
 /// First 8 name-safe characters of the run id, for readable container names.
 pub(crate) fn short_run(run_id: &str) -> String {

@@ -9,10 +9,10 @@ use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::RemoveVolumeOptions;
 use bollard::Docker;
 
-use super::inventory::{list_matching, LabelledResource, ResourceKind};
+use super::inventory::list_matching;
 use super::labels::{self, Owner};
 use super::{daemon_message, is_gone};
-use crate::EnvError;
+use crate::{EnvError, ResourceKind, RunResource};
 
 /// How many names `renew` tries when one is taken (two renewals in one second).
 const NAME_ATTEMPTS: u32 = 5;
@@ -70,7 +70,7 @@ pub(crate) async fn renew(
         )));
     };
 
-    let older: Vec<LabelledResource> = leases(docker, run_id)
+    let older: Vec<RunResource> = leases(docker, run_id)
         .await?
         .into_iter()
         .filter(|l| l.name != created && !matches!(l.expires, Some(e) if e > expires))
@@ -86,7 +86,7 @@ pub async fn remove_leases(docker: &Docker, run_id: &str) -> Result<(), EnvError
 }
 
 /// The run's lease volumes.
-async fn leases(docker: &Docker, run_id: &str) -> Result<Vec<LabelledResource>, EnvError> {
+async fn leases(docker: &Docker, run_id: &str) -> Result<Vec<RunResource>, EnvError> {
     let filters = vec![
         format!("{}={run_id}", labels::RUN),
         labels::LEASE.to_owned(),
@@ -99,11 +99,7 @@ async fn leases(docker: &Docker, run_id: &str) -> Result<Vec<LabelledResource>, 
         .collect())
 }
 
-async fn remove_all(
-    docker: &Docker,
-    run_id: &str,
-    leases: &[LabelledResource],
-) -> Result<(), EnvError> {
+async fn remove_all(docker: &Docker, run_id: &str, leases: &[RunResource]) -> Result<(), EnvError> {
     let mut problems = Vec::new();
     for lease in leases {
         match docker

@@ -1,6 +1,7 @@
 //! The Docker backend: every shard gets its own bridge network and one
 //! container per configured service. Works with Podman's Docker-compatible API.
 
+mod cleanup;
 mod connect;
 mod images;
 pub mod inventory;
@@ -12,19 +13,21 @@ mod teardown;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
 
 use bollard::Docker;
 use tokio::task::JoinHandle;
 
-pub use self::connect::{connect_daemon, DaemonConnection};
+pub use self::cleanup::DockerCleanup;
 use self::images::ImageStore;
-use crate::{Backend, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext};
+use crate::{
+    Backend, Cleanup, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext,
+};
 
 /// Environments made of Docker containers, one private network per shard.
 pub struct DockerBackend {
     shared: Shared,
+    cleanup: Arc<DockerCleanup>,
     /// `die`-event followers of provisioned shards, by (run id, shard).
     watchers: Mutex<HashMap<(String, u32), JoinHandle<()>>>,
 }
@@ -59,7 +62,12 @@ impl DockerBackend {
             events.clone(),
             &config.images(),
         );
+        let cleanup = Arc::new(DockerCleanup::new(
+            conn.docker.clone(),
+            conn.address.clone(),
+        ));
         Ok(DockerBackend {
+            cleanup,
             shared: Shared {
                 docker: conn.docker,
                 address: conn.address,
@@ -71,11 +79,6 @@ impl DockerBackend {
             },
             watchers: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The daemon address that answered, e.g. `unix:///var/run/docker.sock`.
-    pub fn address(&self) -> &str {
-        &self.shared.address
     }
 
     /// The value of `${host}`: where published ports are reached.
@@ -121,6 +124,10 @@ impl Backend for DockerBackend {
         "docker"
     }
 
+    fn address(&self) -> &str {
+        &self.shared.address
+    }
+
     /// Inspects every distinct image and pulls the missing ones, concurrently.
     async fn prepare(&self, _run: &RunContext) -> Result<(), EnvError> {
         self.shared.images.ensure_all().await
@@ -150,39 +157,8 @@ impl Backend for DockerBackend {
         teardown::teardown(&self.shared.docker, shard).await
     }
 
-    /// Creates a lease volume carrying the later expiry and removes the
-    /// run's earlier leases; [`lease::remove_leases`] removes the last one.
-    async fn renew(&self, run: &RunContext, expires_at: SystemTime) -> Result<(), EnvError> {
-        lease::renew(
-            &self.shared.docker,
-            &self.shared.owner,
-            &run.run_id,
-            expires_at,
-            false,
-        )
-        .await
-    }
-
-    /// Removes the run's leases, or, when environments were kept, leaves one
-    /// marked `keep` so that sweeps spare them until `expires_at`.
-    async fn finish(
-        &self,
-        run: &RunContext,
-        kept: bool,
-        expires_at: SystemTime,
-    ) -> Result<(), EnvError> {
-        if kept {
-            lease::renew(
-                &self.shared.docker,
-                &self.shared.owner,
-                &run.run_id,
-                expires_at,
-                true,
-            )
-            .await
-        } else {
-            lease::remove_leases(&self.shared.docker, &run.run_id).await
-        }
+    fn cleanup(&self) -> Arc<dyn Cleanup> {
+        self.cleanup.clone()
     }
 }
 

@@ -13,7 +13,8 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RemoveVolumeOptions,
 };
 use bollard::Docker;
-use ephem_fixtures::{Backend, DockerBackend, EphemConfig, RunContext};
+use ephem_fixtures::docker::DockerCleanup;
+use ephem_fixtures::{Backend, Cleanup, DockerBackend, EphemConfig, RunContext};
 use futures_util::FutureExt;
 
 use super::{unique_run_id, MIRROR};
@@ -130,6 +131,8 @@ pub async fn busybox_backend() -> DockerBackend {
 #[derive(Clone)]
 pub struct Guard {
     pub docker: Docker,
+    /// The safety nets' view of the daemon, under test.
+    pub cleanup: Arc<DockerCleanup>,
     runs: Arc<Mutex<Vec<String>>>,
     containers: Arc<Mutex<Vec<String>>>,
     volumes: Arc<Mutex<Vec<String>>>,
@@ -168,13 +171,14 @@ where
 {
     busybox_backend().await;
     // What `cargo ephem gc` and the reaper use: no configuration needed.
-    let conn = ephem_fixtures::docker::connect_daemon()
+    let cleanup = DockerCleanup::connect()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!conn.address.is_empty());
-    let docker = conn.docker;
+    assert!(!cleanup.address().is_empty());
+    let docker = cleanup.client().clone();
     let guard = Guard {
         docker: docker.clone(),
+        cleanup: Arc::new(cleanup),
         runs: Arc::default(),
         containers: Arc::default(),
         volumes: Arc::default(),

@@ -1,0 +1,114 @@
+//! Environments from the runner's side: which configuration and backend a
+//! command uses, and connecting to that backend before anything is built.
+
+use std::sync::Arc;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use ephem_fixtures::{Backend, BackendKind, Cleanup, EnvEvent, EphemConfig};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::error::{EphemError, Result};
+use crate::options::{ConfigSource, EnvOptions};
+
+/// A checked configuration and the backend it names (or `--backend`).
+pub struct EnvSetup {
+    /// Where the configuration came from.
+    pub path: Utf8PathBuf,
+    /// The configuration, validated.
+    pub config: EphemConfig,
+    /// The backend that provisions it.
+    pub backend: BackendKind,
+}
+
+impl EnvSetup {
+    /// `--config`, else `ephem.toml` at the workspace root when present; none
+    /// with `--no-env` or when there is no file. Errors name file, line and
+    /// key (exit 2).
+    pub fn load(root: &Utf8Path, options: &EnvOptions) -> Result<Option<EnvSetup>> {
+        let path = match &options.config {
+            ConfigSource::Disabled => return Ok(None),
+            ConfigSource::File(path) => path.clone(),
+            ConfigSource::WorkspaceDefault => {
+                let default = root.join(ephem_fixtures::config::DEFAULT_CONFIG_FILE);
+                if !default.exists() {
+                    return Ok(None);
+                }
+                default
+            }
+        };
+        let config = EphemConfig::load(&path)?;
+        let backend = options.backend.unwrap_or(config.backend);
+        Ok(Some(EnvSetup {
+            path,
+            config,
+            backend,
+        }))
+    }
+
+    /// Like [`load`](Self::load), but a configuration is required.
+    pub fn require(root: &Utf8Path, options: &EnvOptions) -> Result<EnvSetup> {
+        Self::load(root, options)?.ok_or_else(|| {
+            EphemError::Usage(format!(
+                "no environment configuration: {} does not exist; create it or pass --config PATH",
+                root.join(ephem_fixtures::config::DEFAULT_CONFIG_FILE)
+            ))
+        })
+    }
+
+    /// Connects the backend (each backend answers within 5 s or fails with
+    /// exit 102).
+    pub async fn connect(self) -> Result<Connected> {
+        let (tx, events) = unbounded_channel();
+        let test_threads = self.config.shards.test_threads;
+        let backend = self.backend.connect(self.config, tx).await?;
+        Ok(Connected {
+            cleanup: backend.cleanup(),
+            backend,
+            kind: self.backend,
+            events,
+            config_path: self.path,
+            shard_test_threads: test_threads,
+        })
+    }
+}
+
+/// A connected backend, the events it reports, and what the runner needs
+/// to know of its configuration.
+pub struct Connected {
+    /// Provisions and tears down shards.
+    pub backend: Arc<dyn Backend>,
+    /// The same backend's safety-net side.
+    pub cleanup: Arc<dyn Cleanup>,
+    /// Which backend it is (the reaper reconnects to it by name).
+    pub kind: BackendKind,
+    /// Pull progress, service deaths, warnings.
+    pub events: UnboundedReceiver<EnvEvent>,
+    /// The configuration file, for messages and the reaper.
+    pub config_path: Utf8PathBuf,
+    /// `[shards] test-threads`.
+    pub shard_test_threads: Option<usize>,
+}
+
+/// The backend `gc`, `down` and the reaper clean: `--backend`, else the
+/// configuration's, else the default. A configuration that exists must be
+/// valid.
+pub fn cleanup_backend(
+    root: Option<&Utf8Path>,
+    options: &EnvOptions,
+) -> Result<(BackendKind, Option<EphemConfig>)> {
+    let setup = match root {
+        Some(root) => EnvSetup::load(root, options)?,
+        None => match &options.config {
+            ConfigSource::File(path) => Some(EnvSetup {
+                config: EphemConfig::load(path)?,
+                path: path.clone(),
+                backend: BackendKind::default(),
+            }),
+            _ => None,
+        },
+    };
+    Ok(match setup {
+        Some(s) => (options.backend.unwrap_or(s.config.backend), Some(s.config)),
+        None => (options.backend.unwrap_or_default(), None),
+    })
+}

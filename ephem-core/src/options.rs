@@ -1,0 +1,292 @@
+//! What each command is asked to do, as typed values: the command line maps
+//! onto these, and library users build them directly.
+
+use std::time::Duration;
+
+use camino::Utf8PathBuf;
+use ephem_fixtures::BackendKind;
+
+use crate::discover::CargoOptions;
+use crate::error::{EphemError, Result};
+use crate::limits::{MAX_DURATION, MAX_RETRIES, MAX_SHARDS, MAX_TEST_THREADS};
+use crate::partition::{PartitionKind, PartitionSpec};
+use crate::test_list::TestFilter;
+
+/// Everything `cargo ephem test` needs to know.
+#[derive(Clone, Debug)]
+pub struct TestOptions {
+    /// What cargo builds.
+    pub cargo: CargoOptions,
+    /// Which tests run.
+    pub filter: TestFilter,
+    /// What an empty selection means.
+    pub no_tests: NoTests,
+    /// Tests at once across all shards; `None`: the number of CPUs.
+    pub test_threads: Option<usize>,
+    /// Extra attempts of a failing test.
+    pub retries: u32,
+    /// Kill a test after this long.
+    pub test_timeout: Option<Duration>,
+    /// Report a test as slow after this long.
+    pub slow_timeout: Duration,
+    /// Stop scheduling new tests after the first failure.
+    pub fail_fast: bool,
+    /// How tests split into shards, and which run here.
+    pub sharding: Sharding,
+    /// JUnit reports of earlier runs, for `duration` partitions.
+    pub timings: Vec<Utf8PathBuf>,
+    /// Where the merged JUnit report goes (per-shard ones beside it).
+    pub junit: Option<Utf8PathBuf>,
+    /// Where environments come from.
+    pub env: EnvOptions,
+    /// Keep environments after the run.
+    pub keep_env: bool,
+}
+
+impl TestOptions {
+    /// Options with the defaults of `cargo ephem test`.
+    pub fn new(cargo: CargoOptions) -> TestOptions {
+        TestOptions {
+            cargo,
+            filter: TestFilter::default(),
+            no_tests: NoTests::default(),
+            test_threads: None,
+            retries: 0,
+            test_timeout: None,
+            slow_timeout: Duration::from_secs(60),
+            fail_fast: true,
+            sharding: Sharding::default(),
+            timings: Vec::new(),
+            junit: None,
+            env: EnvOptions::default(),
+            keep_env: false,
+        }
+    }
+
+    /// Every number in range and the flags consistent: the checks the
+    /// command line makes, for callers that build options directly.
+    pub fn check(&self) -> Result<()> {
+        let usage = |m: String| Err(EphemError::Usage(m));
+        if let Some(j) = self.test_threads {
+            if !(1..=MAX_TEST_THREADS).contains(&j) {
+                return usage(format!(
+                    "--test-threads {j} is out of range (allowed: 1 to {MAX_TEST_THREADS})"
+                ));
+            }
+        }
+        if self.retries > MAX_RETRIES {
+            return usage(format!(
+                "--retries {} is out of range (allowed: 0 to {MAX_RETRIES})",
+                self.retries
+            ));
+        }
+        for (flag, d) in [
+            ("--test-timeout", self.test_timeout),
+            ("--slow-timeout", Some(self.slow_timeout)),
+            ("--env-ttl", Some(self.env.env_ttl)),
+        ] {
+            if let Some(d) = d.filter(|d| d.is_zero() || *d > MAX_DURATION) {
+                return usage(format!(
+                    "{flag} {} is out of range (allowed: 1ms to 365days)",
+                    humantime::format_duration(d)
+                ));
+            }
+        }
+        let count = self.sharding.count();
+        if !(1..=MAX_SHARDS).contains(&count) {
+            return usage(format!(
+                "{count} shards is out of range (allowed: 1 to {MAX_SHARDS})"
+            ));
+        }
+        if let Sharding::Partition(p) = self.sharding {
+            if p.shard == 0 || p.shard > p.count {
+                return usage(format!(
+                    "--partition {}:{}/{}: the shard number must be between 1 and {}",
+                    p.kind, p.shard, p.count, p.count
+                ));
+            }
+        }
+        if self.sharding.kind(!self.timings.is_empty()) == PartitionKind::Duration
+            && self.timings.is_empty()
+        {
+            return usage(
+                "--partition duration:M/N needs --timings FILE (a JUnit report of an earlier run); \
+                 use slice:M/N when there is none"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How a run splits its tests into shards and which of them it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharding {
+    /// `--shards N`: all N shards, here, at once (N = 1 without the flag).
+    All {
+        /// Number of shards.
+        count: u32,
+    },
+    /// `--partition KIND:M/N`: only shard M, for a CI matrix job.
+    Partition(PartitionSpec),
+}
+
+impl Default for Sharding {
+    fn default() -> Self {
+        Sharding::All { count: 1 }
+    }
+}
+
+impl Sharding {
+    /// Shards in the whole plan.
+    pub fn count(self) -> u32 {
+        match self {
+            Sharding::All { count } => count,
+            Sharding::Partition(p) => p.count,
+        }
+    }
+
+    /// How tests are assigned: the partition's kind, or for `--shards`,
+    /// `duration` when past timings are given and `slice` otherwise.
+    pub fn kind(self, have_timings: bool) -> PartitionKind {
+        match self {
+            Sharding::Partition(p) => p.kind,
+            Sharding::All { .. } if have_timings => PartitionKind::Duration,
+            Sharding::All { .. } => PartitionKind::Slice,
+        }
+    }
+
+    /// The shards this invocation runs, 1-based.
+    pub fn shards_here(self) -> Vec<u32> {
+        match self {
+            Sharding::All { count } => (1..=count).collect(),
+            Sharding::Partition(p) => vec![p.shard],
+        }
+    }
+}
+
+/// What a selection without tests to run means (`--no-tests`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NoTests {
+    /// Exit 0 silently.
+    Pass,
+    /// Exit 0 with a note.
+    #[default]
+    Warn,
+    /// Exit 4.
+    Fail,
+}
+
+/// Where a command's environment configuration comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `ephem.toml` at the workspace root, when it exists.
+    #[default]
+    WorkspaceDefault,
+    /// `--config PATH`: this file, which must exist.
+    File(Utf8PathBuf),
+    /// `--no-env`: no environments, even if `ephem.toml` exists.
+    Disabled,
+}
+
+/// Where environments come from and how long they outlive a dead runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvOptions {
+    /// The configuration file.
+    pub config: ConfigSource,
+    /// `--backend NAME`, overriding the configuration's `backend`.
+    pub backend: Option<BackendKind>,
+    /// Environments count as abandoned this long after their last renewal.
+    pub env_ttl: Duration,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            config: ConfigSource::WorkspaceDefault,
+            backend: None,
+            env_ttl: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// How `cargo ephem list` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListFormat {
+    /// Tests grouped by binary.
+    #[default]
+    Human,
+    /// nextest-metadata's `TestListSummary` as JSON.
+    Json,
+}
+
+/// Everything `cargo ephem list` needs to know.
+#[derive(Clone, Debug)]
+pub struct ListOptions {
+    /// What cargo builds.
+    pub cargo: CargoOptions,
+    /// Which tests are listed as selected.
+    pub filter: TestFilter,
+    /// How to print.
+    pub format: ListFormat,
+}
+
+/// Everything `cargo ephem gc` needs to know.
+#[derive(Clone, Debug, Default)]
+pub struct GcOptions {
+    /// The workspace whose `ephem.toml` names the backend.
+    pub manifest_path: Option<Utf8PathBuf>,
+    /// Which backend to clean, and its configuration.
+    pub env: EnvOptions,
+    /// List, remove nothing.
+    pub dry_run: bool,
+    /// Also other hosts' runs, once expired.
+    pub all_hosts: bool,
+}
+
+/// How `cargo ephem up` prints the environment's variables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VarsFormat {
+    /// `NAME=value` lines, shell-quoted where needed.
+    #[default]
+    Env,
+    /// One JSON object.
+    Json,
+}
+
+/// Everything `cargo ephem up` needs to know.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// The workspace (its target folder keeps `up`'s state).
+    pub manifest_path: Option<Utf8PathBuf>,
+    /// Where the environment comes from.
+    pub env: EnvOptions,
+    /// Which shard's environment (`${shard}`).
+    pub shard: u32,
+    /// How to print the variables.
+    pub format: VarsFormat,
+}
+
+/// Everything `cargo ephem down` needs to know.
+#[derive(Clone, Debug, Default)]
+pub struct DownOptions {
+    /// The workspace whose `up` environments go.
+    pub manifest_path: Option<Utf8PathBuf>,
+    /// Only this shard's.
+    pub shard: Option<u32>,
+    /// `--backend NAME`, for environments whose state does not say.
+    pub backend: Option<BackendKind>,
+}
+
+/// What the hidden `__reap` command is told by the runner that starts it.
+#[derive(Clone, Debug)]
+pub struct ReapOptions {
+    /// The run to watch.
+    pub run_id: String,
+    /// The backend whose resources of the run to remove, if it has any.
+    pub backend: Option<BackendKind>,
+    /// The configuration, for backends that need it to be reached.
+    pub config: Option<Utf8PathBuf>,
+    /// Where to write, should it have to act.
+    pub log: Utf8PathBuf,
+}

@@ -1,0 +1,405 @@
+//! `cargo ephem test` as one pipeline a reader can follow in [`test`]:
+//! check the inputs, reach the backend, plan (build, list, select, split),
+//! run (reaper and sweep first), report. Also `list` and `junit merge`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use ephem_fixtures::Environment;
+
+use crate::discover::{self, Workspace};
+use crate::environments::{Connected, EnvSetup};
+use crate::error::{exit_codes, EphemError, Result};
+use crate::mask::Masker;
+use crate::options::{ListFormat, ListOptions, NoTests, TestOptions};
+use crate::partition::Timings;
+use crate::plan::TestPlan;
+use crate::report::display::{Display, DisplayMode};
+use crate::report::junit;
+use crate::report::summary::{self, shell_quote, Counts};
+use crate::run::{self, PanicPoint, RunEnvironments, RunInput, RunOptions, RunResult};
+use crate::teardown::{self, Reaper, RunEnd};
+use crate::test_list::{IgnoredMode, Selection};
+
+/// Runs `cargo ephem test`; returns the exit code.
+pub fn test(options: &TestOptions) -> Result<i32> {
+    // 1. Everything that can be checked before the build: a typo must not
+    //    cost one.
+    options.check()?;
+    let timings = read_timings(&options.timings)?;
+    if let Some(path) = &options.junit {
+        junit::check_writable(path)?;
+    }
+    let workspace = Workspace::load(&options.cargo)?;
+    let setup = EnvSetup::load(&workspace.root, &options.env)?;
+    let runtime = crate::runtime()?;
+
+    // 2. Reach the backend before building: a dead daemon costs seconds.
+    let connected = match setup {
+        Some(setup) => Some(runtime.block_on(setup.connect())?),
+        None => None,
+    };
+
+    // 3. Plan: build, list, select, split into shards.
+    let list = Arc::new(workspace.discover(&options.cargo)?);
+    let plan = TestPlan::new(list, &options.filter, options.sharding, &timings);
+
+    // 4. Run, with the reaper and the sweep in place first. A shard with
+    //    nothing to run needs neither an environment nor a reaper.
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let connected = connected.filter(|_| plan.to_run_here() > 0);
+    let result = if plan.to_run_here() == 0 {
+        runtime.block_on(run::run(
+            run_input(&plan, options, None, &run_id),
+            &mut Quiet,
+        ))
+    } else {
+        run_guarded(&runtime, &plan, options, connected, &workspace, &run_id)?
+    };
+
+    // 5. Report.
+    report(&plan, options, &result, &run_id)
+}
+
+fn read_timings(paths: &[Utf8PathBuf]) -> Result<Timings> {
+    if paths.is_empty() {
+        Ok(Timings::default())
+    } else {
+        junit::read_timings(paths)
+    }
+}
+
+/// Starts the reaper, sweeps abandoned runs, runs the plan with the live
+/// display, and tells the reaper how the run ended.
+fn run_guarded(
+    runtime: &tokio::runtime::Runtime,
+    plan: &TestPlan,
+    options: &TestOptions,
+    connected: Option<Connected>,
+    workspace: &Workspace,
+    run_id: &str,
+) -> Result<RunResult> {
+    // The reaper starts before any test or environment does; the sweep of
+    // abandoned runs happens before this run adds its own resources.
+    let reaper = Reaper::spawn(
+        run_id,
+        connected.as_ref().map(|c| c.kind),
+        connected.as_ref().map(|c| c.config_path.as_path()),
+        &teardown::reaper::log_path(&workspace.target_dir, run_id),
+    )
+    .map_err(|e| EphemError::Internal(format!("cannot start the reaper process: {e}")))?;
+    if let Some(c) = &connected {
+        runtime.block_on(teardown::sweep_at_start(c.cleanup.as_ref(), run_id))?;
+    }
+    let mut display = start_display(plan, options, connected.as_ref(), run_id);
+    let environments = connected.map(|c| {
+        (
+            c.shard_test_threads,
+            RunEnvironments {
+                backend: c.backend,
+                cleanup: c.cleanup,
+                events: c.events,
+            },
+        )
+    });
+    let (shard_threads, environments) = match environments {
+        Some((threads, envs)) => (threads, Some(envs)),
+        None => (None, None),
+    };
+    let mut input = run_input(plan, options, environments, run_id);
+    input.options.shard_test_threads = shard_threads;
+    let result = runtime.block_on(run::run(input, &mut display));
+    display.finish();
+    reaper.finish(if result.internal_error.is_some() {
+        RunEnd::Reap
+    } else if !result.kept.is_empty() {
+        RunEnd::Kept
+    } else {
+        RunEnd::Done
+    });
+    Ok(result)
+}
+
+fn run_input(
+    plan: &TestPlan,
+    options: &TestOptions,
+    environments: Option<RunEnvironments>,
+    run_id: &str,
+) -> RunInput {
+    RunInput {
+        list: plan.list.clone(),
+        selection: plan.selection.clone(),
+        shards: plan.shards.clone(),
+        options: RunOptions {
+            run_id: run_id.to_owned(),
+            test_threads: test_threads(options),
+            retries: options.retries,
+            test_timeout: options.test_timeout,
+            grace: Duration::from_secs(10),
+            slow_after: options.slow_timeout,
+            fail_fast: options.fail_fast,
+            shard_count: plan.shard_count,
+            keep_env: options.keep_env,
+            shard_test_threads: None,
+            panic_at: PanicPoint::from_env(),
+        },
+        environments,
+        env_ttl: options.env.env_ttl,
+    }
+}
+
+fn test_threads(options: &TestOptions) -> usize {
+    options.test_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// The live display, and the line that says what starts.
+fn start_display(
+    plan: &TestPlan,
+    options: &TestOptions,
+    connected: Option<&Connected>,
+    run_id: &str,
+) -> Display {
+    let per_shard: Vec<(u32, usize)> = plan.shards.iter().map(|(m, t)| (*m, t.len())).collect();
+    let mut display = Display::new(
+        DisplayMode::detect(),
+        plan.list.clone(),
+        &per_shard,
+        plan.shard_count,
+        options.slow_timeout,
+    );
+    if connected.is_some() {
+        display = display.with_environments();
+    }
+    let env_note = match connected {
+        Some(c) => format!(", {} environments from {}", c.kind, c.config_path),
+        None => String::new(),
+    };
+    let here = plan.shards.len();
+    display.line(&format!(
+        "  Starting {} tests in {here} shard{} of {} ({} partition), {} at once{env_note}, run {run_id}",
+        plan.to_run_here(),
+        if here == 1 { "" } else { "s" },
+        plan.shard_count,
+        plan.kind,
+        test_threads(options),
+    ));
+    display
+}
+
+/// The end of a run: summary, errors, kept environments, JUnit, exit code.
+fn report(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &str) -> Result<i32> {
+    if let Some(path) = &options.junit {
+        write_junit(path, plan, result)?;
+    }
+    if plan.to_run_total == 0 {
+        return Ok(no_tests(options, plan));
+    }
+    if plan.to_run_here() == 0 {
+        let skipped = Counts::of(&result.outcomes).skipped;
+        eprintln!(
+            "note: shard {} of {} is empty: the other shards hold all {} tests to run{}",
+            plan.shards_here().first().copied().unwrap_or(1),
+            plan.shard_count,
+            plan.to_run_total,
+            if skipped > 0 {
+                format!("; its {skipped} ignored tests are reported as skipped")
+            } else {
+                String::new()
+            }
+        );
+        return Ok(exit_codes::OK);
+    }
+    let rerun = rerun_prefix(options);
+    eprint!(
+        "{}",
+        summary::render(result, &plan.list, &rerun, plan.shard_count)
+    );
+    for (shard, error) in &result.env_errors {
+        let text = error.to_string();
+        let named = *shard == 0 || text.starts_with(&format!("shard {shard}"));
+        let place = if named {
+            String::new()
+        } else {
+            format!("shard {shard}: ")
+        };
+        eprintln!("error: {place}{text}");
+    }
+    if let Some(error) = &result.internal_error {
+        eprintln!(
+            "error: internal error: {error} (please report this bug); the run was stopped and its \
+             environments removed"
+        );
+    }
+    print_kept(&result.kept, run_id, options.env.env_ttl);
+    Ok(exit_code(result))
+}
+
+fn write_junit(path: &Utf8Path, plan: &TestPlan, result: &RunResult) -> Result<()> {
+    for m in plan.shards_here() {
+        let outcomes: Vec<_> = result.outcomes.iter().filter(|o| o.shard == m).collect();
+        let report = junit::build_report(&format!("cargo-ephem shard {m}"), &plan.list, &outcomes);
+        junit::write_report(&report, &junit::shard_report_path(path, m))?;
+    }
+    let all: Vec<_> = result.outcomes.iter().collect();
+    junit::write_report(&junit::build_report("cargo-ephem", &plan.list, &all), path)?;
+    eprintln!("    JUnit {path} (and one file per shard beside it)");
+    Ok(())
+}
+
+/// What an empty selection means: `--no-tests` judges the whole plan.
+fn no_tests(options: &TestOptions, plan: &TestPlan) -> i32 {
+    let filter = &options.filter;
+    let what = if filter.patterns.is_empty() && filter.skip.is_empty() {
+        format!(
+            "no tests to run in {} test binaries",
+            plan.list.binaries.len()
+        )
+    } else {
+        format!(
+            "no test matches the filters {:?} among {} tests",
+            filter.patterns,
+            plan.list.tests.len()
+        )
+    };
+    match options.no_tests {
+        NoTests::Pass => exit_codes::OK,
+        NoTests::Warn => {
+            eprintln!(
+                "note: {what}; nothing was run (use `cargo ephem list` to see the test names)"
+            );
+            exit_codes::OK
+        }
+        NoTests::Fail => {
+            eprintln!("error: {what} (--no-tests=fail)");
+            exit_codes::NO_TESTS
+        }
+    }
+}
+
+/// How to reach kept environments (generated secrets stay masked: whoever
+/// needs them can read them from the backend) and when they expire.
+fn print_kept(kept: &[(u32, Environment)], run_id: &str, ttl: Duration) {
+    if kept.is_empty() {
+        return;
+    }
+    eprintln!("Kept {} environment(s) of run {run_id}:", kept.len());
+    for (shard, env) in kept {
+        let masker = Masker::new(env.secrets.clone());
+        eprintln!("  shard {shard}:");
+        for var in &env.vars {
+            eprintln!("    {}={}", var.name, masker.mask(&var.value));
+        }
+        for hint in &env.connect_hints {
+            eprintln!("    {}", masker.mask(hint));
+        }
+    }
+    eprintln!(
+        "Sweeps and `cargo ephem gc` leave them alone for {} (--env-ttl); after that, the next \
+         run's sweep or `cargo ephem gc` removes them",
+        humantime::format_duration(ttl)
+    );
+}
+
+/// The command line that reruns this selection; failed tests are appended.
+fn rerun_prefix(options: &TestOptions) -> String {
+    let mut words = vec!["cargo".to_owned(), "ephem".to_owned(), "test".to_owned()];
+    words.extend(options.cargo.rerun_args().iter().map(|a| shell_quote(a)));
+    match options.filter.ignored {
+        IgnoredMode::Only => words.push("--ignored".to_owned()),
+        IgnoredMode::Include => words.push("--include-ignored".to_owned()),
+        IgnoredMode::Default => {}
+    }
+    words.join(" ")
+}
+
+fn exit_code(result: &RunResult) -> i32 {
+    if result.internal_error.is_some() {
+        return exit_codes::INTERNAL;
+    }
+    if let Some(sig) = result.interrupted {
+        return exit_codes::SIGNAL_BASE + sig;
+    }
+    if !result.env_errors.is_empty() {
+        return exit_codes::ENVIRONMENT_FAILED;
+    }
+    if Counts::of(&result.outcomes).any_failed() {
+        return exit_codes::TESTS_FAILED;
+    }
+    exit_codes::OK
+}
+
+/// Runs without showing anything: for shards with nothing to run.
+struct Quiet;
+
+impl run::RunEvents for Quiet {
+    fn env_event(&mut self, _: &ephem_fixtures::EnvEvent) {}
+    fn shard_ready(&mut self, _: u32, _: bool) {}
+    fn retrying(&mut self, _: usize, _: u32, _: &run::Attempt) {}
+    fn finished(&mut self, _: &run::TestOutcome) {}
+    fn tick(&mut self, _: &[run::RunningTest]) {}
+    fn interrupted(&mut self, _: i32, _: bool) {}
+}
+
+/// Runs `cargo ephem list`; returns the exit code.
+pub fn list(options: &ListOptions) -> Result<i32> {
+    let list = discover::discover(&options.cargo)?;
+    let selection = list.select(&options.filter);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match options.format {
+        ListFormat::Json => {
+            let summary = list.to_summary(&selection);
+            serde_json::to_writer_pretty(&mut out, &summary)
+                .map_err(|e| EphemError::Internal(format!("writing JSON: {e}")))?;
+            let _ = writeln!(out);
+        }
+        ListFormat::Human => {
+            for (idx, binary) in list.binaries.iter().enumerate() {
+                let tests: Vec<_> = list
+                    .tests
+                    .iter()
+                    .zip(&selection)
+                    .filter(|(t, s)| t.binary == idx && **s != Selection::FilteredOut)
+                    .collect();
+                if tests.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(out, "{}:", binary.binary_id);
+                for (t, s) in tests {
+                    let note = if *s == Selection::SkipIgnored {
+                        " (ignored)"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(out, "    {}{note}", t.name);
+                }
+            }
+        }
+    }
+    Ok(exit_codes::OK)
+}
+
+/// Runs `cargo ephem junit merge`; returns the exit code.
+pub fn merge_junit(output: &Utf8Path, inputs: &[Utf8PathBuf]) -> Result<i32> {
+    let (report, stats) = junit::merge_reports("cargo-ephem", inputs)?;
+    junit::write_report(&report, output)?;
+    let dups = if stats.duplicates > 0 {
+        format!(
+            " ({} duplicate test cases dropped: the same test was in two inputs)",
+            stats.duplicates
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "merged {} files: {} suites, {} test cases into {output}{dups}",
+        stats.files, stats.suites, stats.tests
+    );
+    Ok(exit_codes::OK)
+}
