@@ -15,9 +15,11 @@
 # `EPHEM_PROVISION_LIB=1 source scripts/provision-test-env.sh` only defines
 # the functions, so the end-to-end tests can call one of them on its own; the
 # caller's shell options and ERR trap stay its own (die still exits the
-# caller's shell). Executed, the script ignores the variable.
+# caller's shell). Executed, the script ignores the variable. (`return`
+# succeeds only in a sourced file; comparing BASH_SOURCE with $0 would take
+# `bash -c 'source "$0"' script` for an execution.)
 PROVISION_AS_LIB=
-if [ "${EPHEM_PROVISION_LIB:-}" = 1 ] && [ "${BASH_SOURCE[0]}" != "$0" ]; then
+if [ "${EPHEM_PROVISION_LIB:-}" = 1 ] && (return 0 2>/dev/null); then
 	PROVISION_AS_LIB=1
 else
 	set -Eeuo pipefail
