@@ -359,11 +359,15 @@ recipe_hash() {
 	} | sha256sum | cut -c1-16
 }
 
-# drop_local_copies NAME TAG: removes the daemon's copies of the image, also
-# those pulled from an older build: they would shadow this one.
+# drop_local_copies NAME TAG: removes the daemon's copies of the image under
+# every name it can have here, so none from an older build shadows this one:
+# the registry's two spellings, and the Docker Hub name a run tags after
+# pulling through the mirror (docker.io/library/NAME:TAG is the same name
+# spelt out; listed in case a daemon keeps them apart).
 drop_local_copies() {
 	local name="$1" tag="$2" local_ref
-	for local_ref in "$REGISTRY_ADDR/library/$name:$tag" "localhost:5000/library/$name:$tag"; do
+	for local_ref in "$REGISTRY_ADDR/library/$name:$tag" "localhost:5000/library/$name:$tag" \
+		"$name:$tag" "docker.io/library/$name:$tag"; do
 		if docker image inspect "$local_ref" >/dev/null 2>&1 && ! docker rmi "$local_ref" >/dev/null 2>&1; then
 			say "image $name:$tag: WARNING: could not remove local $local_ref (in use by a container?)"
 		fi
