@@ -11,7 +11,19 @@
 # Run as root. Idempotent: when everything is in place it only checks, in a
 # second or two. Used by .ci/run (CI=true, no stdin) and by developers.
 # EPHEM_DEBIAN_MIRROR overrides the mirror debootstrap uses.
-set -Eeuo pipefail
+#
+# `EPHEM_PROVISION_LIB=1 source scripts/provision-test-env.sh` only defines
+# the functions, so the end-to-end tests can call one of them on its own; the
+# caller's shell options and ERR trap stay its own (die still exits the
+# caller's shell). Executed, the script ignores the variable. (`return`
+# succeeds only in a sourced file; comparing BASH_SOURCE with $0 would take
+# `bash -c 'source "$0"' script` for an execution.)
+PROVISION_AS_LIB=
+if [ "${EPHEM_PROVISION_LIB:-}" = 1 ] && (return 0 2>/dev/null); then
+	PROVISION_AS_LIB=1
+else
+	set -Eeuo pipefail
+fi
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
@@ -35,7 +47,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 say() { printf 'provision: %s\n' "$*"; }
 die() { printf 'provision: ERROR: %s\n' "$*" >&2; exit 1; }
-trap 'die "command failed (line $LINENO): $BASH_COMMAND"' ERR
+[ -n "$PROVISION_AS_LIB" ] || trap 'die "command failed (line $LINENO): $BASH_COMMAND"' ERR
 
 # quietly LOG WHAT CMD...: keeps the output of long, chatty commands out of
 # the CI log unless they fail.
@@ -347,6 +359,21 @@ recipe_hash() {
 	} | sha256sum | cut -c1-16
 }
 
+# drop_local_copies NAME TAG: removes the daemon's copies of the image under
+# every name it can have here, so none from an older build shadows this one:
+# the registry's two spellings, and the Docker Hub name a run tags after
+# pulling through the mirror (docker.io/library/NAME:TAG is the same name
+# spelt out; listed in case a daemon keeps them apart).
+drop_local_copies() {
+	local name="$1" tag="$2" local_ref
+	for local_ref in "$REGISTRY_ADDR/library/$name:$tag" "localhost:5000/library/$name:$tag" \
+		"$name:$tag" "docker.io/library/$name:$tag"; do
+		if docker image inspect "$local_ref" >/dev/null 2>&1 && ! docker rmi "$local_ref" >/dev/null 2>&1; then
+			say "image $name:$tag: WARNING: could not remove local $local_ref (in use by a container?)"
+		fi
+	done
+}
+
 # ensure_image NAME TAG: build, push, and drop the local copies, so that the
 # daemon holds no images and the tests exercise the real pull path.
 ensure_image() {
@@ -360,13 +387,7 @@ ensure_image() {
 	"build_$name" "$ref" "$hash"
 	quietly /var/log/ephem-images.log "docker push $ref" docker push "$ref"
 	registry_has_image "$name" "$tag" "$hash" || die "image $name:$tag: pushed, but the registry does not serve it"
-	# Also drops copies pulled from an older build: they would shadow this one.
-	local local_ref
-	for local_ref in "$ref" "localhost:5000/library/$name:$tag"; do
-		if docker image inspect "$local_ref" >/dev/null 2>&1 && ! docker rmi "$local_ref" >/dev/null 2>&1; then
-			say "image $name:$tag: WARNING: could not remove local $local_ref (in use by a container?)"
-		fi
-	done
+	drop_local_copies "$name" "$tag"
 	say "image $name:$tag: pushed to $REGISTRY_ADDR ($((SECONDS - started)) s)"
 }
 
@@ -390,4 +411,5 @@ main() {
 	say "done in ${SECONDS} s"
 }
 
+[ -z "$PROVISION_AS_LIB" ] || return 0
 main "$@"

@@ -111,15 +111,25 @@ fn a_service_that_exits_fails_the_run_with_its_logs_and_leaves_nothing() {
     let _cleanup = Cleanup(run_id_of(&stderr));
     assert_eq!(out.status.code(), Some(102), "{}", describe(&out));
     let run_id = run_id_of(&stderr).unwrap();
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
-    assert!(error.contains("service broken"), "{error}");
-    assert!(error.contains("shard"), "{error}");
-    assert!(stderr.contains("3"), "exit code is named: {stderr}");
+    // One error per shard, e.g. `error: shard 1: service broken not ready
+    // (log "listening" within 20s): the container exited with code 3 [...]`.
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    for error in &errors {
+        assert!(error.contains(": service broken not ready ("), "{error}");
+        assert_eq!(
+            container_exit_code_in(error),
+            Some(3),
+            "the exit code is named: {error}"
+        );
+    }
+    let mut failed_shards: Vec<Option<u32>> = errors.iter().map(|e| shard_of_error(e)).collect();
+    failed_shards.sort();
+    assert_eq!(failed_shards, [Some(1), Some(2)], "{stderr}");
+    // The log line on a line of its own, not inside the echoed command.
     assert!(
-        stderr.contains("fatal: cannot open config file"),
+        stderr
+            .lines()
+            .any(|l| l.trim() == "fatal: cannot open config file"),
         "the container's logs are shown: {stderr}"
     );
     // The report is still written: the shards' tests are reported as not run.
@@ -130,6 +140,25 @@ fn a_service_that_exits_fails_the_run_with_its_logs_and_leaves_nothing() {
         "tests of failed shards are reported as not run"
     );
     assert_nothing_left(&run_id);
+}
+
+/// N in an `error: shard N: ...` line.
+fn shard_of_error(error: &str) -> Option<u32> {
+    error
+        .strip_prefix("error: shard ")?
+        .split_once(':')?
+        .0
+        .parse()
+        .ok()
+}
+
+/// N in "... the container exited with code N ...", the whole number.
+fn container_exit_code_in(line: &str) -> Option<i64> {
+    let rest = line.split_once("the container exited with code ")?.1;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod environments;
 mod junit;
 mod list;
 mod partition;
+mod provision;
 mod reliability;
 mod run;
 mod signals;

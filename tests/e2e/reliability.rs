@@ -1,102 +1,251 @@
 //! Nothing left behind, on every exit path: the figures users ask for.
-//! Each loop prints its timings (run with `--nocapture` to see them; the
-//! README's reliability section quotes them).
+//! Each loop prints how many of its iterations were clean and their timings
+//! (run with `--nocapture` to see them; the README's reliability section
+//! quotes them).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// Starts a run whose two shards each hold a hanging test in their own
-/// environment, and waits until both tests run.
-fn start_hanging_run() -> (Background, String) {
+/// Iterations of each loop below.
+const RUNS: usize = 10;
+
+/// A runner whose two shards each hold a hanging test in their own
+/// environment. Dropping it removes whatever the run left (the runner, its
+/// test processes, its containers, networks and volumes), so a failed check
+/// leaks nothing into the next iteration or test.
+struct HangingRun {
+    runner: Background,
+    /// Empty until the runner prints it.
+    run_id: String,
+}
+
+impl Drop for HangingRun {
+    fn drop(&mut self) {
+        if matches!(self.runner.child.try_wait(), Ok(None)) {
+            let _ = self.runner.child.kill();
+            let _ = self.runner.child.wait();
+        }
+        if self.run_id.is_empty() {
+            return;
+        }
+        for pid in test_processes_of(&self.run_id) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        remove_by_label(&format!("cargo-ephem.run={}", self.run_id));
+    }
+}
+
+/// Starts a hanging run and waits until both tests run.
+fn start_hanging_run() -> HangingRun {
     start_hanging_run_with(&[])
 }
 
-fn start_hanging_run_with(extra: &[&str]) -> (Background, String) {
-    let mut runner = Background::spawn(
-        ephem_test()
-            .arg("--config")
-            .arg(config("env-busybox.toml"))
-            .args(["--shards", "2", "--ignored", "hang_"])
-            .args(extra),
-    );
-    let run_id = runner.run_id(120);
+fn start_hanging_run_with(extra: &[&str]) -> HangingRun {
+    let mut run = HangingRun {
+        runner: Background::spawn(
+            ephem_test()
+                .arg("--config")
+                .arg(config("env-busybox.toml"))
+                .args(["--shards", "2", "--ignored", "hang_"])
+                .args(extra),
+        ),
+        run_id: String::new(),
+    };
+    run.run_id = run.runner.run_id(120);
     assert!(
-        wait_for(120, || test_processes_of(&run_id).len() >= 2),
+        wait_for(120, || test_processes_of(&run.run_id).len() >= 2),
         "the hanging tests never started; stderr:\n{}",
-        runner.stderr
+        run.runner.stderr
     );
     assert!(
-        !resources_of(&run_id).is_empty(),
+        !resources_of(&run.run_id).is_empty(),
         "no environment was created"
     );
-    (runner, run_id)
+    run
 }
 
-/// Seconds until nothing of the run is left (resources and test
-/// processes), or a failure after `secs`.
-fn time_until_clean(run_id: &str, since: Instant, secs: u64) -> f64 {
+/// Waits at most `secs` after `since` for the runner to exit; returns its
+/// exit code and when it was seen gone (polled every 10 ms), or None.
+fn exit_within(
+    runner: &mut Background,
+    since: Instant,
+    secs: u64,
+) -> Option<(Option<i32>, Duration)> {
+    let deadline = since + Duration::from_secs(secs);
+    loop {
+        if let Ok(Some(_)) = runner.child.try_wait() {
+            let after = since.elapsed();
+            // Returns at once, with the rest of its stderr collected.
+            return Some((runner.wait(5), after));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What one iteration of a loop found: when clean, the seconds it measured;
+/// otherwise what went wrong or was left behind.
+type Iteration = Result<f64, String>;
+
+/// Seconds from `since` until nothing of the run is left (resources and
+/// test processes), or what is still there after `secs`.
+fn wait_until_clean(run_id: &str, since: Instant, secs: u64) -> Iteration {
     let clean = wait_for(secs, || {
         resources_of(run_id).is_empty() && test_processes_of(run_id).is_empty()
     });
-    assert!(
-        clean,
-        "{secs} s after the signal, run {run_id} still has resources {:?} and test processes {:?}",
-        resources_of(run_id),
-        test_processes_of(run_id)
-    );
-    since.elapsed().as_secs_f64()
+    if clean {
+        Ok(since.elapsed().as_secs_f64())
+    } else {
+        Err(format!(
+            "run {run_id} still has resources {:?} and test processes {:?} {secs} s on",
+            resources_of(run_id),
+            test_processes_of(run_id)
+        ))
+    }
 }
 
-fn report(what: &str, times: &mut [f64]) {
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    eprintln!(
-        "reliability: {what}: {} of {} clean; time to clean: median {:.2} s, max {:.2} s",
-        times.len(),
-        times.len(),
-        times[times.len() / 2],
-        times[times.len() - 1]
+fn time_until_clean(run_id: &str, since: Instant, secs: u64) -> f64 {
+    wait_until_clean(run_id, since, secs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `iteration` RUNS times, each to the end even when an earlier one
+/// failed (a panic counts as a failure), prints the counts, and then fails
+/// naming every iteration that was not clean.
+fn repeat(what: &str, measure: &str, mut iteration: impl FnMut() -> Iteration) {
+    let mut times = Vec::new();
+    let mut failures = Vec::new();
+    for i in 1..=RUNS {
+        let outcome = catch_unwind(AssertUnwindSafe(&mut iteration))
+            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_text(&*panic))));
+        match outcome {
+            Ok(secs) => times.push(secs),
+            Err(why) => failures.push(format!("iteration {i}: {why}")),
+        }
+    }
+    eprintln!("{}", reliability_line(what, measure, &mut times, RUNS));
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {RUNS} iterations were not clean:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
+}
+
+/// `reliability: WHAT: CLEAN of TOTAL clean; MEASURE: median .., max ..`,
+/// the timings over the clean iterations only.
+fn reliability_line(what: &str, measure: &str, times: &mut [f64], total: usize) -> String {
+    times.sort_by(f64::total_cmp);
+    let timing = match times.last() {
+        None => "no clean iteration to time".to_owned(),
+        Some(max) => format!("{measure}: median {:.2} s, max {max:.2} s", median(times)),
+    };
+    format!(
+        "reliability: {what}: {} of {total} clean; {timing}",
+        times.len()
+    )
+}
+
+/// Median of sorted, non-empty values.
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// kill -9 of the runner: its reaper must remove everything; the time is
+/// from the kill until nothing is left.
+fn kill_9_iteration() -> Iteration {
+    let mut hanging = start_hanging_run();
+    let killed = Instant::now();
+    hanging.runner.signal(libc::SIGKILL);
+    if exit_within(&mut hanging.runner, killed, 10).is_none() {
+        return Err("the runner was alive 10 s after SIGKILL".to_owned());
+    }
+    wait_until_clean(&hanging.run_id, killed, 15)
 }
 
 #[test]
 fn kill_9_of_the_runner_leaves_nothing_10_times() {
     let _daemon = shared_daemon();
-    let mut times = Vec::new();
-    for _ in 0..10 {
-        let (mut runner, run_id) = start_hanging_run();
-        let _cleanup = Cleanup(Some(run_id.clone()));
-        let killed = Instant::now();
-        runner.signal(libc::SIGKILL);
-        let _ = runner.wait(10);
-        times.push(time_until_clean(&run_id, killed, 15));
+    repeat(
+        "kill -9 of the runner mid-run (2 shards)",
+        "time to clean",
+        kill_9_iteration,
+    );
+}
+
+/// SIGINT or SIGTERM: the runner must exit with 128 + the signal within
+/// 10 s, having removed its environments and its tests; the time is from
+/// the signal to the exit.
+fn signal_iteration(signal: i32, expected: i32, name: &str) -> Iteration {
+    let mut hanging = start_hanging_run();
+    let sent = Instant::now();
+    hanging.runner.signal(signal);
+    let Some((code, exit_after)) = exit_within(&mut hanging.runner, sent, 30) else {
+        return Err(format!(
+            "run {}: still running 30 s after {name}; its stderr so far:\n{}",
+            hanging.run_id,
+            last_lines(&hanging.runner.stderr, 15)
+        ));
+    };
+    let mut problems = Vec::new();
+    if code != Some(expected) {
+        problems.push(format!("exit code {code:?}, expected {expected}"));
     }
-    report("kill -9 of the runner mid-run (2 shards)", &mut times);
+    if exit_after >= Duration::from_secs(10) {
+        problems.push(format!(
+            "exit took {:.2} s, over 10 s",
+            exit_after.as_secs_f64()
+        ));
+    }
+    // The runner removes its environments before it exits.
+    let left = resources_of(&hanging.run_id);
+    if !left.is_empty() {
+        problems.push(format!("left behind {left:?}"));
+    }
+    let tests = test_processes_of(&hanging.run_id);
+    if !tests.is_empty() {
+        problems.push(format!("test processes alive {tests:?}"));
+    }
+    if problems.is_empty() {
+        Ok(exit_after.as_secs_f64())
+    } else {
+        Err(format!(
+            "run {}: {}; end of its stderr:\n{}",
+            hanging.run_id,
+            problems.join("; "),
+            last_lines(&hanging.runner.stderr, 15)
+        ))
+    }
 }
 
 fn signal_loop(signal: i32, expected: i32, name: &str) {
-    let mut exits = Vec::new();
-    for _ in 0..10 {
-        let (mut runner, run_id) = start_hanging_run();
-        let _cleanup = Cleanup(Some(run_id.clone()));
-        let sent = Instant::now();
-        runner.signal(signal);
-        let code = runner.wait(30);
-        let exit_after = sent.elapsed();
-        assert_eq!(code, Some(expected), "{}", runner.stderr);
-        assert!(
-            exit_after < Duration::from_secs(10),
-            "exit took {exit_after:?}"
-        );
-        // The runner removes its environments before it exits.
-        assert_nothing_left(&run_id);
-        assert!(test_processes_of(&run_id).is_empty());
-        exits.push(exit_after.as_secs_f64());
-    }
-    report(
-        &format!("{name} mid-run (2 shards), time to exit"),
-        &mut exits,
+    repeat(
+        &format!("{name} mid-run (2 shards)"),
+        "time to exit",
+        || signal_iteration(signal, expected, name),
     );
 }
 
@@ -130,8 +279,7 @@ fn readiness_failure_in_one_of_four_shards_removes_all_four() {
 #[test]
 fn two_concurrent_runs_one_killed_the_other_untouched() {
     let _daemon = exclusive_daemon();
-    let (mut doomed, doomed_id) = start_hanging_run();
-    let _cleanup_doomed = Cleanup(Some(doomed_id.clone()));
+    let mut doomed = start_hanging_run();
     // The second run sweeps at start (the first is alive: untouched), then
     // runs while the first is killed and reaped.
     let mut survivor = Background::spawn(
@@ -148,9 +296,9 @@ fn two_concurrent_runs_one_killed_the_other_untouched() {
         survivor.stderr
     );
     let killed = Instant::now();
-    doomed.signal(libc::SIGKILL);
-    let _ = doomed.wait(10);
-    time_until_clean(&doomed_id, killed, 15);
+    doomed.runner.signal(libc::SIGKILL);
+    let _ = doomed.runner.wait(10);
+    time_until_clean(&doomed.run_id, killed, 15);
     let code = survivor.wait(120);
     assert_eq!(
         code,
@@ -356,15 +504,23 @@ fn kill_9_without_environments_leaves_no_test_process() {
 #[test]
 fn a_second_ctrl_c_kills_at_once_and_still_removes_everything() {
     let _daemon = shared_daemon();
-    let (mut runner, run_id) = start_hanging_run();
-    let _cleanup = Cleanup(Some(run_id.clone()));
-    runner.signal(libc::SIGINT);
+    let mut hanging = start_hanging_run();
+    hanging.runner.signal(libc::SIGINT);
     std::thread::sleep(Duration::from_millis(100));
-    runner.signal(libc::SIGINT);
-    assert_eq!(runner.wait(30), Some(130), "{}", runner.stderr);
-    assert!(runner.stderr.contains("SIGINT again"), "{}", runner.stderr);
-    assert_nothing_left(&run_id);
-    assert!(test_processes_of(&run_id).is_empty());
+    hanging.runner.signal(libc::SIGINT);
+    assert_eq!(
+        hanging.runner.wait(30),
+        Some(130),
+        "{}",
+        hanging.runner.stderr
+    );
+    assert!(
+        hanging.runner.stderr.contains("SIGINT again"),
+        "{}",
+        hanging.runner.stderr
+    );
+    assert_nothing_left(&hanging.run_id);
+    assert!(test_processes_of(&hanging.run_id).is_empty());
 }
 
 #[test]
@@ -394,8 +550,8 @@ fn a_new_run_sweeps_abandoned_runs_first() {
 #[test]
 fn a_live_run_keeps_pushing_its_expiry_forward() {
     let _daemon = exclusive_daemon();
-    let (mut runner, run_id) = start_hanging_run_with(&["--env-ttl", "3s"]);
-    let _cleanup = Cleanup(Some(run_id.clone()));
+    let mut hanging = start_hanging_run_with(&["--env-ttl", "3s"]);
+    let run_id = hanging.run_id.clone();
     // Past the first expiry: the renewals (every second) must have moved it.
     std::thread::sleep(Duration::from_secs(5));
     let out = Command::new("docker")
@@ -446,8 +602,13 @@ fn a_live_run_keeps_pushing_its_expiry_forward() {
     let gc = run(ephem().arg("gc"));
     assert_eq!(gc.status.code(), Some(0), "{}", describe(&gc));
     assert!(!String::from_utf8_lossy(&gc.stdout).contains(&run_id));
-    runner.signal(libc::SIGTERM);
-    assert_eq!(runner.wait(30), Some(143), "{}", runner.stderr);
+    hanging.runner.signal(libc::SIGTERM);
+    assert_eq!(
+        hanging.runner.wait(30),
+        Some(143),
+        "{}",
+        hanging.runner.stderr
+    );
     assert_nothing_left(&run_id);
 }
 
