@@ -14,6 +14,12 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::config::{LogPattern, WaitKind, WaitStrategy};
 
+/// Bytes of an exec probe's output kept for the message: its end, where errors are.
+const EXEC_OUTPUT_KEEP: usize = 2048;
+
+/// Characters of the exec output's last line that a message shows.
+const EXEC_LINE_SHOWN: usize = 200;
+
 /// A started container to wait for.
 pub(crate) struct Target<'a> {
     pub docker: &'a Docker,
@@ -283,17 +289,14 @@ async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
         .start_exec(&exec.id, None::<StartExecOptions>)
         .await
         .map_err(|e| format!("exec {shown:?}: {e}"))?;
-    let mut output = String::new();
+    let mut output = Vec::new();
     if let StartExecResults::Attached {
         output: mut stream, ..
     } = started
     {
         let drain = async {
             while let Some(Ok(chunk)) = stream.next().await {
-                output.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-                if output.len() > 4096 {
-                    output.drain(..output.len() - 2048);
-                }
+                keep_tail(&mut output, chunk.as_ref());
             }
         };
         if timeout(Duration::from_secs(10), drain).await.is_err() {
@@ -308,7 +311,7 @@ async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
     match inspect.exit_code {
         Some(0) => Ok(()),
         code => {
-            let said = output.trim().lines().last().unwrap_or("").to_owned();
+            let said = last_line(&tail_text(&output));
             let code = code.map_or("unknown".to_owned(), |c| c.to_string());
             if said.is_empty() {
                 Err(format!("exec {shown:?} exited with code {code}"))
@@ -316,5 +319,76 @@ async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
                 Err(format!("exec {shown:?} exited with code {code}: {said}"))
             }
         }
+    }
+}
+
+/// Appends `chunk`, keeping only the last [`EXEC_OUTPUT_KEEP`] bytes once
+/// twice that is held, so a chatty command costs bounded memory.
+fn keep_tail(kept: &mut Vec<u8>, chunk: &[u8]) {
+    kept.extend_from_slice(chunk);
+    if kept.len() > 2 * EXEC_OUTPUT_KEEP {
+        // Bytes, not a String: the cut may fall inside a character.
+        kept.drain(..kept.len() - EXEC_OUTPUT_KEEP);
+    }
+}
+
+/// The kept output as text, without the remains of a character cut at the start.
+fn tail_text(kept: &[u8]) -> String {
+    let cut = kept
+        .iter()
+        .take(3)
+        .take_while(|b| *b & 0b1100_0000 == 0b1000_0000)
+        .count();
+    String::from_utf8_lossy(&kept[cut..]).into_owned()
+}
+
+/// The output's last non-empty line, at most [`EXEC_LINE_SHOWN`] characters of its end.
+fn last_line(text: &str) -> String {
+    let line = text.trim().lines().last().unwrap_or("").trim();
+    let count = line.chars().count();
+    if count <= EXEC_LINE_SHOWN {
+        return line.to_owned();
+    }
+    let end: String = line.chars().skip(count - EXEC_LINE_SHOWN).collect();
+    format!("...{end}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Multi-byte output shifted by every offset of its 10-byte pattern and
+    /// fed in chunks of 1 to 5 bytes, so that cuts land at every offset
+    /// inside every width of character.
+    #[test]
+    fn exec_output_is_cut_on_character_boundaries() {
+        let unit = "aé€😀"; // 1 + 2 + 3 + 4 bytes
+        for pad in 0..unit.len() {
+            let input = format!("{}{}", "x".repeat(pad), unit.repeat(600));
+            for chunk_size in 1..=5 {
+                let mut kept = Default::default();
+                for chunk in input.as_bytes().chunks(chunk_size) {
+                    keep_tail(&mut kept, chunk);
+                }
+                let text = tail_text(&kept);
+                assert!(
+                    !text.is_empty() && text.len() <= 2 * EXEC_OUTPUT_KEEP,
+                    "{} bytes kept",
+                    text.len()
+                );
+                assert!(
+                    input.ends_with(&text),
+                    "pad {pad}, chunks of {chunk_size}: not a suffix of the output: {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_line_is_shown_and_bounded() {
+        assert_eq!(last_line("first\nnot yet\n\n"), "not yet");
+        let long = "€".repeat(3000);
+        let shown = last_line(&long);
+        assert_eq!(shown, format!("...{}", "€".repeat(EXEC_LINE_SHOWN)));
     }
 }
