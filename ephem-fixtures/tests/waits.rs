@@ -195,6 +195,39 @@ async fn http_wait_times_out_on_the_wrong_status() {
     .await;
 }
 
+/// busybox httpd serving a file from /var/www.
+const SERVE_FILE: &str =
+    "mkdir -p /var/www && echo ok > /var/www/ok.txt && httpd -f -p 8080 -h /var/www";
+
+#[tokio::test]
+async fn http_wait_is_ready_when_a_served_file_answers_200() {
+    let toml = busybox(SERVE_FILE, r#"{ http = "/ok.txt", status = 200 }"#, "");
+    scenario("http-file", &toml, 1, |s| async move {
+        let env = s.up(1).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(http_get(var(&env, "BOX"), "/ok.txt")
+            .await
+            .ends_with("ok\n"));
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_wait_for_another_status_names_the_answered_code() {
+    let toml = busybox(SERVE_FILE, r#"{ http = "/ok.txt", status = 204 }"#, "");
+    scenario("http-file-status", &toml, 1, |s| async move {
+        let (_, reason, _) = not_ready(s.up(1).await);
+        assert!(reason.contains("GET http://127.0.0.1:"), "{reason}");
+        assert!(
+            reason.contains("/ok.txt answered 200, expected 204"),
+            "{reason}"
+        );
+        assert!(!reason.contains('\n'), "{reason}");
+        s
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn healthcheck_wait_succeeds_with_a_configured_healthcheck() {
     let toml = busybox(
