@@ -52,6 +52,25 @@ impl DockerBackend {
         events: EventSink,
     ) -> Result<DockerBackend, EnvError> {
         let conn = connect::connect().await?;
+        Ok(Self::with_connection(conn, config, events))
+    }
+
+    /// Like [`connect`](Self::connect), but to `host` (written as `DOCKER_HOST`
+    /// would be: `unix:///path`, `/path`, `tcp://HOST:PORT`), ignoring `DOCKER_HOST`.
+    pub async fn connect_with_host(
+        config: EphemConfig,
+        events: EventSink,
+        host: &str,
+    ) -> Result<DockerBackend, EnvError> {
+        let conn = connect::connect_to(host).await?;
+        Ok(Self::with_connection(conn, config, events))
+    }
+
+    fn with_connection(
+        conn: connect::Connection,
+        config: EphemConfig,
+        events: EventSink,
+    ) -> DockerBackend {
         let mirror = config.effective_mirror();
         let images = ImageStore::new(
             conn.docker.clone(),
@@ -59,7 +78,7 @@ impl DockerBackend {
             events.clone(),
             &config.images(),
         );
-        Ok(DockerBackend {
+        DockerBackend {
             shared: Shared {
                 docker: conn.docker,
                 address: conn.address,
@@ -70,7 +89,7 @@ impl DockerBackend {
                 owner: labels::Owner::current(),
             },
             watchers: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The daemon address that answered, e.g. `unix:///var/run/docker.sock`.
