@@ -13,7 +13,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bollard::Docker;
 use tokio::task::JoinHandle;
@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     images: ImageStore,
     /// This runner, as labelled on everything the backend creates.
     owner: labels::Owner,
+    /// Delays before each reconnect of a broken event stream.
+    event_retry: Vec<Duration>,
 }
 
 impl DockerBackend {
@@ -87,9 +89,19 @@ impl DockerBackend {
                 events,
                 images,
                 owner: labels::Owner::current(),
+                event_retry: watch::DEFAULT_RETRY.to_vec(),
             },
             watchers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How the follower of die events retries a broken Docker event stream:
+    /// one try after each delay (counted afresh once a stream stayed up 10 s),
+    /// then an [`EnvEvent::Warning`](crate::EnvEvent::Warning). The default,
+    /// 1, 2, 4, 8 and 15 s, gives up after 30 s; tests shorten it.
+    pub fn with_event_retry(mut self, delays: Vec<Duration>) -> Self {
+        self.shared.event_retry = delays;
+        self
     }
 
     /// The daemon address that answered, e.g. `unix:///var/run/docker.sock`.
@@ -151,6 +163,7 @@ impl Backend for DockerBackend {
             self.shared.docker.clone(),
             shard,
             self.shared.events.clone(),
+            self.shared.event_retry.clone(),
         );
         let previous = self
             .watchers
