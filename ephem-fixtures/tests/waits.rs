@@ -98,6 +98,30 @@ async fn exec_wait_times_out_with_the_last_exit_code() {
     .await;
 }
 
+/// More than 4 KiB of multi-byte output used to panic when it was cut inside
+/// a character (3-byte `€`, so that every cut at 2 KiB from the end falls
+/// inside one); the wait must fail as a wait, naming the command and code.
+#[tokio::test]
+async fn exec_wait_with_long_multibyte_output_fails_cleanly() {
+    let script = "i=0; while [ $i -lt 3000 ]; do printf '€'; i=$((i+1)); done; exit 1";
+    let toml = busybox(
+        "sleep 300",
+        &format!(r#"{{ exec = ["sh", "-c", {script:?}], interval = "100ms" }}"#),
+        "",
+    );
+    scenario("exec-utf8", &toml, 1, |s| async move {
+        let (_, reason, _) = not_ready(s.up(1).await);
+        assert!(reason.contains("timed out"), "{reason}");
+        assert!(reason.contains(r#"exec "sh -c i=0;"#), "{reason}");
+        // The end of the last line, cut on a character boundary.
+        assert!(reason.contains("exited with code 1: ...€€€"), "{reason}");
+        assert!(!reason.contains('\u{FFFD}'), "{reason}");
+        assert!(reason.matches('€').count() <= 300, "{reason}");
+        s
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn tcp_wait_succeeds_once_the_server_listens() {
     let toml = busybox("sleep 1; httpd -f -p 8080", "{ tcp = 8080 }", "");
@@ -166,6 +190,39 @@ async fn http_wait_times_out_on_the_wrong_status() {
     scenario("http-timeout", &toml, 1, |s| async move {
         let (_, reason, _) = not_ready(s.up(1).await);
         assert!(reason.contains("answered 404, expected 2xx"), "{reason}");
+        s
+    })
+    .await;
+}
+
+/// busybox httpd serving a file from /var/www.
+const SERVE_FILE: &str =
+    "mkdir -p /var/www && echo ok > /var/www/ok.txt && httpd -f -p 8080 -h /var/www";
+
+#[tokio::test]
+async fn http_wait_is_ready_when_a_served_file_answers_200() {
+    let toml = busybox(SERVE_FILE, r#"{ http = "/ok.txt", status = 200 }"#, "");
+    scenario("http-file", &toml, 1, |s| async move {
+        let env = s.up(1).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(http_get(var(&env, "BOX"), "/ok.txt")
+            .await
+            .ends_with("ok\n"));
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_wait_for_another_status_names_the_answered_code() {
+    let toml = busybox(SERVE_FILE, r#"{ http = "/ok.txt", status = 204 }"#, "");
+    scenario("http-file-status", &toml, 1, |s| async move {
+        let (_, reason, _) = not_ready(s.up(1).await);
+        assert!(reason.contains("GET http://127.0.0.1:"), "{reason}");
+        assert!(
+            reason.contains("/ok.txt answered 200, expected 204"),
+            "{reason}"
+        );
+        assert!(!reason.contains('\n'), "{reason}");
         s
     })
     .await;

@@ -1,9 +1,9 @@
 //! Finding a Docker-compatible daemon: `DOCKER_HOST`, Docker's socket, then Podman's.
 
-use std::path::Path;
 use std::time::Duration;
 
-use bollard::{Docker, API_DEFAULT_VERSION};
+use bollard::Docker;
+use http::Uri;
 use tokio::time::Instant;
 
 use crate::EnvError;
@@ -12,7 +12,10 @@ use crate::EnvError;
 const CONNECT_BUDGET: Duration = Duration::from_millis(4500);
 
 /// Timeout of every later API request, except streams that follow logs or pulls.
-const REQUEST_TIMEOUT_SECS: u64 = 120;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `${host}` for a daemon on a unix socket: its published ports are on loopback.
+const LOOPBACK: &str = "127.0.0.1";
 
 /// A daemon that answered, with what the rest of the backend needs to know about it.
 pub(crate) struct Connection {
@@ -24,61 +27,60 @@ pub(crate) struct Connection {
     pub host: String,
 }
 
-/// A daemon that answered, for callers without a configuration (`cargo ephem
-/// gc`, the reaper).
-pub struct DaemonConnection {
-    /// The client, with its API version negotiated down to the daemon's.
-    pub docker: Docker,
-    /// The address that answered, e.g. `unix:///var/run/docker.sock`.
-    pub address: String,
-}
-
-/// Connects like [`DockerBackend::connect`](super::DockerBackend::connect)
-/// does (`DOCKER_HOST`, Docker's socket, then Podman's; within 5 s;
-/// API version negotiated), without needing a configuration.
-pub async fn connect_daemon() -> Result<DaemonConnection, EnvError> {
-    let conn = connect().await?;
-    Ok(DaemonConnection {
-        docker: conn.docker,
-        address: conn.address,
-    })
-}
-
 /// One address to try.
 struct Candidate {
+    /// As written in `DOCKER_HOST` or by us, for messages.
     address: String,
     kind: Kind,
 }
 
 enum Kind {
-    Unix(String),
-    Tcp { url: String, host: String },
+    /// A URL that bollard's `connect_with_host` takes, and the `${host}` it implies.
+    Daemon { url: String, host: String },
+    /// An address we cannot use, and why, with how to fix it.
     Unsupported(&'static str),
 }
 
-/// Connects to the first daemon that answers, within [`CONNECT_BUDGET`].
+/// Where the addresses came from, which decides the hint of a failure.
+enum Source {
+    DockerHost,
+    Given,
+    Defaults,
+}
+
+/// Connects to `DOCKER_HOST` if set, else to the first default socket that
+/// answers, within [`CONNECT_BUDGET`].
 pub(crate) async fn connect() -> Result<Connection, EnvError> {
     let docker_host = std::env::var("DOCKER_HOST")
         .ok()
         .filter(|h| !h.trim().is_empty());
-    let candidates = match &docker_host {
-        Some(host) => vec![parse_docker_host(host.trim())],
-        None => default_sockets(),
-    };
+    match docker_host {
+        Some(host) => connect_first(&[parse_docker_host(host.trim())], Source::DockerHost).await,
+        None => connect_first(&default_sockets(), Source::Defaults).await,
+    }
+}
+
+/// Connects to `host`, written as `DOCKER_HOST` would be, ignoring `DOCKER_HOST`.
+pub(crate) async fn connect_to(host: &str) -> Result<Connection, EnvError> {
+    connect_first(&[parse_docker_host(host.trim())], Source::Given).await
+}
+
+async fn connect_first(candidates: &[Candidate], source: Source) -> Result<Connection, EnvError> {
     let deadline = Instant::now() + CONNECT_BUDGET;
     let mut failures = Vec::new();
-    for candidate in &candidates {
+    for candidate in candidates {
         match try_candidate(candidate, deadline).await {
             Ok(conn) => return Ok(conn),
             Err(reason) => failures.push((candidate.address.clone(), reason)),
         }
     }
-    let hint = match &docker_host {
-        Some(_) => "check that the daemon listens at DOCKER_HOST, or unset DOCKER_HOST to use the local socket".to_owned(),
-        None if failures.iter().any(|(_, r)| r.contains("ermission denied")) => {
+    let hint = match source {
+        Source::DockerHost => "check that the daemon listens at DOCKER_HOST, or unset DOCKER_HOST to use the local socket".to_owned(),
+        Source::Given => "check that the daemon listens at that address".to_owned(),
+        Source::Defaults if failures.iter().any(|(_, r)| r.contains("ermission denied")) => {
             "add your user to the `docker` group (then log in again) or run the daemon rootless and set DOCKER_HOST".to_owned()
         }
-        None => "start Docker (e.g. `sudo systemctl start docker`) or Podman (`systemctl --user start podman.socket`), or set DOCKER_HOST".to_owned(),
+        Source::Defaults => "start Docker (e.g. `sudo systemctl start docker`) or Podman (`systemctl --user start podman.socket`), or set DOCKER_HOST".to_owned(),
     };
     Err(EnvError::Unreachable {
         backend: "the Docker daemon".to_owned(),
@@ -97,22 +99,16 @@ pub(crate) async fn connect() -> Result<Connection, EnvError> {
 }
 
 async fn try_candidate(candidate: &Candidate, deadline: Instant) -> Result<Connection, String> {
-    let (docker, host) = match &candidate.kind {
-        Kind::Unix(path) => {
-            if !Path::new(path).exists() {
-                return Err(format!("no socket at {path}"));
-            }
-            let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                .map_err(|e| e.to_string())?;
-            (docker, "127.0.0.1".to_owned())
-        }
-        Kind::Tcp { url, host } => {
-            let docker = Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                .map_err(|e| e.to_string())?;
-            (docker, host.clone())
-        }
+    let (url, host) = match &candidate.kind {
+        Kind::Daemon { url, host } => (url, host),
         Kind::Unsupported(why) => return Err((*why).to_owned()),
     };
+    let docker = Docker::connect_with_host(url)
+        .map_err(|e| match e {
+            bollard::errors::Error::SocketNotFoundError(path) => format!("no socket at {path}"),
+            other => describe(&other),
+        })?
+        .with_timeout(REQUEST_TIMEOUT);
     // bollard speaks a newer API than e.g. Docker 20.10 (1.41); without
     // negotiating, every request would fail with "client version too new".
     let docker = match tokio::time::timeout_at(deadline, docker.negotiate_version()).await {
@@ -123,7 +119,7 @@ async fn try_candidate(candidate: &Candidate, deadline: Instant) -> Result<Conne
     Ok(Connection {
         docker,
         address: candidate.address.clone(),
-        host,
+        host: host.clone(),
     })
 }
 
@@ -137,43 +133,49 @@ fn describe(err: &bollard::errors::Error) -> String {
     innermost.to_string()
 }
 
+/// Sorts a `DOCKER_HOST` value into what bollard can connect to and what not.
 fn parse_docker_host(value: &str) -> Candidate {
-    let address = value.to_owned();
-    let kind = if let Some(path) = value.strip_prefix("unix://") {
-        Kind::Unix(path.to_owned())
-    } else if value.starts_with('/') {
-        Kind::Unix(value.to_owned())
-    } else if let Some(rest) = value
-        .strip_prefix("tcp://")
-        .or_else(|| value.strip_prefix("http://"))
-    {
-        let authority = rest.split('/').next().unwrap_or(rest);
-        Kind::Tcp {
-            url: format!("tcp://{authority}"),
-            host: host_of(authority),
-        }
+    let kind = if value.starts_with('/') {
+        // Docker's CLI takes a bare path as a socket; bollard wants the scheme.
+        daemon(format!("unix://{value}"), LOOPBACK)
+    } else if value.starts_with("unix://") {
+        daemon(value.to_owned(), LOOPBACK)
+    } else if value.starts_with("tcp://") || value.starts_with("http://") {
+        tcp(value)
     } else if value.starts_with("ssh://") {
         Kind::Unsupported("ssh:// is not supported; forward the socket (ssh -L /tmp/docker.sock:/var/run/docker.sock HOST) and use unix://")
     } else if value.starts_with("https://") || value.starts_with("npipe://") {
         Kind::Unsupported("only unix:// and tcp:// daemons are supported")
     } else {
-        Kind::Unsupported(
-            "not a daemon address; write unix:///path/to/docker.sock or tcp://HOST:PORT",
-        )
+        Kind::Unsupported(NOT_AN_ADDRESS)
     };
-    Candidate { address, kind }
+    Candidate {
+        address: value.to_owned(),
+        kind,
+    }
 }
 
-/// `host` of `host:port` or `[v6]:port`, as used in `${host}`.
-fn host_of(authority: &str) -> String {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some(end) = rest.find(']') {
-            return rest[..end].to_owned();
-        }
+const NOT_AN_ADDRESS: &str =
+    "not a daemon address; write unix:///path/to/docker.sock or tcp://HOST:PORT";
+
+fn daemon(url: String, host: &str) -> Kind {
+    Kind::Daemon {
+        url,
+        host: host.to_owned(),
     }
-    match authority.rsplit_once(':') {
-        Some((host, _)) => host.to_owned(),
-        None => authority.to_owned(),
+}
+
+/// `tcp://HOST:PORT` without any path, and HOST without IPv6 brackets as `${host}`.
+fn tcp(value: &str) -> Kind {
+    let Ok(uri) = value.parse::<Uri>() else {
+        return Kind::Unsupported(NOT_AN_ADDRESS);
+    };
+    match (uri.authority(), uri.host()) {
+        (Some(authority), Some(host)) if !host.is_empty() => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            daemon(format!("tcp://{authority}"), host)
+        }
+        _ => Kind::Unsupported(NOT_AN_ADDRESS),
     }
 }
 
@@ -187,9 +189,12 @@ fn default_sockets() -> Vec<Candidate> {
     paths.push("/run/podman/podman.sock".to_owned());
     paths
         .into_iter()
-        .map(|path| Candidate {
-            address: format!("unix://{path}"),
-            kind: Kind::Unix(path),
+        .map(|path| {
+            let url = format!("unix://{path}");
+            Candidate {
+                address: url.clone(),
+                kind: daemon(url, LOOPBACK),
+            }
         })
         .collect()
 }
@@ -198,22 +203,42 @@ fn default_sockets() -> Vec<Candidate> {
 mod tests {
     use super::*;
 
+    /// The URL handed to bollard and the `${host}`, or the reason it is refused.
+    fn parsed(value: &str) -> Result<(String, String), &'static str> {
+        match parse_docker_host(value).kind {
+            Kind::Daemon { url, host } => Ok((url, host)),
+            Kind::Unsupported(why) => Err(why),
+        }
+    }
+
+    fn ok(url: &str, host: &str) -> Result<(String, String), &'static str> {
+        Ok((url.to_owned(), host.to_owned()))
+    }
+
     #[test]
     fn docker_host_forms() {
-        assert!(
-            matches!(parse_docker_host("unix:///run/docker.sock").kind, Kind::Unix(p) if p == "/run/docker.sock")
+        let unix = ok("unix:///run/docker.sock", "127.0.0.1");
+        assert_eq!(parsed("unix:///run/docker.sock"), unix);
+        assert_eq!(parsed("/run/docker.sock"), unix);
+        assert_eq!(
+            parsed("tcp://10.0.0.5:2375"),
+            ok("tcp://10.0.0.5:2375", "10.0.0.5")
         );
-        match parse_docker_host("tcp://10.0.0.5:2375").kind {
-            Kind::Tcp { url, host } => assert_eq!(
-                (url.as_str(), host.as_str()),
-                ("tcp://10.0.0.5:2375", "10.0.0.5")
-            ),
-            _ => panic!("tcp:// should be a tcp candidate"),
-        }
-        assert!(matches!(
-            parse_docker_host("ssh://me@box").kind,
-            Kind::Unsupported(_)
-        ));
-        assert_eq!(host_of("[::1]:2375"), "::1");
+        assert_eq!(
+            parsed("http://10.0.0.5:2375/"),
+            ok("tcp://10.0.0.5:2375", "10.0.0.5")
+        );
+        assert_eq!(parsed("tcp://[::1]:2375"), ok("tcp://[::1]:2375", "::1"));
+        assert!(parsed("ssh://me@box")
+            .unwrap_err()
+            .contains("ssh:// is not supported"));
+        assert!(parsed("https://box:2376")
+            .unwrap_err()
+            .contains("only unix:// and tcp://"));
+        assert!(parsed("npipe:////./pipe/docker_engine").is_err());
+        assert!(parsed("docker.sock")
+            .unwrap_err()
+            .contains("not a daemon address"));
+        assert!(parsed("tcp://").is_err());
     }
 }

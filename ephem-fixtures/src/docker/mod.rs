@@ -14,6 +14,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bollard::Docker;
 use tokio::task::JoinHandle;
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     images: ImageStore,
     /// This runner, as labelled on everything the backend creates.
     owner: labels::Owner,
+    /// Delays before each reconnect of a broken event stream.
+    event_retry: Vec<Duration>,
 }
 
 impl DockerBackend {
@@ -55,6 +58,25 @@ impl DockerBackend {
         events: EventSink,
     ) -> Result<DockerBackend, EnvError> {
         let conn = connect::connect().await?;
+        Ok(Self::with_connection(conn, config, events))
+    }
+
+    /// Like [`connect`](Self::connect), but to `host` (written as `DOCKER_HOST`
+    /// would be: `unix:///path`, `/path`, `tcp://HOST:PORT`), ignoring `DOCKER_HOST`.
+    pub async fn connect_with_host(
+        config: EphemConfig,
+        events: EventSink,
+        host: &str,
+    ) -> Result<DockerBackend, EnvError> {
+        let conn = connect::connect_to(host).await?;
+        Ok(Self::with_connection(conn, config, events))
+    }
+
+    fn with_connection(
+        conn: connect::Connection,
+        config: EphemConfig,
+        events: EventSink,
+    ) -> DockerBackend {
         let mirror = config.effective_mirror();
         let images = ImageStore::new(
             conn.docker.clone(),
@@ -66,7 +88,7 @@ impl DockerBackend {
             conn.docker.clone(),
             conn.address.clone(),
         ));
-        Ok(DockerBackend {
+        DockerBackend {
             cleanup,
             shared: Shared {
                 docker: conn.docker,
@@ -76,9 +98,19 @@ impl DockerBackend {
                 events,
                 images,
                 owner: labels::Owner::current(),
+                event_retry: watch::DEFAULT_RETRY.to_vec(),
             },
             watchers: Mutex::new(HashMap::new()),
-        })
+        }
+    }
+
+    /// How the follower of die events retries a broken Docker event stream:
+    /// one try after each delay (counted afresh once a stream stayed up 10 s),
+    /// then an [`EnvEvent::Warning`](crate::EnvEvent::Warning). The default,
+    /// 1, 2, 4, 8 and 15 s, gives up after 30 s; tests shorten it.
+    pub fn with_event_retry(mut self, delays: Vec<Duration>) -> Self {
+        self.shared.event_retry = delays;
+        self
     }
 
     /// The value of `${host}`: where published ports are reached.
@@ -139,6 +171,7 @@ impl Backend for DockerBackend {
             self.shared.docker.clone(),
             shard,
             self.shared.events.clone(),
+            self.shared.event_retry.clone(),
         );
         let previous = self
             .watchers

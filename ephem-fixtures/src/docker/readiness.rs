@@ -1,6 +1,7 @@
 //! Waiting until a started container is ready, by the service's [`WaitKind`].
 
 use std::collections::HashMap;
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use bollard::exec::{StartExecOptions, StartExecResults};
@@ -8,11 +9,26 @@ use bollard::models::{ContainerStateStatusEnum, ExecConfig, HealthStatusEnum};
 use bollard::query_parameters::LogsOptions;
 use bollard::Docker;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http::header::USER_AGENT;
+use http::{Request, Uri};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::config::{LogPattern, WaitKind, WaitStrategy};
+
+/// Bytes of an exec probe's output kept for the message: its end, where errors are.
+const EXEC_OUTPUT_KEEP: usize = 2048;
+
+/// How long one http probe may take, connect included.
+const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Characters of the exec output's last line that a message shows.
+const EXEC_LINE_SHOWN: usize = 200;
 
 /// A started container to wait for.
 pub(crate) struct Target<'a> {
@@ -61,8 +77,14 @@ async fn wait_kind(
         let health = alive(target).await?;
         let probe = match &wait.kind {
             WaitKind::Running => Ok(()),
-            WaitKind::Tcp { port } => probe_tcp(target, *port).await,
-            WaitKind::Http { path, port, status } => probe_http(target, path, *port, *status).await,
+            WaitKind::Tcp { port } => match published(target, *port) {
+                Ok(host_port) => probe_tcp(target.host, host_port).await,
+                Err(why) => Err(why),
+            },
+            WaitKind::Http { path, port, status } => match published(target, *port) {
+                Ok(host_port) => probe_http(target.host, host_port, path, *status).await,
+                Err(why) => Err(why),
+            },
             WaitKind::Exec { .. } => probe_exec(target).await,
             WaitKind::Healthcheck => match health {
                 Some(HealthStatusEnum::HEALTHY) => Ok(()),
@@ -187,6 +209,15 @@ fn published(target: &Target<'_>, port: u16) -> Result<u16, String> {
         .ok_or_else(|| format!("container port {port} has no published host port"))
 }
 
+/// `host:port`, or `[v6]:port` for an IPv6 address, as URLs and messages write it.
+fn authority(host: &str, port: u16) -> String {
+    if host.parse::<Ipv6Addr>().is_ok() {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Connects to the published port and requires the connection to stay open.
 ///
 /// With docker-proxy (the default userland proxy) a connect to the published
@@ -195,10 +226,10 @@ fn published(target: &Target<'_>, port: u16) -> Result<u16, String> {
 /// probe passes only if, after connecting, the peer neither closes nor resets
 /// within 300 ms (servers that wait for the client, like Postgres and Redis)
 /// or sends a greeting (like MySQL or SMTP).
-async fn probe_tcp(target: &Target<'_>, port: u16) -> Result<(), String> {
-    let host_port = published(target, port)?;
-    let address = format!("{}:{host_port}", target.host);
-    let mut stream = match timeout(Duration::from_secs(2), TcpStream::connect(&address)).await {
+async fn probe_tcp(host: &str, port: u16) -> Result<(), String> {
+    let address = authority(host, port);
+    // (host, port), not the text: "::1:6379" is no socket address.
+    let mut stream = match timeout(Duration::from_secs(2), TcpStream::connect((host, port))).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(format!("tcp {address}: {e}")),
         Err(_) => return Err(format!("tcp {address}: connect timed out")),
@@ -214,42 +245,17 @@ async fn probe_tcp(target: &Target<'_>, port: u16) -> Result<(), String> {
     }
 }
 
-/// `GET path` over HTTP/1.0 and checks the status line.
-async fn probe_http(
-    target: &Target<'_>,
-    path: &str,
-    port: u16,
-    status: Option<u16>,
-) -> Result<(), String> {
-    let host_port = published(target, port)?;
-    let address = format!("{}:{host_port}", target.host);
-    let exchange = async {
-        let mut stream = TcpStream::connect(&address).await?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: cargo-ephem\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 512];
-        while !head.contains(&b'\n') && head.len() < 4096 {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
+/// `GET path`; ready on `status`, or any 2xx when none is given.
+async fn probe_http(host: &str, port: u16, path: &str, status: Option<u16>) -> Result<(), String> {
+    let url = http_url(host, port, path);
+    let code = match timeout(HTTP_PROBE_TIMEOUT, http_status(&url)).await {
+        Ok(Ok(code)) => code,
+        Ok(Err(why)) => return Err(format!("GET {url}: {why}")),
+        Err(_) => {
+            let secs = HTTP_PROBE_TIMEOUT.as_secs();
+            return Err(format!("GET {url}: no answer within {secs}s"));
         }
-        Ok::<_, std::io::Error>(head)
     };
-    let head = match timeout(Duration::from_secs(3), exchange).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(e)) => return Err(format!("GET http://{address}{path}: {e}")),
-        Err(_) => return Err(format!("GET http://{address}{path}: no answer within 3s")),
-    };
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or("");
-    let code = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("GET http://{address}{path}: not an HTTP answer: {line:?}"))?;
     let ok = match status {
         Some(expected) => code == expected,
         None => (200..300).contains(&code),
@@ -258,10 +264,40 @@ async fn probe_http(
         Ok(())
     } else {
         let wanted = status.map_or("2xx".to_owned(), |s| s.to_string());
-        Err(format!(
-            "GET http://{address}{path} answered {code}, expected {wanted}"
-        ))
+        Err(format!("GET {url} answered {code}, expected {wanted}"))
     }
+}
+
+/// `http://host:port/path`, with an IPv6 host in brackets.
+fn http_url(host: &str, port: u16, path: &str) -> String {
+    format!("http://{}{path}", authority(host, port))
+}
+
+/// The status code `GET url` answers; the body is not read.
+async fn http_status(url: &str) -> Result<u16, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("not a valid request URL ({e}); check wait.http"))?;
+    let request = Request::get(uri)
+        .header(USER_AGENT, "cargo-ephem")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    // One connection per probe: a pooled one could outlive a restarting server.
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let response = client.request(request).await.map_err(|e| innermost(&e))?;
+    Ok(response.status().as_u16())
+}
+
+/// The innermost cause, e.g. `Connection refused (os error 111)` rather than
+/// `client error (Connect)`.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// Runs the exec command in the container; ready when it exits 0.
@@ -283,17 +319,14 @@ async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
         .start_exec(&exec.id, None::<StartExecOptions>)
         .await
         .map_err(|e| format!("exec {shown:?}: {e}"))?;
-    let mut output = String::new();
+    let mut output = Vec::new();
     if let StartExecResults::Attached {
         output: mut stream, ..
     } = started
     {
         let drain = async {
             while let Some(Ok(chunk)) = stream.next().await {
-                output.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-                if output.len() > 4096 {
-                    output.drain(..output.len() - 2048);
-                }
+                keep_tail(&mut output, chunk.as_ref());
             }
         };
         if timeout(Duration::from_secs(10), drain).await.is_err() {
@@ -308,7 +341,7 @@ async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
     match inspect.exit_code {
         Some(0) => Ok(()),
         code => {
-            let said = output.trim().lines().last().unwrap_or("").to_owned();
+            let said = last_line(&tail_text(&output));
             let code = code.map_or("unknown".to_owned(), |c| c.to_string());
             if said.is_empty() {
                 Err(format!("exec {shown:?} exited with code {code}"))
@@ -316,5 +349,140 @@ async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
                 Err(format!("exec {shown:?} exited with code {code}: {said}"))
             }
         }
+    }
+}
+
+/// Appends `chunk`, keeping only the last [`EXEC_OUTPUT_KEEP`] bytes once
+/// twice that is held, so a chatty command costs bounded memory.
+fn keep_tail(kept: &mut Vec<u8>, chunk: &[u8]) {
+    kept.extend_from_slice(chunk);
+    if kept.len() > 2 * EXEC_OUTPUT_KEEP {
+        // Bytes, not a String: the cut may fall inside a character.
+        kept.drain(..kept.len() - EXEC_OUTPUT_KEEP);
+    }
+}
+
+/// The kept output as text, without the remains of a character cut at the start.
+fn tail_text(kept: &[u8]) -> String {
+    let cut = kept
+        .iter()
+        .take(3)
+        .take_while(|b| *b & 0b1100_0000 == 0b1000_0000)
+        .count();
+    String::from_utf8_lossy(&kept[cut..]).into_owned()
+}
+
+/// The output's last non-empty line, at most [`EXEC_LINE_SHOWN`] characters of its end.
+fn last_line(text: &str) -> String {
+    let line = text.trim().lines().last().unwrap_or("").trim();
+    let count = line.chars().count();
+    if count <= EXEC_LINE_SHOWN {
+        return line.to_owned();
+    }
+    let end: String = line.chars().skip(count - EXEC_LINE_SHOWN).collect();
+    format!("...{end}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    const BAD_HOST: &str = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(authority("::1", 8080), "[::1]:8080");
+        assert_eq!(authority("127.0.0.1", 8080), "127.0.0.1:8080");
+        assert_eq!(authority("docker-host", 8080), "docker-host:8080");
+    }
+
+    /// A server on [::1] that accepts and holds every connection, answering
+    /// a request with `answer` if given, or 400 when its Host is not `[::1]:PORT`.
+    async fn ipv6_server(answer: Option<&'static str>) -> u16 {
+        let listener = TcpListener::bind("[::1]:0").await.expect("bind [::1]:0");
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let n = stream.read(&mut request).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&request[..n]).to_lowercase();
+                    let host = format!("\r\nhost: [::1]:{port}\r\n");
+                    let answer = match answer {
+                        Some(_) if !head.contains(&host) => BAD_HOST,
+                        Some(answer) => answer,
+                        None => "",
+                    };
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn ipv6_urls_are_bracketed() {
+        let url = http_url("::1", 8080, "/health");
+        assert_eq!(url, "http://[::1]:8080/health");
+        let uri: Uri = url.parse().unwrap();
+        assert_eq!(uri.authority().unwrap().as_str(), "[::1]:8080");
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_reaches_an_ipv6_host() {
+        let port = ipv6_server(None).await;
+        probe_tcp("::1", port).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_probe_reaches_an_ipv6_host() {
+        let port = ipv6_server(Some("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")).await;
+        probe_http("::1", port, "/health", None).await.unwrap();
+        probe_http("::1", port, "/health", Some(204)).await.unwrap();
+        let wrong = probe_http("::1", port, "/health", Some(200))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            wrong,
+            format!("GET http://[::1]:{port}/health answered 204, expected 200")
+        );
+    }
+
+    /// Multi-byte output shifted by every offset of its 10-byte pattern and
+    /// fed in chunks of 1 to 5 bytes, so that cuts land at every offset
+    /// inside every width of character.
+    #[test]
+    fn exec_output_is_cut_on_character_boundaries() {
+        let unit = "aé€😀"; // 1 + 2 + 3 + 4 bytes
+        for pad in 0..unit.len() {
+            let input = format!("{}{}", "x".repeat(pad), unit.repeat(600));
+            for chunk_size in 1..=5 {
+                let mut kept = Default::default();
+                for chunk in input.as_bytes().chunks(chunk_size) {
+                    keep_tail(&mut kept, chunk);
+                }
+                let text = tail_text(&kept);
+                assert!(
+                    !text.is_empty() && text.len() <= 2 * EXEC_OUTPUT_KEEP,
+                    "{} bytes kept",
+                    text.len()
+                );
+                assert!(
+                    input.ends_with(&text),
+                    "pad {pad}, chunks of {chunk_size}: not a suffix of the output: {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_line_is_shown_and_bounded() {
+        assert_eq!(last_line("first\nnot yet\n\n"), "not yet");
+        let long = "€".repeat(3000);
+        let shown = last_line(&long);
+        assert_eq!(shown, format!("...{}", "€".repeat(EXEC_LINE_SHOWN)));
     }
 }
