@@ -55,11 +55,15 @@ impl EnvSetup {
         })
     }
 
+    /// Whether the configuration has services (else no backend is needed).
+    pub fn has_services(&self) -> bool {
+        !self.config.services.is_empty()
+    }
+
     /// Connects the backend (each backend answers within 5 s or fails with
     /// exit 102).
     pub async fn connect(self) -> Result<Connected> {
         let (tx, events) = unbounded_channel();
-        let test_threads = self.config.shards.test_threads;
         let backend = self.backend.connect(self.config, tx).await?;
         Ok(Connected {
             cleanup: backend.cleanup(),
@@ -67,13 +71,11 @@ impl EnvSetup {
             kind: self.backend,
             events,
             config_path: self.path,
-            shard_test_threads: test_threads,
         })
     }
 }
 
-/// A connected backend, the events it reports, and what the runner needs
-/// to know of its configuration.
+/// A connected backend and the events it reports.
 pub struct Connected {
     /// Provisions and tears down shards.
     pub backend: Arc<dyn Backend>,
@@ -85,8 +87,6 @@ pub struct Connected {
     pub events: UnboundedReceiver<EnvEvent>,
     /// The configuration file, for messages and the reaper.
     pub config_path: Utf8PathBuf,
-    /// `[shards] test-threads`.
-    pub shard_test_threads: Option<usize>,
 }
 
 /// The backend `gc`, `down` and the reaper clean: `--backend`, else the

@@ -34,10 +34,12 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     }
     let workspace = Workspace::load(&options.cargo)?;
     let setup = EnvSetup::load(&workspace.root, &options.env)?;
+    let shard_test_threads = setup.as_ref().and_then(|s| s.config.shards.test_threads);
     let runtime = crate::runtime()?;
 
     // 2. Reach the backend before building: a dead daemon costs seconds.
-    let connected = match setup {
+    //    A configuration without services needs none.
+    let connected = match setup.filter(EnvSetup::has_services) {
         Some(setup) => Some(runtime.block_on(setup.connect())?),
         None => None,
     };
@@ -49,14 +51,12 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     // 4. Run, with the reaper and the sweep in place first. A shard with
     //    nothing to run needs neither an environment nor a reaper.
     let run_id = uuid::Uuid::new_v4().to_string();
-    let connected = connected.filter(|_| plan.to_run_here() > 0);
+    let mut input = run_input(&plan, options, &run_id);
+    input.options.shard_test_threads = shard_test_threads;
     let result = if plan.to_run_here() == 0 {
-        runtime.block_on(run::run(
-            run_input(&plan, options, None, &run_id),
-            &mut Quiet,
-        ))
+        runtime.block_on(run::run(input, &mut Quiet))
     } else {
-        run_guarded(&runtime, &plan, options, connected, &workspace, &run_id)?
+        run_guarded(&runtime, input, &plan, options, connected, &workspace)?
     };
 
     // 5. Report.
@@ -71,45 +71,35 @@ fn read_timings(paths: &[Utf8PathBuf]) -> Result<Timings> {
     }
 }
 
-/// Starts the reaper, sweeps abandoned runs, runs the plan with the live
+/// Starts the reaper, sweeps abandoned runs, runs `input` with the live
 /// display, and tells the reaper how the run ended.
 fn run_guarded(
     runtime: &tokio::runtime::Runtime,
+    mut input: RunInput,
     plan: &TestPlan,
     options: &TestOptions,
     connected: Option<Connected>,
     workspace: &Workspace,
-    run_id: &str,
 ) -> Result<RunResult> {
+    let run_id = input.options.run_id.clone();
     // The reaper starts before any test or environment does; the sweep of
     // abandoned runs happens before this run adds its own resources.
     let reaper = Reaper::spawn(
-        run_id,
+        &run_id,
         connected.as_ref().map(|c| c.kind),
         connected.as_ref().map(|c| c.config_path.as_path()),
-        &teardown::reaper::log_path(&workspace.target_dir, run_id),
+        &teardown::reaper::log_path(&workspace.target_dir, &run_id),
     )
     .map_err(|e| EphemError::Internal(format!("cannot start the reaper process: {e}")))?;
     if let Some(c) = &connected {
-        runtime.block_on(teardown::sweep_at_start(c.cleanup.as_ref(), run_id))?;
+        runtime.block_on(teardown::sweep_at_start(c.cleanup.as_ref(), &run_id))?;
     }
-    let mut display = start_display(plan, options, connected.as_ref(), run_id);
-    let environments = connected.map(|c| {
-        (
-            c.shard_test_threads,
-            RunEnvironments {
-                backend: c.backend,
-                cleanup: c.cleanup,
-                events: c.events,
-            },
-        )
+    let mut display = start_display(plan, options, connected.as_ref(), &run_id);
+    input.environments = connected.map(|c| RunEnvironments {
+        backend: c.backend,
+        cleanup: c.cleanup,
+        events: c.events,
     });
-    let (shard_threads, environments) = match environments {
-        Some((threads, envs)) => (threads, Some(envs)),
-        None => (None, None),
-    };
-    let mut input = run_input(plan, options, environments, run_id);
-    input.options.shard_test_threads = shard_threads;
     let result = runtime.block_on(run::run(input, &mut display));
     display.finish();
     reaper.finish(if result.internal_error.is_some() {
@@ -122,12 +112,9 @@ fn run_guarded(
     Ok(result)
 }
 
-fn run_input(
-    plan: &TestPlan,
-    options: &TestOptions,
-    environments: Option<RunEnvironments>,
-    run_id: &str,
-) -> RunInput {
+/// What the dispatcher runs: the plan's shards with the options' knobs, no
+/// environments yet.
+fn run_input(plan: &TestPlan, options: &TestOptions, run_id: &str) -> RunInput {
     RunInput {
         list: plan.list.clone(),
         selection: plan.selection.clone(),
@@ -145,7 +132,7 @@ fn run_input(
             shard_test_threads: None,
             panic_at: PanicPoint::from_env(),
         },
-        environments,
+        environments: None,
         env_ttl: options.env.env_ttl,
     }
 }

@@ -620,7 +620,7 @@ fn a_panic_in_the_runner_exits_1_and_leaves_nothing() {
             .arg("--config")
             .arg(config("env-busybox.toml"))
             .args(["--shards", "2", "--ignored", "hang_"])
-            .env("CARGO_EPHEM_TEST_PANIC_ON_READY", "1"),
+            .env("CARGO_EPHEM_TEST_PANIC", "ready"),
     );
     let run_id = runner.run_id(120);
     let _cleanup = Cleanup(Some(run_id.clone()));
@@ -633,4 +633,55 @@ fn a_panic_in_the_runner_exits_1_and_leaves_nothing() {
     let exited = Instant::now();
     let secs = time_until_clean(&run_id, exited, 15);
     eprintln!("reliability: panic in the runner: clean {secs:.2} s after exit");
+}
+
+/// A panic inside a task the runner spawned (a bug) must end the run, not
+/// hang it: exit 1 with one "internal error" line, every environment and
+/// test process of the run gone. `CARGO_EPHEM_TEST_PANIC` makes the task
+/// panic on purpose; `filter` picks tests that reach that task.
+fn a_task_panic_ends_the_run(point: &str, filter: &[&str]) {
+    let _daemon = shared_daemon();
+    let mut runner = Background::spawn(
+        ephem_test()
+            .arg("--config")
+            .arg(config("env-busybox.toml"))
+            .args(["--shards", "2"])
+            .args(filter)
+            .env("CARGO_EPHEM_TEST_PANIC", point),
+    );
+    let run_id = runner.run_id(120);
+    let _cleanup = Cleanup(Some(run_id.clone()));
+    // Before the fix the dispatcher waited forever for the panicked task.
+    assert_eq!(runner.wait(90), Some(1), "{}", runner.stderr);
+    let errors: Vec<&str> = runner
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: internal error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", runner.stderr);
+    assert!(
+        errors[0].contains("panicked") && errors[0].contains("panicking on purpose"),
+        "{}",
+        errors[0]
+    );
+    let exited = Instant::now();
+    let secs = time_until_clean(&run_id, exited, 15);
+    eprintln!("reliability: panic in {point}: exit 1, clean {secs:.2} s after exit");
+}
+
+#[test]
+fn a_panic_while_provisioning_ends_the_run_with_exit_1_and_nothing_left() {
+    a_task_panic_ends_the_run("provision", &["--ignored", "hang_"]);
+}
+
+#[test]
+fn a_panic_in_a_test_attempt_ends_the_run_and_its_test_processes() {
+    // The attempt panics while its (hanging) test runs: the test and its
+    // child are orphans only the reaper can find.
+    a_task_panic_ends_the_run("attempt", &["--ignored", "hang_"]);
+}
+
+#[test]
+fn a_panic_in_a_teardown_ends_the_run_and_the_reaper_removes_the_rest() {
+    a_task_panic_ends_the_run("teardown", &["pass_"]);
 }

@@ -771,3 +771,225 @@ impl<'a> Dispatcher<'a> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ephem_fixtures::{RunResource, ShardContext};
+
+    use super::*;
+    use crate::test_list::TestBinary;
+
+    /// A backend whose shards are ready at once; it counts teardowns and
+    /// can panic where a test asks it to. Not a stand-in for Docker: these
+    /// tests are about the dispatcher's bookkeeping, whatever the backend.
+    #[derive(Default)]
+    struct CountingBackend {
+        teardowns: AtomicUsize,
+        panic_in_provision: bool,
+        panic_in_teardown: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for CountingBackend {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn address(&self) -> &str {
+            "memory"
+        }
+        async fn prepare(&self, _: &RunContext) -> Result<(), EnvError> {
+            Ok(())
+        }
+        async fn provision(&self, _: &ShardContext) -> Result<Environment, EnvError> {
+            assert!(!self.panic_in_provision, "provision panics on purpose");
+            Ok(Environment::default())
+        }
+        async fn teardown(&self, _: &ShardContext) -> Result<(), EnvError> {
+            self.teardowns.fetch_add(1, Ordering::SeqCst);
+            assert!(!self.panic_in_teardown, "teardown panics on purpose");
+            Ok(())
+        }
+        fn cleanup(&self) -> Arc<dyn Cleanup> {
+            Arc::new(NoCleanup)
+        }
+    }
+
+    struct NoCleanup;
+
+    #[async_trait::async_trait]
+    impl Cleanup for NoCleanup {
+        fn backend(&self) -> &str {
+            "counting"
+        }
+        fn address(&self) -> &str {
+            "memory"
+        }
+        async fn list(&self) -> Result<Vec<RunResource>, EnvError> {
+            Ok(Vec::new())
+        }
+        async fn remove(&self, _: &[RunResource]) -> Vec<ephem_fixtures::cleanup::Removal> {
+            Vec::new()
+        }
+        async fn remove_run(&self, _: &str) -> Result<usize, EnvError> {
+            Ok(0)
+        }
+        async fn renew(&self, _: &str, _: SystemTime, _: bool) -> Result<(), EnvError> {
+            Ok(())
+        }
+        async fn end_run(&self, _: &str) -> Result<(), EnvError> {
+            Ok(())
+        }
+    }
+
+    struct Silent;
+
+    impl RunEvents for Silent {
+        fn env_event(&mut self, _: &EnvEvent) {}
+        fn shard_ready(&mut self, _: u32, _: bool) {}
+        fn retrying(&mut self, _: TestIdx, _: u32, _: &Attempt) {}
+        fn finished(&mut self, _: &TestOutcome) {}
+        fn tick(&mut self, _: &[RunningTest]) {}
+        fn interrupted(&mut self, _: i32, _: bool) {}
+    }
+
+    /// Two tests of a "binary" that is `/bin/true`: every attempt passes.
+    fn input(backend: Arc<CountingBackend>, shards: u32) -> RunInput {
+        let binary = TestBinary {
+            binary_id: "pkg".into(),
+            binary_name: "true".into(),
+            package_id: "pkg".into(),
+            package_name: "pkg".into(),
+            kind: "lib".into(),
+            path: "/bin/true".into(),
+            cwd: "/".into(),
+            env: Arc::new(Vec::new()),
+        };
+        let list = TestList::new(
+            vec![(binary, vec![("a".into(), false), ("b".into(), false)])],
+            "/".into(),
+        );
+        let (_tx, events) = mpsc::unbounded_channel();
+        RunInput {
+            list: Arc::new(list),
+            selection: vec![Selection::Run, Selection::Run],
+            shards: (1..=shards)
+                .map(|m| (m, vec![(m as usize - 1) % 2]))
+                .collect(),
+            options: RunOptions {
+                run_id: "unit".into(),
+                test_threads: 2,
+                retries: 0,
+                test_timeout: None,
+                grace: Duration::from_secs(1),
+                slow_after: Duration::from_secs(60),
+                fail_fast: true,
+                shard_count: shards,
+                keep_env: false,
+                shard_test_threads: None,
+                panic_at: None,
+            },
+            environments: Some(RunEnvironments {
+                cleanup: backend.cleanup(),
+                backend,
+                events,
+            }),
+            env_ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_provisioning_result_after_a_stop_does_not_revive_the_shard() {
+        let backend = Arc::new(CountingBackend::default());
+        let mut silent = Silent;
+        let (mut d, _events) = Dispatcher::new(input(backend.clone(), 1), &mut silent);
+        // The run was stopped while shard 1 provisioned, and its teardown
+        // was requested; then the provisioning's success arrives.
+        d.prepare_task = None;
+        d.shards[0].phase = EnvPhase::Provisioning;
+        d.stop("not run: stopped");
+        d.schedule();
+        assert_eq!(d.shards[0].phase, EnvPhase::Released);
+        assert_eq!(d.teardowns_pending, 1);
+        d.handle(Msg::Provisioned(1, Ok(Environment::default())));
+        d.schedule();
+        assert_eq!(d.shards[0].phase, EnvPhase::Released, "revived");
+        assert_eq!(d.teardowns_pending, 1, "a second teardown was requested");
+        assert!(d.kept.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_provision_ends_the_run_as_an_internal_error() {
+        let backend = Arc::new(CountingBackend {
+            panic_in_provision: true,
+            ..Default::default()
+        });
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(input(backend.clone(), 2), &mut Silent),
+        )
+        .await
+        .expect("the run ends instead of waiting for the panicked task");
+        let error = result.internal_error.expect("an internal error");
+        assert!(error.contains("provisioning of shard"), "{error}");
+        assert!(error.contains("provision panics on purpose"), "{error}");
+        assert!(result
+            .outcomes
+            .iter()
+            .all(|o| matches!(o.verdict, Verdict::Skipped(_))));
+        // Both shards were torn down, whichever of them panicked first.
+        assert_eq!(backend.teardowns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_teardown_ends_the_run_as_an_internal_error() {
+        let backend = Arc::new(CountingBackend {
+            panic_in_teardown: true,
+            ..Default::default()
+        });
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(input(backend.clone(), 2), &mut Silent),
+        )
+        .await
+        .expect("the run ends instead of waiting for the panicked task");
+        assert!(result
+            .internal_error
+            .is_some_and(|e| e.contains("teardown of shard")));
+        assert_eq!(backend.teardowns.load(Ordering::SeqCst), 2);
+        // A test that had not ended when the first teardown panicked is
+        // cancelled, never failed.
+        for o in &result.outcomes {
+            match &o.verdict {
+                Verdict::Passed => {}
+                Verdict::Skipped(why) => assert!(why.contains("internal error"), "{why}"),
+                other => panic!("test {} ended {other:?}", o.test),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shard_runs_at_most_its_configured_tests_at_once() {
+        let backend = Arc::new(CountingBackend::default());
+        let mut silent = Silent;
+        let mut inp = input(backend, 1);
+        inp.shards = vec![(1, vec![0, 1])];
+        inp.options.test_threads = 8;
+        let (d, _) = Dispatcher::new(inp, &mut silent);
+        assert_eq!(d.per_shard_limit(), 8);
+        let mut inp = input(Arc::new(CountingBackend::default()), 1);
+        inp.options.test_threads = 8;
+        inp.options.shard_test_threads = Some(1);
+        let mut silent = Silent;
+        let (d, _) = Dispatcher::new(inp, &mut silent);
+        assert_eq!(d.per_shard_limit(), 1);
+        // -j still caps it.
+        let mut inp = input(Arc::new(CountingBackend::default()), 1);
+        inp.options.test_threads = 2;
+        inp.options.shard_test_threads = Some(16);
+        let mut silent = Silent;
+        let (d, _) = Dispatcher::new(inp, &mut silent);
+        assert_eq!(d.per_shard_limit(), 2);
+    }
+}
