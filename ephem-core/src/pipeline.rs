@@ -195,7 +195,7 @@ fn report(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &s
             plan.shard_count,
             plan.to_run_total,
             if skipped > 0 {
-                format!("; its {skipped} ignored tests are reported as skipped")
+                format!("; its ignored tests ({skipped}) are reported as skipped")
             } else {
                 String::new()
             }

@@ -51,7 +51,7 @@ fn bad_flags_exit_2() {
         "cannot be used with",
     );
     rejects(&["test", "--test-timeout", "soon"], 2, "--test-timeout");
-    rejects(&["test", "-j", "0"], 2, "at least 1");
+    rejects(&["test", "-j", "0"], 2, "allowed: 1 to 4096");
     rejects(&["frobnicate"], 2, "frobnicate");
 }
 
@@ -167,4 +167,93 @@ fn a_binary_with_unexpected_list_output_is_named() {
     let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap();
     assert!(line.contains("oddharness::custom"), "{line}");
     assert!(line.contains("hello from a custom harness"), "{line}");
+}
+
+/// A crate whose build fails: a check that reaches the build exits 101, so
+/// exit 2 proves the input was rejected before it.
+fn unbuildable(dir: &Path) -> String {
+    write_crate(
+        dir,
+        "unbuildable",
+        "",
+        &[("src/lib.rs", "compile_error!(\"built\");\n")],
+    );
+    dir.join("Cargo.toml").display().to_string()
+}
+
+#[test]
+fn absurd_numbers_exit_2_before_the_build_naming_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = unbuildable(dir.path());
+    let huge = "10000000000000000000s";
+    for (args, range) in [
+        (vec!["--test-timeout", huge], "1ms to 365days"),
+        (vec!["--slow-timeout", huge], "1ms to 365days"),
+        (vec!["--env-ttl", huge], "1ms to 365days"),
+        (vec!["--shards", "4000000000"], "1 to 1024"),
+        (vec!["--partition", "slice:1/4000000000"], "1 to 1024"),
+        (vec!["--retries", "4294967295"], "0 to 100"),
+        (vec!["-j", "99999999999999999999999"], "1 to 4096"),
+    ] {
+        let mut all = vec!["test", "--manifest-path", &manifest];
+        all.extend(&args);
+        rejects(&all, 2, range);
+    }
+    let config = dir.path().join("ephem.toml");
+    std::fs::write(
+        &config,
+        format!("[services.web]\nimage = \"busybox:1.36\"\nstartup-timeout = \"{huge}\"\n"),
+    )
+    .unwrap();
+    rejects(
+        &["test", "--manifest-path", &manifest],
+        2,
+        "ephem.toml:3:19: services.web.startup-timeout",
+    );
+}
+
+#[test]
+fn an_unknown_backend_exits_2_naming_the_line_and_the_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = unbuildable(dir.path());
+    std::fs::write(
+        dir.path().join("ephem.toml"),
+        "# environments\nbackend = \"podman\"\n",
+    )
+    .unwrap();
+    rejects(
+        &["test", "--manifest-path", &manifest],
+        2,
+        "ephem.toml:2:11: backend: unknown backend \"podman\"; the backends are: docker",
+    );
+    for command in ["test", "up", "down", "gc"] {
+        rejects(
+            &[command, "--backend", "k8s"],
+            2,
+            "the backends are: docker",
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_junit_path_exits_2_before_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = unbuildable(dir.path());
+    rejects(
+        &[
+            "test",
+            "--manifest-path",
+            &manifest,
+            "--junit",
+            "/proc/no/junit.xml",
+        ],
+        2,
+        "--junit /proc/no/junit.xml: cannot write a report there",
+    );
+    let folder = dir.path().display().to_string();
+    rejects(
+        &["test", "--manifest-path", &manifest, "--junit", &folder],
+        2,
+        "is a folder",
+    );
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod dev_env;
 mod environments;
 mod junit;
 mod list;
@@ -11,4 +12,5 @@ mod partition;
 mod provision;
 mod reliability;
 mod run;
+mod selection;
 mod signals;

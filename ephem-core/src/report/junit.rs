@@ -282,10 +282,10 @@ pub fn write_report(report: &Report, path: &Utf8Path) -> Result<()> {
 /// Fails now, before the build, if a report could not be written at `path`
 /// later: its folder cannot be made, or is not writable, or `path` is a folder.
 pub fn check_writable(path: &Utf8Path) -> Result<()> {
-    let io = |source| EphemError::Io {
-        action: "cannot write JUnit report",
-        path: path.to_owned(),
-        source,
+    let unwritable = |e: std::io::Error| {
+        EphemError::Usage(format!(
+            "--junit {path}: cannot write a report there ({e}); give a path in a writable folder"
+        ))
     };
     if path.is_dir() {
         return Err(EphemError::Usage(format!(
@@ -294,10 +294,10 @@ pub fn check_writable(path: &Utf8Path) -> Result<()> {
         )));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(unwritable)?;
     }
     let probe = path.with_extension("xml.tmp");
-    std::fs::write(&probe, b"").map_err(io)?;
+    std::fs::write(&probe, b"").map_err(unwritable)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
