@@ -9,7 +9,7 @@ use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
     ConfigSource, DownOptions, EnvOptions, GcOptions, ListFormat, ListOptions, NoTests,
-    ReapOptions, Sharding, TestOptions, UpOptions, VarsFormat,
+    ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
@@ -43,7 +43,7 @@ pub enum Command {
     Test(Box<TestArgs>),
     /// Build and list the tests, grouped by binary.
     #[command(after_help = EXIT_CODES)]
-    List(ListArgs),
+    List(Box<ListArgs>),
     /// Work with JUnit reports.
     #[command(subcommand)]
     Junit(JunitCommand),
@@ -209,6 +209,7 @@ impl UpArgs {
                 EnvFormat::Env => VarsFormat::Env,
                 EnvFormat::Json => VarsFormat::Json,
             },
+            reaper: ReaperLaunch::ThisExecutable,
         }
     }
 }
@@ -493,6 +494,7 @@ impl TestArgs {
             junit: self.junit,
             env: self.env.options(),
             keep_env: self.keep_env,
+            reaper: ReaperLaunch::ThisExecutable,
         }
     }
 }

@@ -109,6 +109,7 @@ pub fn up(options: &UpOptions) -> Result<i32> {
     let runtime = crate::runtime()?;
     let connected = runtime.block_on(setup.connect())?;
     let reaper = Reaper::spawn(
+        &options.reaper,
         &run_id,
         Some(backend),
         Some(&config_path),

@@ -41,6 +41,23 @@ pub struct TestOptions {
     pub env: EnvOptions,
     /// Keep environments after the run.
     pub keep_env: bool,
+    /// How the run's reaper is started.
+    pub reaper: ReaperLaunch,
+}
+
+/// How a run starts its out-of-process reaper, the program that cleans up
+/// when the runner is killed (see [`crate::teardown::reaper`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ReaperLaunch {
+    /// `<this executable> __reap ...`: right for the `cargo-ephem` binary.
+    #[default]
+    ThisExecutable,
+    /// `<program> __reap ...`: for programs that embed this library but
+    /// do not serve `__reap` (give it the `cargo-ephem` binary).
+    Program(Utf8PathBuf),
+    /// No reaper: a runner killed by SIGKILL leaves its test processes, and
+    /// its environments until the next sweep. For tests of the library.
+    Disabled,
 }
 
 impl TestOptions {
@@ -60,6 +77,7 @@ impl TestOptions {
             junit: None,
             env: EnvOptions::default(),
             keep_env: false,
+            reaper: ReaperLaunch::default(),
         }
     }
 
@@ -265,6 +283,8 @@ pub struct UpOptions {
     pub shard: u32,
     /// How to print the variables.
     pub format: VarsFormat,
+    /// How `up`'s reaper is started.
+    pub reaper: ReaperLaunch,
 }
 
 /// Everything `cargo ephem down` needs to know.

@@ -85,6 +85,7 @@ fn run_guarded(
     // The reaper starts before any test or environment does; the sweep of
     // abandoned runs happens before this run adds its own resources.
     let reaper = Reaper::spawn(
+        &options.reaper,
         &run_id,
         connected.as_ref().map(|c| c.kind),
         connected.as_ref().map(|c| c.config_path.as_path()),

@@ -22,10 +22,11 @@ use camino::{Utf8Path, Utf8PathBuf};
 use ephem_fixtures::{BackendKind, EphemConfig};
 
 use crate::error::{exit_codes, Result};
-use crate::options::ReapOptions;
+use crate::options::{ReapOptions, ReaperLaunch};
 
 /// The runner's handle on its reaper.
 pub struct Reaper {
+    /// None when the run has no reaper ([`ReaperLaunch::Disabled`]).
     pipe: Option<ChildStdin>,
 }
 
@@ -42,17 +43,23 @@ pub enum RunEnd {
 }
 
 impl Reaper {
-    /// Starts the reaper of `run_id`, which removes the run's resources of
-    /// `backend` (if any) should the runner die. It writes to `log` only if
-    /// it has to act.
+    /// Starts the reaper of `run_id`, as `launch` says, which removes the
+    /// run's resources of `backend` (if any) should the runner die. It
+    /// writes to `log` only if it has to act.
     pub fn spawn(
+        launch: &ReaperLaunch,
         run_id: &str,
         backend: Option<BackendKind>,
         config: Option<&Utf8Path>,
         log: &Utf8Path,
     ) -> std::io::Result<Reaper> {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let program = match launch {
+            ReaperLaunch::ThisExecutable => std::env::current_exe()?,
+            ReaperLaunch::Program(path) => path.clone().into_std_path_buf(),
+            ReaperLaunch::Disabled => return Ok(Reaper { pipe: None }),
+        };
+        let mut cmd = Command::new(program);
         cmd.args(["__reap", "--run", run_id, "--log", log.as_str()]);
         if let Some(backend) = backend {
             cmd.args(["--backend", backend.name()]);
