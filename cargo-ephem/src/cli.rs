@@ -109,6 +109,10 @@ pub struct GcArgs {
     /// The backend to clean [default: the configuration's, else docker].
     #[arg(long, value_name = "NAME", value_parser = parse_backend)]
     backend: Option<BackendKind>,
+    /// Remove only this run, now: environments kept with --keep-env, or
+    /// whatever a run left (never a run whose runner still runs).
+    #[arg(long, value_name = "RUN_ID", conflicts_with = "all")]
+    run: Option<String>,
 }
 
 impl GcArgs {
@@ -122,6 +126,7 @@ impl GcArgs {
             },
             dry_run: self.dry_run,
             all_hosts: self.all,
+            run: self.run,
         }
     }
 }

@@ -260,6 +260,9 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Also other hosts' runs, once expired.
     pub all_hosts: bool,
+    /// Only this run, now, whatever its expiry or `--keep-env` (never while
+    /// its runner lives).
+    pub run: Option<String>,
 }
 
 /// How `cargo ephem up` prints the environment's variables.

@@ -224,7 +224,7 @@ fn report(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &s
              environments removed"
         );
     }
-    print_kept(&result.kept, run_id, options.env.env_ttl);
+    print_kept(&result.kept, run_id, options);
     Ok(exit_code(result))
 }
 
@@ -271,8 +271,9 @@ fn no_tests(options: &TestOptions, plan: &TestPlan) -> i32 {
 }
 
 /// How to reach kept environments (generated secrets stay masked: whoever
-/// needs them can read them from the backend) and when they expire.
-fn print_kept(kept: &[(u32, Environment)], run_id: &str, ttl: Duration) {
+/// needs them can read them from the backend), how to remove them, and
+/// when they expire.
+fn print_kept(kept: &[(u32, Environment)], run_id: &str, options: &TestOptions) {
     if kept.is_empty() {
         return;
     }
@@ -287,10 +288,19 @@ fn print_kept(kept: &[(u32, Environment)], run_id: &str, ttl: Duration) {
             eprintln!("    {}", masker.mask(hint));
         }
     }
+    let mut remove = vec!["cargo".to_owned(), "ephem".to_owned(), "gc".to_owned()];
+    if let Some(manifest) = &options.cargo.manifest_path {
+        remove.extend(["--manifest-path".to_owned(), shell_quote(manifest.as_str())]);
+    }
+    if let Some(backend) = options.env.backend {
+        remove.extend(["--backend".to_owned(), backend.name().to_owned()]);
+    }
+    remove.extend(["--run".to_owned(), shell_quote(run_id)]);
+    eprintln!("Remove them with:");
+    eprintln!("  {}", remove.join(" "));
     eprintln!(
-        "Sweeps and `cargo ephem gc` leave them alone for {} (--env-ttl); after that, the next \
-         run's sweep or `cargo ephem gc` removes them",
-        humantime::format_duration(ttl)
+        "(until then, sweeps and `cargo ephem gc` leave them alone for {} after the run: --env-ttl)",
+        humantime::format_duration(options.env.env_ttl)
     );
 }
 

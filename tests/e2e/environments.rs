@@ -223,10 +223,14 @@ fn keep_env_keeps_the_environment_and_says_how_to_remove_it() {
         .lines()
         .skip_while(|l| !l.starts_with("Remove them with"))
         .nth(1)
-        .unwrap();
+        .unwrap()
+        .trim();
+    // The printed command, with the binary under test for `cargo ephem`.
+    let words = remove.strip_prefix("cargo ephem ").expect(remove);
     let status = Command::new("sh")
         .arg("-c")
-        .arg(remove)
+        .arg(format!("\"$0\" {words}"))
+        .arg(env!("CARGO_BIN_EXE_cargo-ephem"))
         .stdout(Stdio::null())
         .status()
         .unwrap();

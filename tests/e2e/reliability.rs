@@ -685,3 +685,20 @@ fn a_panic_in_a_test_attempt_ends_the_run_and_its_test_processes() {
 fn a_panic_in_a_teardown_ends_the_run_and_the_reaper_removes_the_rest() {
     a_task_panic_ends_the_run("teardown", &["pass_"]);
 }
+
+#[test]
+fn gc_run_refuses_a_live_run() {
+    let _daemon = shared_daemon();
+    let mut run = start_hanging_run();
+    let out = crate::support::run(ephem().args(["gc", "--run", &run.run_id]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is alive"), "{stderr}");
+    assert!(
+        !resources_of(&run.run_id).is_empty(),
+        "gc removed a live run"
+    );
+    run.runner.signal(libc::SIGTERM);
+    assert_eq!(run.runner.wait(30), Some(143), "{}", run.runner.stderr);
+    assert_nothing_left(&run.run_id);
+}

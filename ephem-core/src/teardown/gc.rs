@@ -3,12 +3,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use ephem_fixtures::sweep::{self, SweepOutcome, SweepPolicy};
+use ephem_fixtures::sweep::{self, ProcessState, SweepOutcome, SweepPolicy};
 use ephem_fixtures::Cleanup;
 
 use crate::discover::{CargoOptions, Workspace};
 use crate::environments::cleanup_backend;
-use crate::error::{exit_codes, Result};
+use crate::error::{exit_codes, EphemError, Result};
 use crate::options::GcOptions;
 
 /// The sweep at the start of a run: removes abandoned runs of this host
@@ -40,10 +40,51 @@ pub fn gc(options: &GcOptions) -> Result<i32> {
     let runtime = crate::runtime()?;
     runtime.block_on(async {
         let cleanup = backend.connect_cleanup(config.as_ref()).await?;
+        if let Some(run_id) = &options.run {
+            return remove_one_run(cleanup.as_ref(), run_id, options.dry_run).await;
+        }
         let policy = SweepPolicy::here(options.all_hosts, Vec::new());
         let outcome = sweep::sweep(cleanup.as_ref(), &policy, options.dry_run).await?;
         Ok(print_outcome(&outcome, cleanup.as_ref(), options.dry_run))
     })
+}
+
+/// `gc --run ID`: removes one run at once (kept environments included), but
+/// never one whose runner still runs on this host.
+async fn remove_one_run(cleanup: &dyn Cleanup, run_id: &str, dry_run: bool) -> Result<i32> {
+    let resources: Vec<_> = cleanup
+        .list()
+        .await?
+        .into_iter()
+        .filter(|r| r.run == run_id)
+        .collect();
+    let here = ephem_fixtures::process::hostname();
+    let live = resources.iter().find(|r| {
+        r.host.as_deref() == Some(here.as_str())
+            && r.pid.is_some_and(|pid| {
+                sweep::local_process_state(pid, r.pid_start) == ProcessState::Alive
+            })
+    });
+    if let Some(r) = live {
+        return Err(EphemError::Usage(format!(
+            "run {run_id} is alive (its runner, pid {}, still runs); stop it first (Ctrl-C),              it removes its own environments",
+            r.pid.unwrap_or_default()
+        )));
+    }
+    if resources.is_empty() {
+        eprintln!(
+            "nothing to remove: run {run_id} has no resources on {}",
+            cleanup.address()
+        );
+        return Ok(exit_codes::OK);
+    }
+    if dry_run {
+        eprintln!("would remove {} resources of run {run_id}", resources.len());
+        return Ok(exit_codes::OK);
+    }
+    let removed = cleanup.remove_run(run_id).await?;
+    eprintln!("removed {removed} resources of run {run_id}");
+    Ok(exit_codes::OK)
 }
 
 /// The table of what a gc found, and its summary line; the exit code.
