@@ -100,15 +100,8 @@ pub struct GcArgs {
     /// their runner's process cannot be checked from here).
     #[arg(long)]
     all: bool,
-    /// Path to Cargo.toml (whose workspace's ephem.toml names the backend).
-    #[arg(long, value_name = "PATH")]
-    manifest_path: Option<Utf8PathBuf>,
-    /// Environment configuration [default: ephem.toml at the workspace root, if present].
-    #[arg(long, value_name = "PATH")]
-    config: Option<Utf8PathBuf>,
-    /// The backend to clean [default: the configuration's, else docker].
-    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
-    backend: Option<BackendKind>,
+    #[command(flatten)]
+    workspace: WorkspaceEnvArgs,
     /// Remove only this run, now: environments kept with --keep-env, or
     /// whatever a run left (never a run whose runner still runs).
     #[arg(long, value_name = "RUN_ID", conflicts_with = "all")]
@@ -118,10 +111,10 @@ pub struct GcArgs {
 impl GcArgs {
     pub fn options(self) -> GcOptions {
         GcOptions {
-            manifest_path: self.manifest_path,
+            manifest_path: self.workspace.manifest_path,
             env: EnvOptions {
-                config: config_source(self.config, false),
-                backend: self.backend,
+                config: config_source(self.workspace.config, false),
+                backend: self.workspace.backend,
                 ..Default::default()
             },
             dry_run: self.dry_run,
@@ -177,17 +170,24 @@ pub enum EnvFormat {
     Json,
 }
 
+/// The workspace, its configuration and backend, for `up` and `gc`.
 #[derive(Debug, Args)]
-pub struct UpArgs {
+pub struct WorkspaceEnvArgs {
     /// Path to Cargo.toml (to find the workspace and its ephem.toml).
     #[arg(long, value_name = "PATH")]
     manifest_path: Option<Utf8PathBuf>,
-    /// Environment configuration [default: ephem.toml at the workspace root].
+    /// Environment configuration [default: ephem.toml at the workspace root, if present].
     #[arg(long, value_name = "PATH")]
     config: Option<Utf8PathBuf>,
     /// The backend [default: the configuration's `backend`, else docker].
     #[arg(long, value_name = "NAME", value_parser = parse_backend)]
     backend: Option<BackendKind>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    workspace: WorkspaceEnvArgs,
     /// Which shard's environment to start (sets ${shard}).
     #[arg(long, value_name = "M", default_value_t = 1, value_parser = limits::parse_shard_count)]
     shard: u32,
@@ -203,10 +203,10 @@ pub struct UpArgs {
 impl UpArgs {
     pub fn options(self) -> UpOptions {
         UpOptions {
-            manifest_path: self.manifest_path,
+            manifest_path: self.workspace.manifest_path,
             env: EnvOptions {
-                config: config_source(self.config, false),
-                backend: self.backend,
+                config: config_source(self.workspace.config, false),
+                backend: self.workspace.backend,
                 env_ttl: self.env_ttl,
             },
             shard: self.shard,

@@ -919,18 +919,24 @@ mod tests {
         assert!(d.kept.is_empty());
     }
 
+    /// Runs two shards on `backend`, failing the test if the run does not
+    /// end on its own (the bug: waiting forever for a panicked task).
+    async fn run_two_shards(backend: &Arc<CountingBackend>) -> RunResult {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            run(input(backend.clone(), 2), &mut Silent),
+        )
+        .await
+        .expect("the run ends instead of waiting for the panicked task")
+    }
+
     #[tokio::test]
     async fn a_panicking_provision_ends_the_run_as_an_internal_error() {
         let backend = Arc::new(CountingBackend {
             panic_in_provision: true,
             ..Default::default()
         });
-        let result = tokio::time::timeout(
-            Duration::from_secs(30),
-            run(input(backend.clone(), 2), &mut Silent),
-        )
-        .await
-        .expect("the run ends instead of waiting for the panicked task");
+        let result = run_two_shards(&backend).await;
         let error = result.internal_error.expect("an internal error");
         assert!(error.contains("provisioning of shard"), "{error}");
         assert!(error.contains("provision panics on purpose"), "{error}");
@@ -948,12 +954,7 @@ mod tests {
             panic_in_teardown: true,
             ..Default::default()
         });
-        let result = tokio::time::timeout(
-            Duration::from_secs(30),
-            run(input(backend.clone(), 2), &mut Silent),
-        )
-        .await
-        .expect("the run ends instead of waiting for the panicked task");
+        let result = run_two_shards(&backend).await;
         assert!(result
             .internal_error
             .is_some_and(|e| e.contains("teardown of shard")));
