@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod config;
 pub mod docker;
 pub mod image_ref;
+pub mod kubernetes;
 pub mod process;
 mod secret;
 pub mod sweep;
