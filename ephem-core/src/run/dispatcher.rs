@@ -15,8 +15,8 @@ use tokio::task::AbortHandle;
 use super::executor::{run_attempt, Attempt, AttemptSpec, AttemptStatus, StopLevel};
 use super::tasks::{Ended, Msg, Task, Tasks};
 use super::{
-    PanicPoint, RunEnvironments, RunEvents, RunOptions, RunResult, RunningTest, TestOutcome,
-    Verdict,
+    PanicPoint, RunEnvironments, RunEvents, RunOptions, RunResult, RunningTest, ShardTimeline,
+    Span, TestOutcome, Verdict,
 };
 use crate::mask::Masker;
 use crate::signals::Signals;
@@ -67,6 +67,33 @@ struct ShardState {
     provision_task: Option<AbortHandle>,
     /// A service of this shard died: later failures probably come from that.
     diagnosis: Option<String>,
+    /// When its environment phases began and ended.
+    timeline: ShardTimeline,
+    /// When provisioning or teardown was requested, until it ends.
+    phase_started: Option<SystemTime>,
+}
+
+impl ShardState {
+    /// Records that the provisioning requested at `phase_started` ended now.
+    fn provision_ended(&mut self, failed: bool) {
+        if let Some(start) = self.phase_started.take() {
+            self.timeline.provision = Some(Span {
+                start,
+                end: SystemTime::now(),
+            });
+            self.timeline.provision_failed = failed;
+        }
+    }
+
+    /// Records that the teardown requested at `phase_started` ended now.
+    fn teardown_ended(&mut self) {
+        if let Some(start) = self.phase_started.take() {
+            self.timeline.teardown = Some(Span {
+                start,
+                end: SystemTime::now(),
+            });
+        }
+    }
 }
 
 struct Running {
@@ -98,6 +125,9 @@ struct Dispatcher<'a> {
     kept: Vec<(u32, Environment)>,
     service_deaths: Vec<String>,
     internal_error: Option<String>,
+    /// When the run-wide preparation began, and its span once it ended.
+    prepare_started: Option<SystemTime>,
+    prepare_span: Option<Span>,
     events: &'a mut dyn RunEvents,
 }
 
@@ -166,6 +196,8 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
         internal_error: d.internal_error.take(),
         started_at,
         duration: start.elapsed(),
+        prepare: d.prepare_span,
+        timelines: d.shards.iter().map(|s| s.timeline.clone()).collect(),
     }
 }
 
@@ -222,6 +254,8 @@ impl<'a> Dispatcher<'a> {
             kept: Vec::new(),
             service_deaths: Vec::new(),
             internal_error: None,
+            prepare_started: None,
+            prepare_span: None,
             events,
             opts: options,
         };
@@ -269,6 +303,11 @@ impl<'a> Dispatcher<'a> {
                 running: 0,
                 provision_task: None,
                 diagnosis: None,
+                timeline: ShardTimeline {
+                    shard: number,
+                    ..Default::default()
+                },
+                phase_started: None,
             });
         }
         let needs_env = self
@@ -277,6 +316,7 @@ impl<'a> Dispatcher<'a> {
             .any(|s| s.phase == EnvPhase::AwaitPrepare);
         if let Some(backend) = self.backend.clone().filter(|_| needs_env) {
             let ctx = self.run_ctx.clone();
+            self.prepare_started = Some(SystemTime::now());
             self.prepare_task = Some(self.tasks.spawn(Task::Prepare, async move {
                 Msg::Prepared(backend.prepare(&ctx).await)
             }));
@@ -426,6 +466,7 @@ impl<'a> Dispatcher<'a> {
                 let idx = self.shard_idx(shard);
                 let s = &mut self.shards[idx];
                 s.provision_task = None;
+                s.provision_ended(true);
                 if s.phase == EnvPhase::Provisioning {
                     s.phase = EnvPhase::Failed;
                 }
@@ -452,6 +493,8 @@ impl<'a> Dispatcher<'a> {
             }
             Task::Teardown { shard } => {
                 self.teardowns_pending -= 1;
+                let idx = self.shard_idx(shard);
+                self.shards[idx].teardown_ended();
                 self.env_errors.push((
                     shard,
                     EnvError::Other(format!(
@@ -473,6 +516,10 @@ impl<'a> Dispatcher<'a> {
             Msg::Renewed => {}
             Msg::Prepared(result) => {
                 self.prepare_task = None;
+                self.prepare_span = self.prepare_started.map(|start| Span {
+                    start,
+                    end: SystemTime::now(),
+                });
                 match result {
                     Ok(()) if self.stopping.is_none() => self.provision_all(),
                     Ok(()) => {}
@@ -486,6 +533,7 @@ impl<'a> Dispatcher<'a> {
                 let idx = self.shard_idx(number);
                 let shard = &mut self.shards[idx];
                 shard.provision_task = None;
+                shard.provision_ended(result.is_err());
                 if shard.phase != EnvPhase::Provisioning {
                     // The run stopped while this shard was provisioning: its
                     // teardown is under way or follows; a late success must
@@ -530,6 +578,8 @@ impl<'a> Dispatcher<'a> {
             } => self.attempt_done(shard, test, attempt_no, attempt),
             Msg::TornDown(number, result) => {
                 self.teardowns_pending -= 1;
+                let idx = self.shard_idx(number);
+                self.shards[idx].teardown_ended();
                 if let Err(e) = result {
                     self.env_errors.push((number, e));
                 }
@@ -547,6 +597,7 @@ impl<'a> Dispatcher<'a> {
             .filter(|s| s.phase == EnvPhase::AwaitPrepare)
         {
             shard.phase = EnvPhase::Provisioning;
+            shard.phase_started = Some(SystemTime::now());
             let backend = backend.clone();
             let ctx = ShardContext {
                 run: self.run_ctx.clone(),
@@ -669,6 +720,7 @@ impl<'a> Dispatcher<'a> {
                     if let Some(task) = shard.provision_task.take() {
                         task.abort();
                     }
+                    shard.provision_ended(true);
                     shard.phase = EnvPhase::Failed;
                 }
                 _ => {}
@@ -704,6 +756,7 @@ impl<'a> Dispatcher<'a> {
             return;
         }
         self.teardowns_pending += 1;
+        shard.phase_started = Some(SystemTime::now());
         let ctx = ShardContext {
             run: self.run_ctx.clone(),
             shard: shard.number,
@@ -992,5 +1045,21 @@ mod tests {
         let mut silent = Silent;
         let (d, _) = Dispatcher::new(inp, &mut silent);
         assert_eq!(d.per_shard_limit(), 2);
+    }
+
+    #[tokio::test]
+    async fn every_shard_records_when_its_environment_was_provisioned_and_removed() {
+        let backend = Arc::new(CountingBackend::default());
+        let result = run_two_shards(&backend).await;
+        assert!(result.prepare.is_some_and(|p| p.start <= p.end));
+        assert_eq!(result.timelines.len(), 2);
+        for t in &result.timelines {
+            let provision = t.provision.expect("provisioned");
+            let teardown = t.teardown.expect("torn down");
+            assert!(!t.provision_failed);
+            assert!(provision.start <= provision.end, "{t:?}");
+            assert!(provision.end <= teardown.start, "{t:?}");
+            assert!(teardown.start <= teardown.end, "{t:?}");
+        }
     }
 }

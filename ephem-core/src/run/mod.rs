@@ -147,6 +147,34 @@ pub struct RunResult {
     pub started_at: SystemTime,
     /// How long it took, preparation and teardown included.
     pub duration: Duration,
+    /// The run-wide environment preparation (image pulls), if there was one.
+    pub prepare: Option<Span>,
+    /// When each shard run here went through its environment's phases.
+    pub timelines: Vec<ShardTimeline>,
+}
+
+/// A stretch of wall-clock time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// When it began.
+    pub start: SystemTime,
+    /// When it ended.
+    pub end: SystemTime,
+}
+
+/// The environment phases of one shard, as far as they got: provisioning
+/// (create, start, wait until ready) and teardown. A shard without an
+/// environment has neither.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardTimeline {
+    /// 1-based shard number.
+    pub shard: u32,
+    /// From the provisioning request to ready (or failed).
+    pub provision: Option<Span>,
+    /// Whether provisioning ended in an error.
+    pub provision_failed: bool,
+    /// From the teardown request to its end.
+    pub teardown: Option<Span>,
 }
 
 /// A running test as the display sees it.
