@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ephem_core::archive::ArchiveOptions;
 use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
-    ConfigSource, DownOptions, EnvOptions, GcOptions, ListFormat, ListOptions, NoTests,
-    ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions, VarsFormat,
+    ArchiveInput, ConfigSource, DownOptions, EnvOptions, GcOptions, ListFormat, ListOptions,
+    NoTests, ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
@@ -44,6 +45,10 @@ pub enum Command {
     /// Build and list the tests, grouped by binary.
     #[command(after_help = EXIT_CODES)]
     List(Box<ListArgs>),
+    /// Build the tests once and pack them, with what they need at run time,
+    /// into one archive that `test --archive-file` runs elsewhere.
+    #[command(after_help = EXIT_CODES)]
+    Archive(Box<ArchiveArgs>),
     /// Work with JUnit reports.
     #[command(subcommand)]
     Junit(JunitCommand),
@@ -472,6 +477,9 @@ pub struct TestArgs {
     /// Keep the environments after the run and print how to reach them.
     #[arg(long, help_heading = "Environments")]
     keep_env: bool,
+
+    #[command(flatten)]
+    archive: ArchiveInputArgs,
 }
 
 impl TestArgs {
@@ -500,6 +508,46 @@ impl TestArgs {
             env: self.env.options(),
             keep_env: self.keep_env,
             reaper: ReaperLaunch::ThisExecutable,
+            archive: self.archive.input(),
+        }
+    }
+}
+
+/// Run the tests an archive holds instead of building (no cargo needed).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Archive")]
+pub struct ArchiveInputArgs {
+    /// An archive written by `cargo ephem archive`.
+    #[arg(long, value_name = "FILE")]
+    archive_file: Option<Utf8PathBuf>,
+    /// Where the archived workspace's sources are on this machine [default: where they were built].
+    #[arg(long, value_name = "DIR", requires = "archive_file")]
+    workspace_remap: Option<Utf8PathBuf>,
+}
+
+impl ArchiveInputArgs {
+    fn input(self) -> Option<ArchiveInput> {
+        Some(ArchiveInput {
+            file: self.archive_file?,
+            workspace_remap: self.workspace_remap,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    #[command(flatten)]
+    cargo: CargoArgs,
+    /// Where to write the archive (zstd-compressed tar).
+    #[arg(long, value_name = "FILE")]
+    archive_file: Utf8PathBuf,
+}
+
+impl ArchiveArgs {
+    pub fn options(self) -> ArchiveOptions {
+        ArchiveOptions {
+            cargo: self.cargo.options(),
+            archive_file: self.archive_file,
         }
     }
 }
@@ -515,6 +563,9 @@ pub struct ListArgs {
     /// Output format: human-readable, or nextest-compatible JSON (TestListSummary).
     #[arg(long, value_enum, default_value_t)]
     message_format: MessageFormat,
+
+    #[command(flatten)]
+    archive: ArchiveInputArgs,
 }
 
 impl ListArgs {
@@ -526,6 +577,7 @@ impl ListArgs {
                 MessageFormat::Human => ListFormat::Human,
                 MessageFormat::Json => ListFormat::Json,
             },
+            archive: self.archive.input(),
         }
     }
 }

@@ -54,6 +54,7 @@ fn run(command: Command) -> ephem_core::Result<i32> {
     match command {
         Command::Test(args) => ephem_core::test(&args.options()),
         Command::List(args) => ephem_core::list(&args.options()),
+        Command::Archive(args) => ephem_core::archive(&args.options()),
         Command::Junit(JunitCommand::Merge { output, inputs }) => {
             ephem_core::merge_junit(&output, &inputs)
         }

@@ -153,6 +153,16 @@ impl CargoOptions {
         }
     }
 
+    /// Whether any flag asks cargo for a particular build or selection
+    /// (everything but `--manifest-path`).
+    pub fn builds_something(&self) -> bool {
+        let only_manifest = CargoOptions {
+            manifest_path: self.manifest_path.clone(),
+            ..Default::default()
+        };
+        self.build_args() != only_manifest.build_args()
+    }
+
     /// The same selection as flags for `cargo ephem test`, for the rerun hint.
     pub fn rerun_args(&self) -> Vec<String> {
         self.build_args()
@@ -200,6 +210,16 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// A workspace known only by its folders (a run from an archive, with no
+    /// cargo to ask): it cannot build.
+    pub fn at(root: Utf8PathBuf, target_dir: Utf8PathBuf) -> Workspace {
+        Workspace {
+            root,
+            target_dir,
+            packages: HashMap::new(),
+        }
+    }
+
     /// Reads the workspace's metadata: no build, no dependency resolution.
     pub fn load(opts: &CargoOptions) -> Result<Workspace> {
         let mut cmd = cargo_metadata::MetadataCommand::new();
@@ -305,7 +325,7 @@ fn build(opts: &CargoOptions) -> Result<BuildOutput> {
 /// target-libdir` (where `libstd-*.so` lives) and the sysroot's `lib`.
 /// Asked in the workspace, so a `rust-toolchain` file there picks the same
 /// toolchain as the build.
-fn toolchain_lib_dirs(root: &Utf8Path) -> Vec<Utf8PathBuf> {
+pub(crate) fn toolchain_lib_dirs(root: &Utf8Path) -> Vec<Utf8PathBuf> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let print = |what: &str| -> Option<Utf8PathBuf> {
         let out = Command::new(&rustc)

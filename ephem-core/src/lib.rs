@@ -8,6 +8,7 @@
 //! → [`partition`] → [`plan`] → [`run`] → [`report`], with [`environments`]
 //! and [`teardown`] beside them; [`pipeline`] strings them together.
 
+pub mod archive;
 pub mod dev;
 pub mod discover;
 pub mod environments;
@@ -24,6 +25,7 @@ mod signals;
 pub mod teardown;
 pub mod test_list;
 
+pub use archive::archive;
 pub use dev::{down, up};
 pub use ephem_fixtures::BackendKind;
 pub use error::{exit_codes, EphemError, Result};

@@ -43,6 +43,18 @@ pub struct TestOptions {
     pub keep_env: bool,
     /// How the run's reaper is started.
     pub reaper: ReaperLaunch,
+    /// Run from an archive instead of building.
+    pub archive: Option<ArchiveInput>,
+}
+
+/// `--archive-file FILE [--workspace-remap DIR]`: tests built elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveInput {
+    /// The archive `cargo ephem archive` wrote.
+    pub file: Utf8PathBuf,
+    /// Where the archived workspace's sources are here (default: where
+    /// they were when the archive was made).
+    pub workspace_remap: Option<Utf8PathBuf>,
 }
 
 /// How a run starts its out-of-process reaper, the program that cleans up
@@ -78,6 +90,7 @@ impl TestOptions {
             env: EnvOptions::default(),
             keep_env: false,
             reaper: ReaperLaunch::default(),
+            archive: None,
         }
     }
 
@@ -123,6 +136,13 @@ impl TestOptions {
                     p.kind, p.shard, p.count, p.count
                 ));
             }
+        }
+        if self.archive.is_some() && self.cargo.builds_something() {
+            return usage(
+                "--archive-file runs the tests the archive holds: cargo's build and package \
+                 selection flags do not apply (select tests with filters, or make another archive)"
+                    .to_owned(),
+            );
         }
         if self.sharding.kind(!self.timings.is_empty()) == PartitionKind::Duration
             && self.timings.is_empty()
@@ -247,6 +267,8 @@ pub struct ListOptions {
     pub filter: TestFilter,
     /// How to print.
     pub format: ListFormat,
+    /// List what an archive holds instead of building.
+    pub archive: Option<ArchiveInput>,
 }
 
 /// Everything `cargo ephem gc` needs to know.

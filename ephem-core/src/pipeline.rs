@@ -9,6 +9,7 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 use ephem_fixtures::Environment;
 
+use crate::archive;
 use crate::discover::{self, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
@@ -32,7 +33,14 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     if let Some(path) = &options.junit {
         junit::check_writable(path)?;
     }
-    let workspace = Workspace::load(&options.cargo)?;
+    // From an archive, the tests were built elsewhere: unpack them now.
+    let (workspace, archived) = match &options.archive {
+        Some(input) => {
+            let extracted = archive::extract(&input.file, input.workspace_remap.as_deref())?;
+            (extracted.workspace, Some(extracted.list))
+        }
+        None => (Workspace::load(&options.cargo)?, None),
+    };
     let setup = EnvSetup::load(&workspace.root, &options.env)?;
     let shard_test_threads = setup.as_ref().and_then(|s| s.config.shards.test_threads);
     let runtime = crate::runtime()?;
@@ -44,8 +52,11 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         None => None,
     };
 
-    // 3. Plan: build, list, select, split into shards.
-    let list = Arc::new(workspace.discover(&options.cargo)?);
+    // 3. Plan: build and list (unless archived), select, split into shards.
+    let list = match archived {
+        Some(list) => Arc::new(list),
+        None => Arc::new(workspace.discover(&options.cargo)?),
+    };
     let plan = TestPlan::new(list, &options.filter, options.sharding, &timings);
 
     // 4. Run, with the reaper and the sweep in place first. A shard with
@@ -308,6 +319,15 @@ fn print_kept(kept: &[(u32, Environment)], run_id: &str, options: &TestOptions) 
 fn rerun_prefix(options: &TestOptions) -> String {
     let mut words = vec!["cargo".to_owned(), "ephem".to_owned(), "test".to_owned()];
     words.extend(options.cargo.rerun_args().iter().map(|a| shell_quote(a)));
+    if let Some(input) = &options.archive {
+        words.extend([
+            "--archive-file".to_owned(),
+            shell_quote(input.file.as_str()),
+        ]);
+        if let Some(dir) = &input.workspace_remap {
+            words.extend(["--workspace-remap".to_owned(), shell_quote(dir.as_str())]);
+        }
+    }
     match options.filter.ignored {
         IgnoredMode::Only => words.push("--ignored".to_owned()),
         IgnoredMode::Include => words.push("--include-ignored".to_owned()),
@@ -346,7 +366,10 @@ impl run::RunEvents for Quiet {
 
 /// Runs `cargo ephem list`; returns the exit code.
 pub fn list(options: &ListOptions) -> Result<i32> {
-    let list = discover::discover(&options.cargo)?;
+    let list = match &options.archive {
+        Some(input) => archive::extract(&input.file, input.workspace_remap.as_deref())?.list,
+        None => discover::discover(&options.cargo)?,
+    };
     let selection = list.select(&options.filter);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod archive;
 mod bad_input;
 mod dev_env;
 mod environments;
