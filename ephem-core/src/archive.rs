@@ -95,9 +95,12 @@ impl Paths {
     /// The real path of a portable one.
     fn real(&self, portable: &str, extracted: &Utf8Path) -> String {
         let resolve = |placeholder: &str, base: &Utf8Path| {
-            portable
-                .strip_prefix(placeholder)
-                .map(|rest| base.join(rest.trim_start_matches('/')).to_string())
+            portable.strip_prefix(placeholder).map(|rest| {
+                match rest.trim_start_matches('/') {
+                    "" => base.to_string(),
+                    rest => base.join(rest).to_string(),
+                }
+            })
         };
         resolve("{target}", &extracted.join(TARGET))
             .or_else(|| resolve("{toolchain}", &extracted.join(TOOLCHAIN)))
@@ -187,11 +190,13 @@ fn pack_plan(
 ) -> Result<(Manifest, Vec<(String, Utf8PathBuf)>)> {
     let mut files = BTreeSet::new();
     let mut package_dirs = BTreeSet::new();
-    let mut needs_std = false;
+    // Shared libraries on the search path inside the target folder: packed
+    // only if a test binary links them (proc-macro crates' .so files sit in
+    // the same folder but are needed at compile time only).
+    let mut candidates = BTreeSet::new();
     let mut binaries = Vec::new();
     for (idx, binary) in list.binaries.iter().enumerate() {
         files.insert(binary.path.clone());
-        needs_std |= links_shared_std(&binary.path);
         for (name, value) in binary.env.iter() {
             let value = Utf8Path::new(value);
             if name == "OUT_DIR" || name.starts_with("CARGO_BIN_EXE_") {
@@ -201,7 +206,7 @@ fn pack_plan(
             } else if name == dylib_path_var() {
                 for dir in value.as_str().split(':').map(Utf8Path::new) {
                     if dir.starts_with(&paths.target) {
-                        files.extend(shared_libraries(dir));
+                        candidates.extend(shared_libraries(dir));
                     }
                 }
             }
@@ -231,6 +236,16 @@ fn pack_plan(
             tests,
         });
     }
+    let toolchain_libs: Vec<Utf8PathBuf> = paths
+        .toolchain
+        .iter()
+        .flat_map(|dir| shared_libraries(dir))
+        .filter(|l| is_std(l))
+        .collect();
+    let executables: Vec<Utf8PathBuf> = files.iter().cloned().collect();
+    let linked = linked_libraries(&executables, candidates.iter().chain(&toolchain_libs));
+    let needs_std = toolchain_libs.iter().any(|l| linked.contains(l));
+    files.extend(candidates.into_iter().filter(|l| linked.contains(l)));
     let mut packed: Vec<(String, Utf8PathBuf)> = files
         .into_iter()
         .filter_map(|real| {
@@ -239,11 +254,9 @@ fn pack_plan(
         })
         .collect();
     if needs_std {
-        for dir in &paths.toolchain {
-            for lib in shared_libraries(dir).into_iter().filter(|l| is_std(l)) {
-                let name = lib.file_name().unwrap_or_default().to_owned();
-                packed.push((format!("{TOOLCHAIN}/{name}"), lib));
-            }
+        for lib in toolchain_libs {
+            let name = lib.file_name().unwrap_or_default().to_owned();
+            packed.push((format!("{TOOLCHAIN}/{name}"), lib));
         }
     }
     let manifest = Manifest {
@@ -257,23 +270,31 @@ fn pack_plan(
     Ok((manifest, packed))
 }
 
-/// Whether an executable links Rust's std as a shared library (proc-macro
-/// crates' test binaries do): its dynamic section names `libstd-<hash>.so`.
-fn links_shared_std(path: &Utf8Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    bytes
-        .windows(7)
-        .enumerate()
-        .filter(|(_, w)| *w == b"libstd-")
-        .any(|(i, _)| {
-            // The library's name runs to the next NUL: `libstd-<hash>.so`.
-            let name = &bytes[i..bytes.len().min(i + 48)];
-            name.iter()
-                .position(|&b| b == 0)
-                .is_some_and(|end| name[..end].ends_with(b".so"))
+/// The libraries among `candidates` that some executable links: its
+/// dynamic section names each library it needs as `<file name>\0`.
+fn linked_libraries<'a>(
+    executables: &[Utf8PathBuf],
+    candidates: impl Iterator<Item = &'a Utf8PathBuf>,
+) -> BTreeSet<Utf8PathBuf> {
+    let candidates: Vec<(&Utf8PathBuf, Vec<u8>)> = candidates
+        .map(|lib| {
+            let mut needle = lib.file_name().unwrap_or_default().as_bytes().to_vec();
+            needle.push(0);
+            (lib, needle)
         })
+        .collect();
+    let mut linked = BTreeSet::new();
+    for exe in executables {
+        let Ok(bytes) = std::fs::read(exe) else {
+            continue;
+        };
+        for (lib, needle) in &candidates {
+            if !linked.contains(*lib) && memchr::memmem::find(&bytes, needle).is_some() {
+                linked.insert((*lib).clone());
+            }
+        }
+    }
+    linked
 }
 
 fn is_std(lib: &Utf8Path) -> bool {
