@@ -108,6 +108,21 @@ ensure_tools() {
 	# libxml2-utils: xmllint validates the JUnit XML reports against the XSD.
 	need_packages curl libxml2-utils
 	say "tools: curl and xmllint present"
+	# check-jsonschema validates the CI recipes (examples/ci) against the
+	# GitHub and GitLab schemas it vendors (no network needed to check).
+	need_pip check-jsonschema check-jsonschema==0.39.0
+}
+
+# need_pip COMMAND SPEC: installs SPEC from PyPI unless COMMAND already runs.
+need_pip() {
+	local command="$1" spec="$2"
+	if "$command" --version >/dev/null 2>&1; then
+		return 0
+	fi
+	say "pip: installing $spec"
+	quietly /var/log/ephem-pip.log "pip install $spec" \
+		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$spec"
+	command -v "$command" >/dev/null || die "pip installed $spec but $command is not on PATH ($(python3 -m site --user-base)/bin?)"
 }
 
 # --- step 2: Docker daemon ---------------------------------------------------

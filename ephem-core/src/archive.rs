@@ -95,12 +95,12 @@ impl Paths {
     /// The real path of a portable one.
     fn real(&self, portable: &str, extracted: &Utf8Path) -> String {
         let resolve = |placeholder: &str, base: &Utf8Path| {
-            portable.strip_prefix(placeholder).map(|rest| {
-                match rest.trim_start_matches('/') {
+            portable
+                .strip_prefix(placeholder)
+                .map(|rest| match rest.trim_start_matches('/') {
                     "" => base.to_string(),
                     rest => base.join(rest).to_string(),
-                }
-            })
+                })
         };
         resolve("{target}", &extracted.join(TARGET))
             .or_else(|| resolve("{toolchain}", &extracted.join(TOOLCHAIN)))

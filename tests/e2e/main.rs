@@ -11,6 +11,7 @@ mod junit;
 mod list;
 mod partition;
 mod provision;
+mod recipes;
 mod reliability;
 mod run;
 mod selection;
