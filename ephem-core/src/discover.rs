@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::BufReader;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use cargo_metadata::{Artifact, Message, Package};
@@ -246,7 +247,13 @@ impl Workspace {
 
     /// Builds the tests, then lists every test of every test binary.
     pub fn discover(&self, opts: &CargoOptions) -> Result<TestList> {
-        let build = build(opts)?;
+        self.discover_with(opts, &BuildControl::default())
+    }
+
+    /// Like [`discover`](Self::discover), with `control` able to stop the
+    /// build from another thread.
+    pub fn discover_with(&self, opts: &CargoOptions, control: &BuildControl) -> Result<TestList> {
+        let build = build(opts, control)?;
         let toolchain_libs = toolchain_lib_dirs(&self.root);
         let binaries = test_binaries(&build, &self.packages, &toolchain_libs);
         let listed = binaries
@@ -267,7 +274,84 @@ pub fn discover(opts: &CargoOptions) -> Result<TestList> {
     Workspace::load(opts)?.discover(opts)
 }
 
-fn build(opts: &CargoOptions) -> Result<BuildOutput> {
+/// Lets another thread stop the cargo build this crate started: cargo runs
+/// in a process group of its own (so rustc and build scripts stop with it),
+/// and is reaped under the same lock that guards a signal, so a signal can
+/// never reach a recycled pid or a group that is not ours.
+#[derive(Clone, Default)]
+pub struct BuildControl {
+    inner: Arc<Mutex<BuildState>>,
+}
+
+#[derive(Default)]
+struct BuildState {
+    /// The running cargo, until it has been reaped.
+    child: Option<std::process::Child>,
+    /// The signal sent to it, if any; the build then ends as interrupted.
+    sent: Option<i32>,
+}
+
+impl BuildControl {
+    /// Sends `signal` to the cargo build (its whole process group) if it
+    /// still runs: it stops, and the build ends as interrupted by that
+    /// signal; later builds are refused.
+    pub fn stop(&self, signal: i32) {
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        state.sent.get_or_insert(signal);
+        if let Some(child) = state.child.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                signal_group(child, signal);
+            }
+        }
+    }
+
+    fn stopped(&self) -> Option<i32> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).sent
+    }
+
+    /// Waits for the child handed over with `adopt`, reaping it under the lock.
+    fn wait(&self) -> std::io::Result<std::process::ExitStatus> {
+        loop {
+            {
+                let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let child = state.child.as_mut().expect("a child was adopted");
+                if let Some(status) = child.try_wait()? {
+                    state.child = None;
+                    return Ok(status);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn adopt(&self, child: std::process::Child) {
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        state.child = Some(child);
+        if let Some(signal) = state.sent {
+            // Stopped before cargo even started.
+            if let Some(child) = state.child.as_mut() {
+                signal_group(child, signal);
+            }
+        }
+    }
+}
+
+/// Signals the process group our cargo leads.
+fn signal_group(child: &std::process::Child, signal: i32) {
+    if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
+        if pgid > 1 {
+            // SAFETY: kill(2) on the group of our own child, not yet reaped
+            // (the caller holds the lock it is reaped under), so the group
+            // is still ours; pgid > 1 never addresses every process.
+            unsafe { libc::kill(-pgid, signal) };
+        }
+    }
+}
+
+fn build(opts: &CargoOptions, control: &BuildControl) -> Result<BuildOutput> {
+    if let Some(signal) = control.stopped() {
+        return Err(EphemError::Interrupted { signal });
+    }
     let cargo = cargo_path();
     let mut args = vec![
         "test".to_owned(),
@@ -278,14 +362,18 @@ fn build(opts: &CargoOptions) -> Result<BuildOutput> {
     args.extend(opts.build_args());
     let command = format!("cargo {}", args.join(" "));
     // Diagnostics go to our stderr as cargo renders them; stdout is the JSON stream.
+    // A process group of its own: stopping the build stops rustc and build
+    // scripts too (the runner forwards Ctrl-C, which no longer reaches it).
     let mut child = Command::new(&cargo)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        .process_group(0)
         .spawn()
         .map_err(|e| EphemError::Usage(format!("cannot run `{cargo}`: {e}; is cargo on PATH?")))?;
     let stdout = child.stdout.take().expect("stdout is piped");
+    control.adopt(child);
     let mut out = BuildOutput {
         artifacts: Vec::new(),
         linked_paths: HashMap::new(),
@@ -305,10 +393,14 @@ fn build(opts: &CargoOptions) -> Result<BuildOutput> {
             _ => {}
         }
     }
-    let status = child
+    let status = control
         .wait()
         .map_err(|e| EphemError::Internal(format!("waiting for cargo: {e}")))?;
     if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return Err(EphemError::Interrupted { signal });
+    }
+    // Stopped on purpose: cargo may catch the signal and exit with a code.
+    if let Some(signal) = control.stopped() {
         return Err(EphemError::Interrupted { signal });
     }
     if !status.success() {

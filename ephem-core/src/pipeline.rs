@@ -10,7 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use ephem_fixtures::Environment;
 
 use crate::archive;
-use crate::discover::{self, Workspace};
+use crate::discover::{self, BuildControl, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
 use crate::mask::Masker;
@@ -20,7 +20,10 @@ use crate::plan::TestPlan;
 use crate::report::display::{Display, DisplayMode};
 use crate::report::junit;
 use crate::report::summary::{self, shell_quote, Counts};
-use crate::run::{self, PanicPoint, RunEnvironments, RunInput, RunOptions, RunResult};
+use crate::run::{
+    self, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult, TestsSource,
+};
+use crate::signals::Signals;
 use crate::teardown::{self, Reaper, RunEnd};
 use crate::test_list::{IgnoredMode, Selection};
 
@@ -52,25 +55,81 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         None => None,
     };
 
-    // 3. Plan: build and list (unless archived), select, split into shards.
-    let list = match archived {
-        Some(list) => Arc::new(list),
-        None => Arc::new(workspace.discover(&options.cargo)?),
-    };
-    let plan = TestPlan::new(list, &options.filter, options.sharding, &timings);
-
-    // 4. Run, with the reaper and the sweep in place first. A shard with
-    //    nothing to run needs neither an environment nor a reaper.
+    // 3. The reaper and the sweep of abandoned runs, before this run starts
+    //    anything of its own.
     let run_id = uuid::Uuid::new_v4().to_string();
-    let mut input = run_input(&plan, options, &run_id);
-    input.options.shard_test_threads = shard_test_threads;
-    let result = if plan.to_run_here() == 0 {
-        runtime.block_on(run::run(input, &mut Quiet))
-    } else {
-        run_guarded(&runtime, input, &plan, options, connected, &workspace)?
+    let reaper = start_reaper(options, connected.as_ref(), &workspace, &run_id)?;
+    if let Some(c) = &connected {
+        runtime.block_on(teardown::sweep_at_start(c.cleanup.as_ref(), &run_id))?;
+    }
+
+    // 4. Plan (build, list, select, split) on a thread of its own while
+    //    the run starts: the shards' environments are provisioned during the
+    //    build, so the first test waits for the longer of the two, not both.
+    let control = BuildControl::default();
+    let (plan_tx, plan_rx) = tokio::sync::oneshot::channel();
+    // Handlers first: from here on Ctrl-C and SIGTERM stop the run (and the
+    // build, whose process group they no longer reach) instead of killing it.
+    let signals = runtime.block_on(async { Signals::new() });
+    let planning = {
+        let (options, control) = (options.clone(), control.clone());
+        let env_note = connected
+            .as_ref()
+            .map(|c| format!(", {} environments from {}", c.kind, c.config_path))
+            .unwrap_or_default();
+        let run_id = run_id.clone();
+        runtime.spawn_blocking(move || {
+            let list = match archived {
+                Some(list) => list,
+                None => workspace.discover_with(&options.cargo, &control)?,
+            };
+            let plan = TestPlan::new(Arc::new(list), &options.filter, options.sharding, &timings);
+            let headline = headline(&plan, &options, &env_note, &run_id);
+            let _ = plan_tx.send(Some(plan.planned_tests(headline)));
+            Ok::<_, EphemError>(plan)
+        })
     };
 
-    // 5. Report.
+    // 5. Run: environments first, tests once planned, teardown as shards end.
+    let mut input = run_input(options, &run_id, shard_test_threads, plan_rx, control);
+    input.environments = connected.map(|c| RunEnvironments {
+        backend: c.backend,
+        cleanup: c.cleanup,
+        events: c.events,
+    });
+    let mut display = Display::new(
+        DisplayMode::detect(),
+        &options.sharding.shards_here(),
+        options.sharding.count(),
+        options.slow_timeout,
+    );
+    if input.environments.is_some() {
+        display = display.with_environments();
+        let shards = input.shards.len();
+        display.line(&format!(
+            "  Starting the environments of {shards} shard{} while the tests build, run {run_id}",
+            if shards == 1 { "" } else { "s" }
+        ));
+    }
+    let result = runtime.block_on(run::run_with_signals(input, &mut display, signals));
+    display.finish();
+    reaper.finish(if result.internal_error.is_some() {
+        RunEnd::Reap
+    } else if !result.kept.is_empty() {
+        RunEnd::Kept
+    } else {
+        RunEnd::Done
+    });
+    let plan = match runtime.block_on(planning) {
+        Ok(plan) => plan?,
+        Err(e) => {
+            return Err(EphemError::Internal(format!(
+                "the build and listing task failed: {e}"
+            )))
+        }
+    };
+
+    // 6. Report.
     report(&plan, options, &result, &run_id)
 }
 
@@ -82,55 +141,37 @@ fn read_timings(paths: &[Utf8PathBuf]) -> Result<Timings> {
     }
 }
 
-/// Starts the reaper, sweeps abandoned runs, runs `input` with the live
-/// display, and tells the reaper how the run ended.
-fn run_guarded(
-    runtime: &tokio::runtime::Runtime,
-    mut input: RunInput,
-    plan: &TestPlan,
+/// The reaper of this run: it removes the run's environments and kills its
+/// tests should the runner die.
+fn start_reaper(
     options: &TestOptions,
-    connected: Option<Connected>,
+    connected: Option<&Connected>,
     workspace: &Workspace,
-) -> Result<RunResult> {
-    let run_id = input.options.run_id.clone();
-    // The reaper starts before any test or environment does; the sweep of
-    // abandoned runs happens before this run adds its own resources.
-    let reaper = Reaper::spawn(
+    run_id: &str,
+) -> Result<Reaper> {
+    Reaper::spawn(
         &options.reaper,
-        &run_id,
-        connected.as_ref().map(|c| c.kind),
-        connected.as_ref().map(|c| c.config_path.as_path()),
-        &teardown::reaper::log_path(&workspace.target_dir, &run_id),
+        run_id,
+        connected.map(|c| c.kind),
+        connected.map(|c| c.config_path.as_path()),
+        &teardown::reaper::log_path(&workspace.target_dir, run_id),
     )
-    .map_err(|e| EphemError::Internal(format!("cannot start the reaper process: {e}")))?;
-    if let Some(c) = &connected {
-        runtime.block_on(teardown::sweep_at_start(c.cleanup.as_ref(), &run_id))?;
-    }
-    let mut display = start_display(plan, options, connected.as_ref(), &run_id);
-    input.environments = connected.map(|c| RunEnvironments {
-        backend: c.backend,
-        cleanup: c.cleanup,
-        events: c.events,
-    });
-    let result = runtime.block_on(run::run(input, &mut display));
-    display.finish();
-    reaper.finish(if result.internal_error.is_some() {
-        RunEnd::Reap
-    } else if !result.kept.is_empty() {
-        RunEnd::Kept
-    } else {
-        RunEnd::Done
-    });
-    Ok(result)
+    .map_err(|e| EphemError::Internal(format!("cannot start the reaper process: {e}")))
 }
 
-/// What the dispatcher runs: the plan's shards with the options' knobs, no
-/// environments yet.
-fn run_input(plan: &TestPlan, options: &TestOptions, run_id: &str) -> RunInput {
+/// What the dispatcher runs: this invocation's shards with the options'
+/// knobs; the tests come through `plan_rx` once built; no environments yet.
+fn run_input(
+    options: &TestOptions,
+    run_id: &str,
+    shard_test_threads: Option<usize>,
+    plan_rx: tokio::sync::oneshot::Receiver<Option<PlannedTests>>,
+    control: BuildControl,
+) -> RunInput {
     RunInput {
-        list: plan.list.clone(),
-        selection: plan.selection.clone(),
-        shards: plan.shards.clone(),
+        shards: options.sharding.shards_here(),
+        tests: TestsSource::Coming(plan_rx),
+        build: Some(control),
         options: RunOptions {
             run_id: run_id.to_owned(),
             test_threads: test_threads(options),
@@ -139,9 +180,9 @@ fn run_input(plan: &TestPlan, options: &TestOptions, run_id: &str) -> RunInput {
             grace: Duration::from_secs(10),
             slow_after: options.slow_timeout,
             fail_fast: options.fail_fast,
-            shard_count: plan.shard_count,
+            shard_count: options.sharding.count(),
             keep_env: options.keep_env,
-            shard_test_threads: None,
+            shard_test_threads,
             panic_at: PanicPoint::from_env(),
         },
         environments: None,
@@ -157,38 +198,17 @@ fn test_threads(options: &TestOptions) -> usize {
     })
 }
 
-/// The live display, and the line that says what starts.
-fn start_display(
-    plan: &TestPlan,
-    options: &TestOptions,
-    connected: Option<&Connected>,
-    run_id: &str,
-) -> Display {
-    let per_shard: Vec<(u32, usize)> = plan.shards.iter().map(|(m, t)| (*m, t.len())).collect();
-    let mut display = Display::new(
-        DisplayMode::detect(),
-        plan.list.clone(),
-        &per_shard,
-        plan.shard_count,
-        options.slow_timeout,
-    );
-    if connected.is_some() {
-        display = display.with_environments();
-    }
-    let env_note = match connected {
-        Some(c) => format!(", {} environments from {}", c.kind, c.config_path),
-        None => String::new(),
-    };
+/// The line that says what starts, once the plan is known.
+fn headline(plan: &TestPlan, options: &TestOptions, env_note: &str, run_id: &str) -> String {
     let here = plan.shards.len();
-    display.line(&format!(
+    format!(
         "  Starting {} tests in {here} shard{} of {} ({} partition), {} at once{env_note}, run {run_id}",
         plan.to_run_here(),
         if here == 1 { "" } else { "s" },
         plan.shard_count,
         plan.kind,
         test_threads(options),
-    ));
-    display
+    )
 }
 
 /// The end of a run: summary, errors, kept environments, JUnit, exit code.
@@ -350,18 +370,6 @@ fn exit_code(result: &RunResult) -> i32 {
         return exit_codes::TESTS_FAILED;
     }
     exit_codes::OK
-}
-
-/// Runs without showing anything: for shards with nothing to run.
-struct Quiet;
-
-impl run::RunEvents for Quiet {
-    fn env_event(&mut self, _: &ephem_fixtures::EnvEvent) {}
-    fn shard_ready(&mut self, _: u32, _: bool) {}
-    fn retrying(&mut self, _: usize, _: u32, _: &run::Attempt) {}
-    fn finished(&mut self, _: &run::TestOutcome) {}
-    fn tick(&mut self, _: &[run::RunningTest]) {}
-    fn interrupted(&mut self, _: i32, _: bool) {}
 }
 
 /// Runs `cargo ephem list`; returns the exit code.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::options::Sharding;
 use crate::partition::{PartitionItem, PartitionKind, ShardPlan, Timings};
+use crate::run::PlannedTests;
 use crate::test_list::{Selection, TestFilter, TestIdx, TestList};
 
 /// The tests of a run, split into shards.
@@ -76,6 +77,16 @@ impl TestPlan {
             .flat_map(|(_, tests)| tests)
             .filter(|&&t| self.selection[t] == Selection::Run)
             .count()
+    }
+
+    /// What the dispatcher needs of the plan, with the line announcing it.
+    pub fn planned_tests(&self, headline: String) -> PlannedTests {
+        PlannedTests {
+            list: self.list.clone(),
+            selection: Arc::new(self.selection.clone()),
+            shards: self.shards.clone(),
+            headline,
+        }
     }
 
     /// The shards run here, 1-based.

@@ -114,7 +114,10 @@ fn script(
         cmd.env("PATH", std::env::var("PATH").unwrap())
             .env("RUSTUP_HOME", var("RUSTUP_HOME", format!("{home}/.rustup")))
             .env("CARGO_HOME", var("CARGO_HOME", format!("{home}/.cargo")))
-            .env("CARGO_TARGET_DIR", dir.parent().unwrap().join("build-target"));
+            .env(
+                "CARGO_TARGET_DIR",
+                dir.parent().unwrap().join("build-target"),
+            );
     } else {
         cmd.env("PATH", "/usr/bin:/bin");
     }

@@ -75,3 +75,85 @@ fn shards_test_threads_runs_a_shards_tests_one_at_a_time() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("3 tests run: 3 passed"));
 }
+
+/// A crate whose build takes `secs` (its build script sleeps), with one
+/// test, and the busybox environment of the basic fixture.
+fn slow_building_crate(dir: &Path, secs: u32) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"slowbuild\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("build.rs"),
+        format!("fn main() {{ std::thread::sleep(std::time::Duration::from_secs({secs})); }}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        "#[test]\nfn reaches_the_service() {\n    assert!(std::env::var(\"WEB_URL\").unwrap().starts_with(\"http://\"));\n}\n",
+    )
+    .unwrap();
+    std::fs::copy(config("env-busybox.toml"), dir.join("ephem.toml")).unwrap();
+    dir.join("Cargo.toml")
+}
+
+/// The environments are provisioned while cargo builds: the shard is ready
+/// before the build has finished.
+#[test]
+fn environments_are_ready_before_a_slow_build_ends() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = slow_building_crate(dir.path(), 8);
+    let out = run(ephem().arg("test").arg("--manifest-path").arg(&manifest));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _cleanup = Cleanup(run_id_of(&stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let ready = stderr.find("READY").expect("a READY line");
+    let built = stderr
+        .find("Finished `test` profile")
+        .expect("cargo's Finished line");
+    assert!(
+        ready < built,
+        "the environment waited for the build:\n{stderr}"
+    );
+    assert_nothing_left(&run_id_of(&stderr).unwrap());
+}
+
+/// SIGTERM while cargo builds and environments start: the runner stops the
+/// cargo it started, removes the environments and exits 143 at once.
+#[test]
+fn sigterm_during_the_build_stops_cargo_and_leaves_nothing() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = slow_building_crate(dir.path(), 120);
+    let mut runner = Background::spawn(
+        ephem()
+            .arg("test")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", dir.path().join("target")),
+    );
+    let run_id = runner.run_id(60);
+    let _cleanup = Cleanup(Some(run_id.clone()));
+    // Wait until the environment is ready (the build script sleeps on).
+    assert!(runner.wait_for_line(120, "READY"), "{}", runner.stderr);
+    let target = dir.path().join("target");
+    let build_scripts = || processes_containing(&[target.to_str().unwrap(), "build-script-build"]);
+    assert!(!build_scripts().is_empty(), "the build is not running");
+    let sent = std::time::Instant::now();
+    runner.signal(libc::SIGTERM);
+    assert_eq!(runner.wait(30), Some(143), "{}", runner.stderr);
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(
+        wait_for(10, || build_scripts().is_empty()),
+        "cargo's build went on"
+    );
+    assert_nothing_left(&run_id);
+    assert!(runner.stderr.contains("interrupted"), "{}", runner.stderr);
+}

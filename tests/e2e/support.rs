@@ -336,6 +336,14 @@ impl Background {
         }
     }
 
+    /// Waits at most `secs` for a line of stderr containing `needle`.
+    pub fn wait_for_line(&mut self, secs: u64, needle: &str) -> bool {
+        wait_for(secs, || {
+            self.drain();
+            self.stderr.contains(needle)
+        })
+    }
+
     /// Waits for the run id line.
     pub fn run_id(&mut self, secs: u64) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

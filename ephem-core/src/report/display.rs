@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ephem_fixtures::EnvEvent;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::run::{Attempt, RunEvents, RunningTest, TestOutcome, Verdict};
-use crate::test_list::{TestIdx, TestList};
+use crate::run::{Attempt, PlannedTests, RunEvents, RunningTest, TestOutcome, Verdict};
+use crate::test_list::{Selection, TestIdx, TestList};
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,25 +62,23 @@ pub struct Display {
     /// Shards whose environment is ready (or who need none).
     ready: HashSet<u32>,
     started: Instant,
+    /// The tests are known and the bars drawn (in a terminal).
+    planned: bool,
 }
 
 impl Display {
-    /// A display for a run of these shards; `shards` gives each shard's test count.
+    /// A display for a run of these shards (1-based numbers) of a plan of
+    /// `shard_count`. Until the tests are known ([`RunEvents::planned`]) it
+    /// only prints lines, so that cargo's build output is not drawn over.
     pub fn new(
         mode: DisplayMode,
-        list: Arc<TestList>,
-        shards: &[(u32, usize)],
+        shards: &[u32],
         shard_count: u32,
         slow_after: Duration,
     ) -> Display {
-        let target = match mode {
-            DisplayMode::Live => ProgressDrawTarget::stderr_with_hz(8),
-            DisplayMode::Plain => ProgressDrawTarget::hidden(),
-        };
-        let multi = MultiProgress::with_draw_target(target);
-        let total: usize = shards.iter().map(|s| s.1).sum();
+        // Hidden until planned: the bars are drawn once the build is over.
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
         let mut shard_bars = HashMap::new();
-        let mut counts = HashMap::new();
         // One line per shard only when there is more than one.
         if shards.len() > 1 || shard_count > 1 {
             let style = ProgressStyle::with_template(
@@ -88,24 +86,19 @@ impl Display {
             )
             .expect("valid template")
             .progress_chars("=> ");
-            for &(shard, n) in shards {
-                let bar = multi.add(ProgressBar::new(n as u64));
+            for &shard in shards {
+                let bar = multi.add(ProgressBar::new(0));
                 bar.set_style(style.clone());
                 bar.set_prefix(format!("shard {shard}/{shard_count}"));
                 bar.set_message("starting environment");
                 shard_bars.insert(shard, bar);
             }
         }
-        for &(shard, n) in shards {
-            counts.insert(
-                shard,
-                ShardCounts {
-                    total: n,
-                    ..Default::default()
-                },
-            );
-        }
-        let overall = multi.add(ProgressBar::new(total as u64));
+        let counts = shards
+            .iter()
+            .map(|&shard| (shard, ShardCounts::default()))
+            .collect();
+        let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
             ProgressStyle::with_template(
                 "{prefix:>11} {bar:25.green/white} {pos:>5}/{len:<5} [{elapsed_precise}] {msg}",
@@ -114,13 +107,9 @@ impl Display {
             .progress_chars("=> "),
         );
         overall.set_prefix("all");
-        if mode == DisplayMode::Live {
-            // Keeps the elapsed time moving while environments start.
-            overall.enable_steady_tick(Duration::from_millis(500));
-        }
         Display {
             mode,
-            list,
+            list: Arc::new(TestList::default()),
             shard_count,
             multi,
             overall,
@@ -136,6 +125,7 @@ impl Display {
             with_env: false,
             ready: HashSet::new(),
             started: Instant::now(),
+            planned: false,
         }
     }
 
@@ -145,16 +135,13 @@ impl Display {
         self
     }
 
-    /// Prints a line above the bars (or plainly).
+    /// Prints a line above the bars (or plainly, before they are drawn).
     pub fn line(&self, text: &str) {
-        match self.mode {
-            DisplayMode::Live => {
-                let _ = self.multi.println(text);
-            }
-            DisplayMode::Plain => {
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{text}");
-            }
+        if self.mode == DisplayMode::Live && self.planned {
+            let _ = self.multi.println(text);
+        } else {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
         }
     }
 
@@ -195,6 +182,33 @@ pub fn fmt_duration(d: Duration) -> String {
 }
 
 impl RunEvents for Display {
+    fn planned(&mut self, tests: &PlannedTests) {
+        self.list = tests.list.clone();
+        let mut total = 0;
+        for (shard, shard_tests) in &tests.shards {
+            let n = shard_tests
+                .iter()
+                .filter(|&&t| tests.selection[t] != Selection::FilteredOut)
+                .count();
+            total += n;
+            if let Some(c) = self.counts.get_mut(shard) {
+                c.total = n;
+            }
+            if let Some(bar) = self.shard_bars.get(shard) {
+                bar.set_length(n as u64);
+            }
+        }
+        self.overall.set_length(total as u64);
+        self.line(&tests.headline);
+        if self.mode == DisplayMode::Live {
+            self.multi
+                .set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+            // Keeps the elapsed time moving while environments start.
+            self.overall.enable_steady_tick(Duration::from_millis(500));
+        }
+        self.planned = true;
+    }
+
     fn env_event(&mut self, event: &EnvEvent) {
         match event {
             EnvEvent::PullProgress {
@@ -202,7 +216,8 @@ impl RunEvents for Display {
                 current,
                 total,
             } => {
-                if self.mode == DisplayMode::Plain {
+                // Plain lines, or while cargo still builds: one line per pull.
+                if self.mode == DisplayMode::Plain || !self.planned {
                     if !self.pull_bars.contains_key(image) {
                         self.line(&format!("   PULLING {image}"));
                         self.pull_bars.insert(image.clone(), ProgressBar::hidden());
@@ -327,6 +342,9 @@ impl RunEvents for Display {
     }
 
     fn tick(&mut self, running: &[RunningTest]) {
+        if !self.planned {
+            return;
+        }
         for r in running {
             if r.elapsed >= self.slow_after && self.slow_reported.insert(r.test) {
                 let label = self.test_label(r.test, r.shard);

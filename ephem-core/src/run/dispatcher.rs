@@ -9,27 +9,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ephem_fixtures::{Backend, Cleanup, EnvError, EnvEvent, Environment, RunContext, ShardContext};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use super::executor::{run_attempt, Attempt, AttemptSpec, AttemptStatus, StopLevel};
 use super::tasks::{Ended, Msg, Task, Tasks};
 use super::{
-    PanicPoint, RunEnvironments, RunEvents, RunOptions, RunResult, RunningTest, ShardTimeline,
-    Span, TestOutcome, Verdict,
+    PanicPoint, PlannedTests, RunEnvironments, RunEvents, RunOptions, RunResult, RunningTest,
+    ShardTimeline, Span, TestOutcome, Verdict,
 };
+use crate::discover::BuildControl;
 use crate::mask::Masker;
 use crate::signals::Signals;
 use crate::test_list::{Selection, TestIdx, TestList};
 
-/// What to run: the tests of each shard run here, and the shared context.
+/// What to run: the shards run here, their tests (known now or once the
+/// build ends), and the shared context.
 pub struct RunInput {
-    /// The full test list.
-    pub list: Arc<TestList>,
-    /// What the filters decided for each test of `list`.
-    pub selection: Vec<Selection>,
-    /// `(shard number, tests)` for each shard run here; tests are run or skipped per `selection`.
-    pub shards: Vec<(u32, Vec<TestIdx>)>,
+    /// The shards run here, 1-based: known before the build, so their
+    /// environments can start while cargo still compiles.
+    pub shards: Vec<u32>,
+    /// The tests of those shards.
+    pub tests: TestsSource,
+    /// The build still running, to stop on a signal before the plan arrives.
+    pub build: Option<BuildControl>,
     /// Knobs.
     pub options: RunOptions,
     /// The environments, if shards need them.
@@ -37,6 +40,15 @@ pub struct RunInput {
     /// How long environments outlive their last sign of life: the expiry on
     /// their labels, pushed forward every third of it while the run is alive.
     pub env_ttl: Duration,
+}
+
+/// Where the dispatcher gets the shards' tests from.
+pub enum TestsSource {
+    /// Known already.
+    Known(PlannedTests),
+    /// Sent once the build and the listing end; `None` when they failed
+    /// (the run then only tears down what it started).
+    Coming(oneshot::Receiver<Option<PlannedTests>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +115,14 @@ struct Running {
 }
 
 struct Dispatcher<'a> {
+    /// Empty until the plan arrives.
     list: Arc<TestList>,
+    /// Where the plan comes from, until it came.
+    plan_rx: Option<oneshot::Receiver<Option<PlannedTests>>>,
+    /// The plan arrived (or the build failed): shards know their tests.
+    planned: bool,
+    /// The build, while the plan has not arrived.
+    build: Option<BuildControl>,
     opts: RunOptions,
     backend: Option<Arc<dyn Backend>>,
     cleanup: Option<Arc<dyn Cleanup>>,
@@ -136,12 +155,21 @@ struct Dispatcher<'a> {
 /// a task that panics stops the run with [`RunResult::internal_error`] set,
 /// environments still torn down.
 pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
+    run_with_signals(input, events, Signals::new()).await
+}
+
+/// [`run`] with signal handlers installed by the caller earlier (before it
+/// started a build the dispatcher must be able to stop).
+pub(crate) async fn run_with_signals(
+    input: RunInput,
+    events: &mut dyn RunEvents,
+    mut signals: Signals,
+) -> RunResult {
     let started_at = SystemTime::now();
     let start = Instant::now();
     let env_ttl = input.env_ttl;
     let (mut d, mut env_events) = Dispatcher::new(input, events);
 
-    let mut signals = Signals::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let renew_every = (env_ttl / 3).max(Duration::from_secs(1));
@@ -154,6 +182,7 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
             break;
         }
         tokio::select! {
+            plan = recv_plan(&mut d.plan_rx), if d.plan_rx.is_some() => d.plan_arrived(plan),
             ended = d.tasks.next() => d.task_ended(ended),
             Some(ev) = recv_opt(&mut env_events) => d.env_event(ev),
             sig = signals.recv() => d.on_signal(sig),
@@ -201,6 +230,17 @@ pub async fn run(input: RunInput, events: &mut dyn RunEvents) -> RunResult {
     }
 }
 
+/// The plan once it comes; `None` when the build failed (or its task died
+/// and dropped the sender).
+async fn recv_plan(
+    rx: &mut Option<oneshot::Receiver<Option<PlannedTests>>>,
+) -> Option<PlannedTests> {
+    match rx {
+        Some(rx) => rx.await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -216,9 +256,9 @@ impl<'a> Dispatcher<'a> {
         events: &'a mut dyn RunEvents,
     ) -> (Self, Option<mpsc::UnboundedReceiver<EnvEvent>>) {
         let RunInput {
-            list,
-            selection,
             shards,
+            tests,
+            build,
             options,
             environments,
             env_ttl,
@@ -234,7 +274,10 @@ impl<'a> Dispatcher<'a> {
             None => (None, None, None),
         };
         let mut d = Dispatcher {
-            list,
+            list: Arc::new(TestList::default()),
+            plan_rx: None,
+            planned: false,
+            build,
             run_ctx,
             backend,
             cleanup,
@@ -259,43 +302,27 @@ impl<'a> Dispatcher<'a> {
             events,
             opts: options,
         };
-        d.init_shards(shards, &selection);
+        d.init_shards(&shards);
+        match tests {
+            TestsSource::Known(tests) => d.plan_arrived(Some(tests)),
+            TestsSource::Coming(rx) => d.plan_rx = Some(rx),
+        }
+        d.start_preparation();
         (d, env_events)
     }
 
-    fn init_shards(&mut self, shards: Vec<(u32, Vec<TestIdx>)>, selection: &[Selection]) {
+    /// Every shard, its tests still unknown: waiting for its environment
+    /// (or ready at once without a backend).
+    fn init_shards(&mut self, shards: &[u32]) {
         let phase = if self.backend.is_some() {
             EnvPhase::AwaitPrepare
         } else {
             EnvPhase::Ready
         };
-        for (number, tests) in shards {
-            let mut queue = VecDeque::new();
-            for test in tests {
-                match selection[test] {
-                    Selection::Run => queue.push_back(Pending {
-                        test,
-                        attempt_no: 1,
-                    }),
-                    Selection::SkipIgnored => self.outcomes.push(TestOutcome {
-                        test,
-                        shard: number,
-                        attempts: Vec::new(),
-                        verdict: Verdict::Skipped("ignored".to_owned()),
-                        diagnosis: None,
-                    }),
-                    Selection::FilteredOut => {}
-                }
-            }
-            // A shard with nothing to run needs no environment.
-            let phase = if queue.is_empty() {
-                EnvPhase::Released
-            } else {
-                phase
-            };
+        for &number in shards {
             self.shards.push(ShardState {
                 number,
-                queue,
+                queue: VecDeque::new(),
                 phase,
                 vars: Arc::new(Vec::new()),
                 masker: Masker::default(),
@@ -310,6 +337,10 @@ impl<'a> Dispatcher<'a> {
                 phase_started: None,
             });
         }
+    }
+
+    /// The run-wide preparation, if a shard still waits for an environment.
+    fn start_preparation(&mut self) {
         let needs_env = self
             .shards
             .iter()
@@ -322,14 +353,66 @@ impl<'a> Dispatcher<'a> {
             }));
         }
         for s in &self.shards {
-            if s.phase != EnvPhase::AwaitPrepare {
+            if s.phase == EnvPhase::Ready {
                 self.events.shard_ready(s.number, false);
             }
         }
     }
 
+    /// The tests are known: queue them (ignored ones reported as skipped);
+    /// a shard with nothing to run needs no environment, and one already
+    /// provisioned is torn down as soon as `schedule` sees it drained.
+    /// `None`: the build or the listing failed, so the run only stops.
+    fn plan_arrived(&mut self, tests: Option<PlannedTests>) {
+        self.planned = true;
+        self.plan_rx = None;
+        self.build = None;
+        let Some(tests) = tests else {
+            self.stop("not run: the build failed");
+            return;
+        };
+        self.list = tests.list.clone();
+        for (number, shard_tests) in &tests.shards {
+            let Some(idx) = self.shards.iter().position(|s| s.number == *number) else {
+                continue;
+            };
+            for &test in shard_tests {
+                match tests.selection[test] {
+                    Selection::Run => self.shards[idx].queue.push_back(Pending {
+                        test,
+                        attempt_no: 1,
+                    }),
+                    Selection::SkipIgnored => self.outcomes.push(TestOutcome {
+                        test,
+                        shard: *number,
+                        attempts: Vec::new(),
+                        verdict: Verdict::Skipped("ignored".to_owned()),
+                        diagnosis: None,
+                    }),
+                    Selection::FilteredOut => {}
+                }
+            }
+        }
+        self.events.planned(&tests);
+        for s in &mut self.shards {
+            if s.queue.is_empty() && s.phase == EnvPhase::AwaitPrepare {
+                s.phase = EnvPhase::Released;
+            }
+        }
+        if self
+            .shards
+            .iter()
+            .all(|s| s.phase != EnvPhase::AwaitPrepare)
+        {
+            if let Some(task) = self.prepare_task.take() {
+                task.abort();
+            }
+        }
+    }
+
     fn is_done(&self) -> bool {
-        self.prepare_task.is_none()
+        self.planned
+            && self.prepare_task.is_none()
             && self.running.is_empty()
             && self.teardowns_pending == 0
             && self.shards.iter().all(|s| {
@@ -349,6 +432,10 @@ impl<'a> Dispatcher<'a> {
             };
             let pending = self.shards[idx].queue.pop_front().expect("shard has work");
             self.start_attempt(idx, pending);
+        }
+        if !self.planned {
+            // Queues are empty because the tests are not known yet.
+            return;
         }
         for idx in 0..self.shards.len() {
             let s = &self.shards[idx];
@@ -729,6 +816,10 @@ impl<'a> Dispatcher<'a> {
     }
 
     fn on_signal(&mut self, signal: i32) {
+        // Still building: cargo (ours, and only ours) stops too.
+        if let Some(build) = &self.build {
+            build.stop(signal);
+        }
         let second = self.interrupted.is_some();
         self.interrupted.get_or_insert(signal);
         self.events.interrupted(signal, second);
@@ -839,6 +930,7 @@ mod tests {
     /// tests are about the dispatcher's bookkeeping, whatever the backend.
     #[derive(Default)]
     struct CountingBackend {
+        provisions: AtomicUsize,
         teardowns: AtomicUsize,
         panic_in_provision: bool,
         panic_in_teardown: bool,
@@ -857,6 +949,7 @@ mod tests {
         }
         async fn provision(&self, _: &ShardContext) -> Result<Environment, EnvError> {
             assert!(!self.panic_in_provision, "provision panics on purpose");
+            self.provisions.fetch_add(1, Ordering::SeqCst);
             Ok(Environment::default())
         }
         async fn teardown(&self, _: &ShardContext) -> Result<(), EnvError> {
@@ -925,11 +1018,16 @@ mod tests {
         );
         let (_tx, events) = mpsc::unbounded_channel();
         RunInput {
-            list: Arc::new(list),
-            selection: vec![Selection::Run, Selection::Run],
-            shards: (1..=shards)
-                .map(|m| (m, vec![(m as usize - 1) % 2]))
-                .collect(),
+            shards: (1..=shards).collect(),
+            tests: TestsSource::Known(PlannedTests {
+                list: Arc::new(list),
+                selection: Arc::new(vec![Selection::Run, Selection::Run]),
+                shards: (1..=shards)
+                    .map(|m| (m, vec![(m as usize - 1) % 2]))
+                    .collect(),
+                headline: String::new(),
+            }),
+            build: None,
             options: RunOptions {
                 run_id: "unit".into(),
                 test_threads: 2,
@@ -1028,7 +1126,9 @@ mod tests {
         let backend = Arc::new(CountingBackend::default());
         let mut silent = Silent;
         let mut inp = input(backend, 1);
-        inp.shards = vec![(1, vec![0, 1])];
+        if let TestsSource::Known(tests) = &mut inp.tests {
+            tests.shards = vec![(1, vec![0, 1])];
+        }
         inp.options.test_threads = 8;
         let (d, _) = Dispatcher::new(inp, &mut silent);
         assert_eq!(d.per_shard_limit(), 8);
@@ -1061,5 +1161,64 @@ mod tests {
             assert!(provision.end <= teardown.start, "{t:?}");
             assert!(teardown.start <= teardown.end, "{t:?}");
         }
+    }
+
+    /// Two shards whose tests come later through the returned sender.
+    fn input_coming(
+        backend: Arc<CountingBackend>,
+    ) -> (RunInput, oneshot::Sender<Option<PlannedTests>>) {
+        let mut inp = input(backend, 2);
+        let (tx, rx) = oneshot::channel();
+        inp.tests = TestsSource::Coming(rx);
+        (inp, tx)
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if what() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting");
+    }
+
+    #[tokio::test]
+    async fn environments_start_during_the_build_and_an_empty_shard_goes_at_once() {
+        let backend = Arc::new(CountingBackend::default());
+        let (inp, tx) = input_coming(backend.clone());
+        let plan = match input(backend.clone(), 2).tests {
+            TestsSource::Known(mut tests) => {
+                // Shard 2 turns out to have nothing to run.
+                tests.shards = vec![(1, vec![0, 1]), (2, vec![])];
+                tests
+            }
+            TestsSource::Coming(_) => unreachable!(),
+        };
+        let b = backend.clone();
+        let mut silent = Silent;
+        let (result, ()) = tokio::join!(run(inp, &mut silent), async move {
+            // Both shards are provisioned before the plan exists.
+            until(|| b.provisions.load(Ordering::SeqCst) == 2).await;
+            tx.send(Some(plan)).unwrap();
+        });
+        assert_eq!(backend.teardowns.load(Ordering::SeqCst), 2);
+        assert_eq!(result.outcomes.len(), 2);
+        assert!(result.outcomes.iter().all(|o| o.shard == 1));
+        assert!(result.timelines.iter().all(|t| t.teardown.is_some()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_tears_down_the_environments_it_started() {
+        let backend = Arc::new(CountingBackend::default());
+        let (inp, tx) = input_coming(backend.clone());
+        let b = backend.clone();
+        let mut silent = Silent;
+        let (result, ()) = tokio::join!(run(inp, &mut silent), async move {
+            until(|| b.provisions.load(Ordering::SeqCst) == 2).await;
+            tx.send(None).unwrap();
+        });
+        assert!(result.outcomes.is_empty());
+        assert_eq!(backend.teardowns.load(Ordering::SeqCst), 2);
     }
 }

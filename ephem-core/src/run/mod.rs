@@ -12,10 +12,25 @@ use std::sync::Arc;
 use ephem_fixtures::{Backend, Cleanup, EnvError, EnvEvent, Environment};
 use tokio::sync::mpsc;
 
-pub use dispatcher::{run, RunInput};
+pub(crate) use dispatcher::run_with_signals;
+pub use dispatcher::{run, RunInput, TestsSource};
 pub use executor::{Attempt, AttemptStatus};
 
-use crate::test_list::TestIdx;
+use crate::test_list::{Selection, TestIdx, TestList};
+
+/// The tests of the shards run here, once built, listed and split.
+#[derive(Clone, Debug)]
+pub struct PlannedTests {
+    /// Every listed test.
+    pub list: Arc<TestList>,
+    /// What the filters decided for each test of `list`.
+    pub selection: Arc<Vec<Selection>>,
+    /// `(shard number, tests)` for each shard run here; tests are run or
+    /// skipped per `selection`.
+    pub shards: Vec<(u32, Vec<TestIdx>)>,
+    /// The line announcing what runs, shown once the plan is known.
+    pub headline: String,
+}
 
 /// Knobs of one run.
 #[derive(Clone, Debug)]
@@ -192,6 +207,11 @@ pub struct RunningTest {
 
 /// What the dispatcher tells the display as the run goes.
 pub trait RunEvents: Send {
+    /// The tests are known (the build ended); environments may have been
+    /// starting for a while.
+    fn planned(&mut self, tests: &PlannedTests) {
+        let _ = tests;
+    }
     /// The environment backend reported progress (pulls, service deaths).
     fn env_event(&mut self, event: &EnvEvent);
     /// A shard can run tests: its environment is ready (`with_env`), or it
