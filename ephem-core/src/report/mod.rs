@@ -3,4 +3,5 @@
 
 pub mod display;
 pub mod junit;
+pub mod record;
 pub mod summary;
