@@ -2,6 +2,7 @@
 //! JUnit reports.
 
 pub mod display;
+pub mod html;
 pub mod junit;
 pub mod record;
 pub mod summary;
