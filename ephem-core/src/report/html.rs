@@ -36,6 +36,8 @@ const LANE_H: f64 = 12.0;
 const LANE_GAP: f64 = 2.0;
 /// Space between two shards (px).
 const SHARD_GAP: f64 = 12.0;
+/// Narrowest bar of a test attempt that did not pass (px).
+const MIN_PROBLEM_W: f64 = 3.0;
 /// Lanes per shard at most; tests beyond overlap in the last ones.
 const MAX_LANES: usize = 32;
 /// Slowest tests listed.
@@ -412,10 +414,12 @@ fn timeline(out: &mut String, number: usize, g: &Group) {
         );
         env_lane(&mut rows, &axis, r, s, y);
         let mut lane_y = y + ENV_H + LANE_GAP;
+        let mut top = String::new();
         for lane in &lanes {
-            draw_lane(&mut rows, &axis, lane, lane_y);
+            draw_lane(&mut rows, &mut top, &axis, lane, lane_y);
             lane_y += LANE_H + LANE_GAP;
         }
+        rows.push_str(&top);
         rows.push_str("</g>");
         y += height + SHARD_GAP;
         let _ = write!(
@@ -606,33 +610,47 @@ fn lanes<'a>(axis: &Axis, s: &'a ShardRecord) -> Vec<Vec<Bar<'a>>> {
 }
 
 /// Draws a lane's bars, merging runs of same-coloured bars narrower than a
-/// pixel into one.
-fn draw_lane(out: &mut String, axis: &Axis, bars: &[Bar<'_>], y: f64) {
+/// pixel into one. Passing bars go to `base`; the others to `top`, drawn
+/// later so that no passing neighbour covers them.
+fn draw_lane(base: &mut String, top: &mut String, axis: &Axis, bars: &[Bar<'_>], y: f64) {
     let mut run: Vec<&Bar<'_>> = Vec::new();
+    let mut flush = |bars: &[&Bar<'_>]| match bars.first() {
+        Some(first) if first.class == "pass" => draw_bars(base, axis, bars, y),
+        Some(_) => draw_bars(top, axis, bars, y),
+        None => {}
+    };
     for bar in bars {
         let narrow = bar.x1 - bar.x0 < 1.0;
         let joins = run.last().is_some_and(|last| {
             narrow && last.class == bar.class && bar.x0 - last.x1.max(last.x0 + 1.0) < 1.0
         });
         if !joins {
-            flush(out, axis, &run, y);
+            flush(&run);
             run.clear();
         }
         if narrow {
             run.push(bar);
         } else {
-            flush(out, axis, &[bar], y);
+            flush(&[bar]);
         }
     }
-    flush(out, axis, &run, y);
+    flush(&run);
 }
 
-fn flush(out: &mut String, axis: &Axis, bars: &[&Bar<'_>], y: f64) {
+/// One rectangle for `bars` (one bar, or a run of merged ones). A bar that
+/// did not pass is at least [`MIN_PROBLEM_W`] wide, so it can be seen among
+/// thousands of passing ones.
+fn draw_bars(out: &mut String, axis: &Axis, bars: &[&Bar<'_>], y: f64) {
     let (Some(first), Some(last)) = (bars.first(), bars.last()) else {
         return;
     };
+    let min_w = if first.class == "pass" {
+        1.0
+    } else {
+        MIN_PROBLEM_W
+    };
     let x0 = first.x0;
-    let w = (last.x1 - x0).max(1.0);
+    let w = (last.x1 - x0).max(min_w);
     let title = if let [bar] = bars {
         bar_title(axis, bar)
     } else {
@@ -1166,6 +1184,11 @@ mod tests {
         let bars = select(&doc, "g.shard[data-shard=\"1\"] rect");
         assert!(bars.len() < 100, "{} bars for 5000 tests", bars.len());
         assert_eq!(select(&doc, "g.shard[data-shard=\"1\"] rect.fail").len(), 1);
+        // The failure is wide enough to see, and drawn over the passes.
+        let last = bars.last().unwrap().value();
+        assert_eq!(last.attr("class"), Some("fail"));
+        let width: f64 = last.attr("width").unwrap().parse().unwrap();
+        assert!(width >= MIN_PROBLEM_W, "{width}");
         assert!(
             html.contains("test attempts (pass)"),
             "merged bars say how many"
