@@ -16,6 +16,7 @@ use crate::mask::Masker;
 use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
 use crate::partition::Timings;
 use crate::plan::TestPlan;
+use crate::report::command::HTML_IS_A_FOLDER;
 use crate::report::display::{Display, DisplayMode};
 use crate::report::html;
 use crate::report::junit;
@@ -33,10 +34,14 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     let timings = read_timings(&options.timings)?;
     if let Some(path) = &options.junit {
         junit::check_writable(path)?;
-        record::check_writable("--junit", &record_file(path, options.sharding))?;
+        record::check_writable(
+            "--junit's run record",
+            &record_file(path, options.sharding),
+            "remove it or give --junit another name",
+        )?;
     }
     if let Some(path) = &options.html {
-        record::check_writable("--html", path)?;
+        record::check_writable("--html", path, HTML_IS_A_FOLDER)?;
     }
     let workspace = Workspace::load(&options.cargo)?;
     let setup = EnvSetup::load(&workspace.root, &options.env)?;

@@ -7,6 +7,9 @@ use super::html;
 use super::record::{self, group_records, SourcedRecord};
 use crate::error::{exit_codes, EphemError, Result};
 
+/// How to fix an `--html` path that is a folder.
+pub(crate) const HTML_IS_A_FOLDER: &str = "give a file name, e.g. run.html";
+
 /// Runs `cargo ephem report --html FILE RECORD...`; returns the exit code.
 pub fn report(html_path: &Utf8Path, records: &[Utf8PathBuf]) -> Result<i32> {
     if records.is_empty() {
@@ -16,7 +19,7 @@ pub fn report(html_path: &Utf8Path, records: &[Utf8PathBuf]) -> Result<i32> {
                 .to_owned(),
         ));
     }
-    record::check_writable("--html", html_path)?;
+    record::check_writable("--html", html_path, HTML_IS_A_FOLDER)?;
     let sourced = records
         .iter()
         .map(|path| {

@@ -475,19 +475,18 @@ pub(crate) fn write_atomically(path: &Utf8Path, bytes: &[u8], action: &'static s
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Fails now, before the build, if a file given with `flag` could not be
-/// written at `path` later: its folder cannot be made or written, or it is
-/// a folder.
-pub(crate) fn check_writable(flag: &str, path: &Utf8Path) -> Result<()> {
+/// Fails now, before the build, if the file `what` (a flag, or what a flag
+/// implies) could not be written at `path` later: its folder cannot be made
+/// or written, or it is a folder (`if_folder` says how to fix that).
+pub(crate) fn check_writable(what: &str, path: &Utf8Path, if_folder: &str) -> Result<()> {
     if path.is_dir() {
         return Err(EphemError::Usage(format!(
-            "{flag} {path}: is a folder; give a file name, e.g. {}",
-            path.join("report.html")
+            "{what} {path}: is a folder; {if_folder}"
         )));
     }
     let unwritable = |e: std::io::Error| {
         EphemError::Usage(format!(
-            "{flag} {path}: cannot write there ({e}); give a path in a writable folder"
+            "{what} {path}: cannot write there ({e}); give a path in a writable folder"
         ))
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_str().is_empty()) {
