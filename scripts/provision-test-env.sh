@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes a Debian bookworm machine ready for cargo-ephem's test suite:
-#   1. host tools the tests call (xmllint, curl);
+#   1. host tools the tests call (xmllint, curl, chromium);
 #   2. a reachable Docker daemon;
 #   3. a plain-HTTP registry on 127.0.0.1:5000 (also reached as localhost:5000);
 #   4. stand-ins for postgres:15-bookworm, redis:7-bookworm and busybox:1.36,
@@ -106,8 +106,9 @@ need_packages() {
 
 ensure_tools() {
 	# libxml2-utils: xmllint validates the JUnit XML reports against the XSD.
-	need_packages curl libxml2-utils
-	say "tools: curl and xmllint present"
+	# chromium: renders the HTML run report headless (screenshot and DOM).
+	need_packages curl libxml2-utils chromium
+	say "tools: curl, xmllint and chromium present"
 	# check-jsonschema validates the CI recipes (examples/ci) against the
 	# GitHub and GitLab schemas it vendors (no network needed to check).
 	need_pip check-jsonschema check-jsonschema==0.39.0

@@ -28,6 +28,13 @@ Exit codes:
   130  interrupted by Ctrl-C (128 + signal: 143 for SIGTERM, 129 for SIGHUP)
   1    unexpected internal error";
 
+const REPORT_EXIT_CODES: &str = "\
+Exit codes:
+  0    the page was written (whatever the runs' results)
+  2    usage error: no records, an unreadable or invalid record, records of one
+       group that disagree on the plan, an unwritable --html path
+  1    unexpected internal error, or the page could not be written";
+
 /// cargo-ephem: runs a workspace's tests, one process each, split into shards
 /// that each get their own disposable environment.
 #[derive(Debug, Parser)]
@@ -52,6 +59,15 @@ pub enum Command {
     /// Work with JUnit reports.
     #[command(subcommand)]
     Junit(JunitCommand),
+    /// Draw one self-contained HTML page from run records (a CI matrix's).
+    ///
+    /// `cargo ephem test --junit PATH` writes a run record beside the report
+    /// (<stem>.record.json, or <stem>-shard-<M>.record.json for --partition).
+    /// Records of one matrix share a group key (EPHEM_RUN_GROUP, else
+    /// GITHUB_RUN_ID-GITHUB_RUN_ATTEMPT, else CI_PIPELINE_ID) and are drawn
+    /// together on one time axis; other groups get sections of their own.
+    #[command(after_help = REPORT_EXIT_CODES)]
+    Report(ReportArgs),
     /// Start one shard's environment for local development and keep it until
     /// Ctrl-C or `cargo ephem down`.
     #[command(after_help = EXIT_CODES)]
@@ -67,6 +83,16 @@ pub enum Command {
     /// The out-of-process reaper (started by `test` and `up`; not for direct use).
     #[command(name = "__reap", hide = true)]
     Reap(ReapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the page here.
+    #[arg(long, value_name = "FILE")]
+    pub html: Utf8PathBuf,
+    /// Run records (e.g. out/junit-shard-*.record.json).
+    #[arg(required = true, value_name = "RECORD")]
+    pub records: Vec<Utf8PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -467,9 +493,13 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE", help_heading = "Sharding")]
     timings: Vec<Utf8PathBuf>,
 
-    /// Write the merged JUnit report here, and one per shard beside it (<stem>-shard-<M>.xml).
+    /// Write the merged JUnit report here, one per shard beside it (<stem>-shard-<M>.xml), and the run record (<stem>.record.json; <stem>-shard-<M>.record.json with --partition).
     #[arg(long, value_name = "PATH", help_heading = "Reporting")]
     junit: Option<Utf8PathBuf>,
+
+    /// Write a self-contained HTML picture of the run here: totals, a timeline per shard, the slowest tests, failures with their output, flaky tests.
+    #[arg(long, value_name = "FILE", help_heading = "Reporting")]
+    html: Option<Utf8PathBuf>,
 
     #[command(flatten)]
     env: EnvArgs,
@@ -505,6 +535,7 @@ impl TestArgs {
             },
             timings: self.timings,
             junit: self.junit,
+            html: self.html,
             env: self.env.options(),
             keep_env: self.keep_env,
             reaper: ReaperLaunch::ThisExecutable,

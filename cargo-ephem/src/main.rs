@@ -58,6 +58,7 @@ fn run(command: Command) -> ephem_core::Result<i32> {
         Command::Junit(JunitCommand::Merge { output, inputs }) => {
             ephem_core::merge_junit(&output, &inputs)
         }
+        Command::Report(args) => ephem_core::report(&args.html, &args.records),
         Command::Up(args) => ephem_core::up(&args.options()),
         Command::Down(args) => ephem_core::down(&args.options()),
         Command::Gc(args) => ephem_core::gc(&args.options()),

@@ -30,6 +30,7 @@ pub use dev::{down, up};
 pub use ephem_fixtures::BackendKind;
 pub use error::{exit_codes, EphemError, Result};
 pub use pipeline::{list, merge_junit, test};
+pub use report::command::report;
 pub use teardown::gc;
 
 /// The hidden `__reap` command: the reaper of one run.

@@ -37,6 +37,8 @@ pub struct TestOptions {
     pub timings: Vec<Utf8PathBuf>,
     /// Where the merged JUnit report goes (per-shard ones beside it).
     pub junit: Option<Utf8PathBuf>,
+    /// Where the HTML picture of the run goes (`--html`).
+    pub html: Option<Utf8PathBuf>,
     /// Where environments come from.
     pub env: EnvOptions,
     /// Keep environments after the run.
@@ -87,6 +89,7 @@ impl TestOptions {
             sharding: Sharding::default(),
             timings: Vec::new(),
             junit: None,
+            html: None,
             env: EnvOptions::default(),
             keep_env: false,
             reaper: ReaperLaunch::default(),

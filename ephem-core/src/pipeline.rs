@@ -14,11 +14,14 @@ use crate::discover::{self, BuildControl, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
 use crate::mask::Masker;
-use crate::options::{ListFormat, ListOptions, NoTests, TestOptions};
+use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
 use crate::partition::Timings;
 use crate::plan::TestPlan;
+use crate::report::command::HTML_IS_A_FOLDER;
 use crate::report::display::{Display, DisplayMode};
+use crate::report::html;
 use crate::report::junit;
+use crate::report::record::{self, RunMeta, RunRecord, SourcedRecord};
 use crate::report::summary::{self, shell_quote, Counts};
 use crate::run::{
     self, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult, TestsSource,
@@ -35,6 +38,14 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     let timings = read_timings(&options.timings)?;
     if let Some(path) = &options.junit {
         junit::check_writable(path)?;
+        record::check_writable(
+            "--junit's run record",
+            &record_file(path, options.sharding),
+            "remove it or give --junit another name",
+        )?;
+    }
+    if let Some(path) = &options.html {
+        record::check_writable("--html", path, HTML_IS_A_FOLDER)?;
     }
     // From an archive, the tests were built elsewhere: unpack them now.
     let (workspace, archived) = match &options.archive {
@@ -211,13 +222,69 @@ fn headline(plan: &TestPlan, options: &TestOptions, env_note: &str, run_id: &str
     )
 }
 
-/// The end of a run: summary, errors, kept environments, JUnit, exit code.
+/// The end of a run: JUnit, run record and HTML page, summary, errors,
+/// kept environments, exit code.
 fn report(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &str) -> Result<i32> {
     if let Some(path) = &options.junit {
         write_junit(path, plan, result)?;
     }
+    // After JUnit, so that failing to write these never loses it; their
+    // error comes once the summary has been shown.
+    let pictured = write_picture(plan, options, result, run_id);
+    let code = conclude(plan, options, result, run_id);
+    pictured.map(|()| code)
+}
+
+/// The run record beside the JUnit report (`--junit`) and the HTML page
+/// (`--html`): each is tried even if the other fails.
+fn write_picture(
+    plan: &TestPlan,
+    options: &TestOptions,
+    result: &RunResult,
+    run_id: &str,
+) -> Result<()> {
+    if options.junit.is_none() && options.html.is_none() {
+        return Ok(());
+    }
+    let meta = RunMeta {
+        run_id: run_id.to_owned(),
+        group: record::group_key(run_id),
+        shard_count: plan.shard_count,
+        partition: plan.kind.to_string(),
+    };
+    let record = RunRecord::from_run(result, &plan.list, meta);
+    let mut source = "this run".to_owned();
+    let recorded = options.junit.as_ref().map_or(Ok(()), |junit| {
+        let path = record_file(junit, options.sharding);
+        source = path.to_string();
+        record::write_record(&record, &path)?;
+        eprintln!("   Record {path}");
+        Ok(())
+    });
+    let drawn = options.html.as_ref().map_or(Ok(()), |path| {
+        let groups = record::group_records(vec![SourcedRecord { source, record }])?;
+        html::write_html(&groups, path)?;
+        eprintln!("     HTML {path}");
+        Ok(())
+    });
+    recorded.and(drawn)
+}
+
+/// `<stem>-shard-<M>.record.json` for a job that runs shard M of several
+/// (`--partition`), so a matrix's records do not collide; else
+/// `<stem>.record.json`.
+fn record_file(junit: &Utf8Path, sharding: Sharding) -> Utf8PathBuf {
+    let only = match sharding {
+        Sharding::Partition(p) if p.count > 1 => Some(p.shard),
+        _ => None,
+    };
+    record::record_path(junit, only)
+}
+
+/// The summary, errors and kept environments; the exit code.
+fn conclude(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &str) -> i32 {
     if plan.to_run_total == 0 {
-        return Ok(no_tests(options, plan));
+        return no_tests(options, plan);
     }
     if plan.to_run_here() == 0 {
         let skipped = Counts::of(&result.outcomes).skipped;
@@ -232,7 +299,7 @@ fn report(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &s
                 String::new()
             }
         );
-        return Ok(exit_codes::OK);
+        return exit_codes::OK;
     }
     let rerun = rerun_prefix(options);
     eprint!(
@@ -256,7 +323,7 @@ fn report(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &s
         );
     }
     print_kept(&result.kept, run_id, options);
-    Ok(exit_code(result))
+    exit_code(result)
 }
 
 fn write_junit(path: &Utf8Path, plan: &TestPlan, result: &RunResult) -> Result<()> {
