@@ -18,6 +18,7 @@ pub mod options;
 pub mod partition;
 pub mod pipeline;
 pub mod plan;
+pub mod render;
 pub mod report;
 pub mod run;
 mod signals;
@@ -28,6 +29,7 @@ pub use dev::{down, up};
 pub use ephem_fixtures::BackendKind;
 pub use error::{exit_codes, EphemError, Result};
 pub use pipeline::{list, merge_junit, test};
+pub use render::{render, RenderBackend, RenderOptions, RenderShards};
 pub use teardown::gc;
 
 /// The hidden `__reap` command: the reaper of one run.
