@@ -11,6 +11,7 @@ mod list;
 mod partition;
 mod provision;
 mod reliability;
+mod render;
 mod run;
 mod selection;
 mod signals;
