@@ -42,6 +42,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::labels;
+use super::quantity::Quantity as CheckedQuantity;
 use crate::config::kubernetes::is_dns1035_label;
 use crate::config::{EphemConfig, LogPattern, ServiceSpec, WaitKind};
 use crate::template::{Bindings, Template, Var};
@@ -661,9 +662,13 @@ impl Scope<'_> {
         let marked: HashMap<String, String> = env
             .values
             .iter()
-            .map(|(name, value)| match env.secret.contains(name) {
-                true => (name.clone(), format!("{MARK}{name}{MARK}")),
-                false => (name.clone(), value.clone()),
+            .map(|(name, value)| {
+                let bound = if env.secret.contains(name) {
+                    format!("{MARK}{name}{MARK}")
+                } else {
+                    value.clone()
+                };
+                (name.clone(), bound)
             })
             .collect();
         let services_env: HashMap<String, HashMap<String, String>> = self
@@ -826,8 +831,7 @@ impl Scope<'_> {
 
     fn limits(&self) -> LimitRange {
         let l = &self.config.kubernetes.limits;
-        let pair = |cpu: &crate::kubernetes::quantity::Quantity,
-                    memory: &crate::kubernetes::quantity::Quantity| {
+        let pair = |cpu: &CheckedQuantity, memory: &CheckedQuantity| {
             BTreeMap::from([
                 ("cpu".to_owned(), cpu.to_k8s()),
                 ("memory".to_owned(), memory.to_k8s()),
