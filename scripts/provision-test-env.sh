@@ -4,7 +4,9 @@
 #   2. a reachable Docker daemon;
 #   3. a plain-HTTP registry on 127.0.0.1:5000 (also reached as localhost:5000);
 #   4. stand-ins for postgres:15-bookworm, redis:7-bookworm and busybox:1.36,
-#      built from Debian packages and pushed to that registry.
+#      built from Debian packages and pushed to that registry;
+#   5. kubernetes-validate, which checks rendered Kubernetes objects against
+#      the API's strict schemas without a cluster.
 # No public container registry can be reached from our machines, so the
 # images the tests pull have to be made here, from the Debian mirror.
 #
@@ -413,6 +415,36 @@ ensure_images() {
 	ensure_image postgres 15-bookworm
 }
 
+# --- step 5: kubernetes-validate ---------------------------------------------
+
+readonly KUBE_VALIDATE_VERSION=1.37.0
+readonly KUBE_VALIDATE_VENV=/opt/ephem-kubernetes-validate
+readonly PIP_LOG=/var/log/ephem-pip.log
+
+# The render tests check what `cargo ephem render` prints against the strict
+# JSON schemas of the Kubernetes version the backend pins; kubernetes-validate
+# bundles those schemas, so no cluster is needed. It gets a venv of its own:
+# Debian's Python refuses pip installs into the system (PEP 668).
+ensure_kubernetes_validate() {
+	if kubernetes-validate --version >/dev/null 2>&1; then
+		say "kubernetes-validate: present"
+		return
+	fi
+	command -v python3 >/dev/null || need_packages python3
+	if ! python3 -m venv --clear "$KUBE_VALIDATE_VENV" >>"$PIP_LOG" 2>&1; then
+		# Debian ships venv's ensurepip separately.
+		need_packages python3-venv
+		quietly "$PIP_LOG" "python3 -m venv" python3 -m venv --clear "$KUBE_VALIDATE_VENV"
+	fi
+	quietly "$PIP_LOG" "pip install kubernetes-validate==$KUBE_VALIDATE_VERSION" \
+		"$KUBE_VALIDATE_VENV/bin/pip" install --quiet --disable-pip-version-check \
+		"kubernetes-validate==$KUBE_VALIDATE_VERSION"
+	ln -sf "$KUBE_VALIDATE_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+	kubernetes-validate --version >/dev/null 2>&1 ||
+		die "kubernetes-validate: installed in $KUBE_VALIDATE_VENV but does not run (is /usr/local/bin on PATH?)"
+	say "kubernetes-validate: $KUBE_VALIDATE_VERSION installed"
+}
+
 main() {
 	[ "$(id -u)" = 0 ] || die "must run as root"
 	mkdir -p "$(dirname "$LOCK_FILE")"
@@ -424,6 +456,7 @@ main() {
 	ensure_docker
 	ensure_registry
 	ensure_images
+	ensure_kubernetes_validate
 	say "done in ${SECONDS} s"
 }
 

@@ -14,7 +14,7 @@ use ephem_core::options::{
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
-use ephem_core::BackendKind;
+use ephem_core::{BackendKind, RenderBackend, RenderOptions, RenderShards};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -80,6 +80,15 @@ pub enum Command {
     /// Never touches a resource without cargo-ephem labels, nor one of a run
     /// whose runner is alive.
     Gc(GcArgs),
+    /// Print the Kubernetes objects each shard would get, without contacting
+    /// any cluster.
+    ///
+    /// One YAML stream (`---` between objects) in the order they are applied:
+    /// the prepull DaemonSet when `[kubernetes] prepull` is on, then per shard
+    /// its namespace, quota, limits, Secret, and each service's Service and
+    /// pod. Generated secrets are printed as ***; the run id is `render` and
+    /// the clock fixed, so two renders diff clean.
+    Render(RenderArgs),
     /// The out-of-process reaper (started by `test` and `up`; not for direct use).
     #[command(name = "__reap", hide = true)]
     Reap(ReapArgs),
@@ -118,6 +127,43 @@ impl ReapArgs {
             backend: self.backend,
             config: self.config,
             log: self.log,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Path to Cargo.toml (to find the workspace and its ephem.toml).
+    #[arg(long, value_name = "PATH")]
+    manifest_path: Option<Utf8PathBuf>,
+    /// Environment configuration [default: ephem.toml at the workspace root].
+    #[arg(long, value_name = "PATH")]
+    config: Option<Utf8PathBuf>,
+    /// The backend whose objects to print [default: the configuration's `backend`]; only kubernetes has any.
+    #[arg(long, value_name = "NAME", value_parser = parse_render_backend)]
+    backend: Option<RenderBackend>,
+    /// Print shards 1 to N (1 to 1024) [default: 1].
+    #[arg(long, value_name = "N", value_parser = limits::parse_shard_count, conflicts_with = "shard")]
+    shards: Option<u32>,
+    /// Print only shard M (1 to 1024).
+    #[arg(long, value_name = "M", value_parser = limits::parse_shard_count)]
+    shard: Option<u32>,
+    /// The expiry the janitor annotations show.
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "30m")]
+    env_ttl: Duration,
+}
+
+impl RenderArgs {
+    pub fn options(self) -> RenderOptions {
+        RenderOptions {
+            manifest_path: self.manifest_path,
+            config: config_source(self.config, false),
+            backend: self.backend,
+            shards: match (self.shard, self.shards) {
+                (Some(m), _) => RenderShards::Only(m),
+                (None, n) => RenderShards::Count(n.unwrap_or(1)),
+            },
+            env_ttl: self.env_ttl,
         }
     }
 }
@@ -628,6 +674,10 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
 }
 
+fn parse_render_backend(s: &str) -> Result<RenderBackend, String> {
+    s.parse()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,8 +781,34 @@ mod tests {
     }
 
     #[test]
+    fn render_takes_a_shard_count_or_one_shard() {
+        let shards = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Render(args) => args.options().shards,
+            other => panic!("not render: {other:?}"),
+        };
+        assert_eq!(shards(&["render"]), RenderShards::Count(1));
+        assert_eq!(shards(&["render", "--shards", "3"]), RenderShards::Count(3));
+        assert_eq!(shards(&["render", "--shard", "2"]), RenderShards::Only(2));
+        let err = parse(&["render", "--shards", "2", "--shard", "1"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        for args in [
+            &["render", "--shards", "0"][..],
+            &["render", "--shard", "1025"][..],
+        ] {
+            assert!(parse(args).unwrap_err().to_string().contains("1 to 1024"));
+        }
+        let Command::Render(args) = parse(&["render", "--backend", "kubernetes"])
+            .unwrap()
+            .command
+        else {
+            panic!("not render");
+        };
+        assert_eq!(args.options().backend, Some(RenderBackend::Kubernetes));
+    }
+
+    #[test]
     fn an_unknown_backend_names_the_ones_that_exist() {
-        for command in ["test", "up", "down", "gc"] {
+        for command in ["test", "up", "down", "gc", "render"] {
             let err = parse(&[command, "--backend", "podman"]).unwrap_err();
             let text = err.to_string();
             assert!(text.contains("unknown backend \"podman\""), "{text}");

@@ -62,6 +62,7 @@ fn run(command: Command) -> ephem_core::Result<i32> {
         Command::Up(args) => ephem_core::up(&args.options()),
         Command::Down(args) => ephem_core::down(&args.options()),
         Command::Gc(args) => ephem_core::gc(&args.options()),
+        Command::Render(args) => ephem_core::render(&args.options()),
         Command::Reap(args) => ephem_core::reap(&args.options()),
     }
 }

@@ -19,6 +19,7 @@ pub mod options;
 pub mod partition;
 pub mod pipeline;
 pub mod plan;
+pub mod render;
 pub mod report;
 pub mod run;
 mod signals;
@@ -30,6 +31,7 @@ pub use dev::{down, up};
 pub use ephem_fixtures::BackendKind;
 pub use error::{exit_codes, EphemError, Result};
 pub use pipeline::{list, merge_junit, test};
+pub use render::{render, RenderBackend, RenderOptions, RenderShards};
 pub use report::command::report;
 pub use teardown::gc;
 

@@ -13,6 +13,7 @@ mod partition;
 mod provision;
 mod recipes;
 mod reliability;
+mod render;
 mod report;
 mod run;
 mod selection;

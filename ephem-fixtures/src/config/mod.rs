@@ -5,6 +5,7 @@
 //! dependencies are consistent.
 
 mod error;
+pub(crate) mod kubernetes;
 mod raw;
 mod validate;
 mod wait;
@@ -16,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::ConfigError;
+pub use kubernetes::{
+    HelmConfig, KubernetesConfig, LimitsConfig, QuotaConfig, Reach, DEFAULT_HELM_RELEASE,
+    DEFAULT_HELM_TIMEOUT, DEFAULT_NAMESPACE_PREFIX, MAX_HELM_RELEASE_LEN, MAX_QUOTA_PODS,
+};
 pub use wait::{LogPattern, WaitKind, WaitStrategy, DEFAULT_WAIT_INTERVAL};
 
 use crate::image_ref::ImageRef;
@@ -65,6 +70,10 @@ pub struct EphemConfig {
     pub shards: ShardsConfig,
     /// `[images]`: how images are fetched.
     pub images: ImagesConfig,
+    /// `[kubernetes]`: how the Kubernetes backend builds each shard's
+    /// namespace (name, quota, limits, image pulls, Helm chart); every key
+    /// has a default, and the table is checked whatever the backend.
+    pub kubernetes: KubernetesConfig,
     /// `[services.NAME]`, sorted by name.
     pub services: Vec<ServiceSpec>,
 }

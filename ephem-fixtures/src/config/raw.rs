@@ -14,6 +14,7 @@ pub(super) struct RawFile {
     pub backend: Option<Spanned<String>>,
     pub shards: Option<RawShards>,
     pub images: Option<RawImages>,
+    pub kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, Spanned<RawService>>,
 }
@@ -28,6 +29,49 @@ pub(super) struct RawShards {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawImages {
     pub mirror: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawKubernetes {
+    pub context: Option<Spanned<String>>,
+    pub namespace_prefix: Option<Spanned<String>>,
+    pub image_pull_secrets: Option<SpannedList<String>>,
+    pub prepull: Option<Spanned<bool>>,
+    pub reach: Option<Spanned<String>>,
+    pub quota: Option<RawQuota>,
+    pub limits: Option<RawLimits>,
+    pub helm: Option<Spanned<RawHelm>>,
+}
+
+/// Quantities may be written as numbers (`limits-cpu = 8`) or strings (`"8Gi"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawQuota {
+    pub requests_cpu: Option<Spanned<Scalar>>,
+    pub requests_memory: Option<Spanned<Scalar>>,
+    pub limits_cpu: Option<Spanned<Scalar>>,
+    pub limits_memory: Option<Spanned<Scalar>>,
+    pub pods: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawLimits {
+    pub default_request_cpu: Option<Spanned<Scalar>>,
+    pub default_request_memory: Option<Spanned<Scalar>>,
+    pub default_cpu: Option<Spanned<Scalar>>,
+    pub default_memory: Option<Spanned<Scalar>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHelm {
+    pub chart: Spanned<String>,
+    pub release: Option<Spanned<String>>,
+    pub values: Option<Spanned<toml::Table>>,
+    pub version: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

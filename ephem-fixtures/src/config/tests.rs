@@ -374,3 +374,216 @@ fn absurd_durations_are_rejected_with_the_allowed_range() {
     assert!(parse_duration("0s", false).is_err());
     assert_eq!(parse_duration("0s", true), Ok(Duration::ZERO));
 }
+
+const KUBERNETES: &str = r#"
+[kubernetes]
+context = "kind-ephem"
+namespace-prefix = "CI Team/PR #12"
+image-pull-secrets = ["regcred", "mirror.pull"]
+prepull = true
+reach = "port-forward"
+
+[kubernetes.quota]
+requests-cpu = 2
+requests-memory = "4Gi"
+limits-cpu = "4"
+limits-memory = "8Gi"
+pods = 12
+
+[kubernetes.limits]
+default-request-cpu = "250m"
+default-request-memory = "256Mi"
+default-cpu = 0.5
+default-memory = "512Mi"
+
+[kubernetes.helm]
+chart = "oci://registry.example/charts/api"
+release = "api"
+version = "1.2.3"
+timeout = "2m"
+values = { replicas = 1, image = { tag = "v1" } }
+"#;
+
+#[test]
+fn every_kubernetes_key_loads() {
+    let config = EphemConfig::parse(KUBERNETES, "ephem.toml").unwrap();
+    let k = &config.kubernetes;
+    assert_eq!(k.context.as_deref(), Some("kind-ephem"));
+    assert_eq!(k.namespace_prefix, "ci-team-pr-12");
+    assert_eq!(k.image_pull_secrets, ["regcred", "mirror.pull"]);
+    assert!(k.prepull);
+    assert_eq!(k.reach, Reach::PortForward);
+    assert_eq!(k.quota.requests_cpu.as_str(), "2");
+    assert_eq!(k.quota.limits_memory.as_str(), "8Gi");
+    assert_eq!(k.quota.pods, 12);
+    assert_eq!(k.limits.default_cpu.as_str(), "0.5");
+    assert_eq!(k.limits.default_request_memory.as_str(), "256Mi");
+    let helm = k.helm.as_ref().unwrap();
+    assert_eq!(helm.chart, "oci://registry.example/charts/api");
+    assert_eq!(helm.release, "api");
+    assert_eq!(helm.version.as_deref(), Some("1.2.3"));
+    assert_eq!(helm.timeout, Duration::from_secs(120));
+    assert_eq!(helm.values["replicas"].as_integer(), Some(1));
+    assert_eq!(helm.values["image"]["tag"].as_str(), Some("v1"));
+}
+
+#[test]
+fn kubernetes_defaults_without_the_table() {
+    let k = EphemConfig::parse(EXAMPLE, "ephem.toml")
+        .unwrap()
+        .kubernetes;
+    assert_eq!(k.namespace_prefix, DEFAULT_NAMESPACE_PREFIX);
+    assert_eq!(
+        (
+            k.quota.requests_cpu.as_str(),
+            k.quota.requests_memory.as_str()
+        ),
+        ("4", "8Gi")
+    );
+    assert_eq!(
+        (k.quota.limits_cpu.as_str(), k.quota.limits_memory.as_str()),
+        ("8", "16Gi")
+    );
+    assert_eq!(k.quota.pods, 20);
+    assert_eq!(k.limits.default_cpu.as_str(), "1");
+    assert_eq!(k.limits.default_memory.as_str(), "1Gi");
+    assert!(k.helm.is_none() && !k.prepull && k.context.is_none());
+
+    let helm = EphemConfig::parse("[kubernetes.helm]\nchart = \"./chart\"\n", "ephem.toml")
+        .unwrap()
+        .kubernetes
+        .helm
+        .unwrap();
+    assert_eq!(helm.release, DEFAULT_HELM_RELEASE);
+    assert_eq!(helm.timeout, DEFAULT_HELM_TIMEOUT);
+    assert!(helm.values.is_empty() && helm.version.is_none());
+}
+
+#[test]
+fn unknown_kubernetes_keys_name_their_line_and_key() {
+    let message = load_err("[kubernetes]\nnamespace-prefix = \"ci\"\nnamespace = \"ci\"\n");
+    assert_points_at(&message, 3, "kubernetes.namespace");
+    assert!(message.contains("unknown key `namespace`"), "{message}");
+    assert!(message.contains("namespace-prefix"), "{message}");
+
+    let message = load_err("[kubernetes.quota]\ncpu = \"4\"\n");
+    assert_points_at(&message, 2, "kubernetes.quota.cpu");
+    let message = load_err("[kubernetes.limits]\n\nmax-cpu = \"4\"\n");
+    assert_points_at(&message, 3, "kubernetes.limits.max-cpu");
+    let message = load_err("[kubernetes.helm]\nchart = \"c\"\nvalue = {}\n");
+    assert_points_at(&message, 3, "kubernetes.helm.value");
+}
+
+#[test]
+fn a_prefix_that_slugs_to_nothing() {
+    let message = load_err("[kubernetes]\nnamespace-prefix = \"--- ___\"\n");
+    assert_points_at(&message, 2, "kubernetes.namespace-prefix");
+    assert!(message.contains("DNS-1123"), "{message}");
+    let message = load_err("[kubernetes]\nnamespace-prefix = \"\"\n");
+    assert_points_at(&message, 2, "kubernetes.namespace-prefix");
+}
+
+#[test]
+fn quota_and_limit_values_must_be_positive_quantities() {
+    for (text, line, key, says) in [
+        (
+            "[kubernetes.quota]\nrequests-memory = \"8GB\"\n",
+            2,
+            "kubernetes.quota.requests-memory",
+            "did you mean `G`",
+        ),
+        (
+            "[kubernetes.quota]\n\nlimits-cpu = \"eight\"\n",
+            3,
+            "kubernetes.quota.limits-cpu",
+            "not a quantity",
+        ),
+        (
+            "[kubernetes.quota]\nrequests-cpu = true\n",
+            2,
+            "kubernetes.quota.requests-cpu",
+            "not a quantity",
+        ),
+        (
+            "[kubernetes.limits]\ndefault-cpu = \"0\"\n",
+            2,
+            "kubernetes.limits.default-cpu",
+            "greater than zero",
+        ),
+        (
+            "[kubernetes.limits]\ndefault-memory = \"-1Gi\"\n",
+            2,
+            "kubernetes.limits.default-memory",
+            "greater than zero",
+        ),
+        (
+            "[kubernetes.quota]\npods = 0\n",
+            2,
+            "kubernetes.quota.pods",
+            "1 to 10000",
+        ),
+        (
+            "[kubernetes.quota]\npods = 99999999999\n",
+            2,
+            "kubernetes.quota.pods",
+            "1 to 10000",
+        ),
+    ] {
+        let message = load_err(text);
+        assert_points_at(&message, line, key);
+        assert!(message.contains(says), "{message}");
+    }
+}
+
+#[test]
+fn limits_that_the_api_server_or_the_quota_would_refuse() {
+    let message = load_err("[kubernetes.limits]\ndefault-request-cpu = \"2\"\n");
+    assert_points_at(&message, 2, "kubernetes.limits.default-request-cpu");
+    assert!(
+        message.contains("limits.default-request-cpu = 2 is more than limits.default-cpu = 1"),
+        "{message}"
+    );
+    let message = load_err("[kubernetes.quota]\nlimits-memory = \"512Mi\"\n");
+    assert_points_at(&message, 2, "kubernetes.quota.limits-memory");
+    assert!(message.contains("would not fit"), "{message}");
+    // Equal is fine, across suffixes.
+    EphemConfig::parse(
+        "[kubernetes.limits]\ndefault-request-cpu = \"1000m\"\ndefault-cpu = 1\n",
+        "ephem.toml",
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_helm_tables() {
+    let message = load_err("[kubernetes.helm]\nchart = \"c\"\nrelease = \"My_App\"\n");
+    assert_points_at(&message, 3, "kubernetes.helm.release");
+    assert!(message.contains("not a Helm release name"), "{message}");
+    let long = "a".repeat(54);
+    let message = load_err(&format!(
+        "[kubernetes.helm]\nchart = \"c\"\nrelease = \"{long}\"\n"
+    ));
+    assert_points_at(&message, 3, "kubernetes.helm.release");
+    let message = load_err("[kubernetes.helm]\nrelease = \"app\"\n");
+    assert_points_at(&message, 1, "kubernetes.helm");
+    assert!(message.contains("missing key `chart`"), "{message}");
+    let message = load_err("[kubernetes.helm]\nchart = \" \"\n");
+    assert_points_at(&message, 2, "kubernetes.helm.chart");
+    let message = load_err("[kubernetes.helm]\nchart = \"c\"\ntimeout = \"forever\"\n");
+    assert_points_at(&message, 3, "kubernetes.helm.timeout");
+    let message = load_err("[kubernetes.helm]\nchart = \"c\"\nvalues = 3\n");
+    assert_points_at(&message, 3, "kubernetes.helm.values");
+}
+
+#[test]
+fn bad_reach_pull_secrets_and_context() {
+    let message = load_err("[kubernetes]\nreach = \"dns\"\n");
+    assert_points_at(&message, 2, "kubernetes.reach");
+    assert!(message.contains("\"cluster-dns\""), "{message}");
+    let message = load_err("[kubernetes]\nimage-pull-secrets = [\"ok\", \"Not_OK\"]\n");
+    assert_points_at(&message, 2, "kubernetes.image-pull-secrets[1]");
+    let message = load_err("[kubernetes]\nimage-pull-secrets = [\"a\", \"a\"]\n");
+    assert!(message.contains("listed twice"), "{message}");
+    let message = load_err("[kubernetes]\ncontext = \"\"\n");
+    assert_points_at(&message, 2, "kubernetes.context");
+}

@@ -49,6 +49,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         Some(mirror) => Some(check_mirror(&at, &mirror)?),
         None => None,
     };
+    let kubernetes = super::kubernetes::check(&at, raw.kubernetes.as_ref())?;
 
     // Env keys of every service first: templates may refer to other services.
     let env_keys: HashMap<String, Vec<String>> = raw
@@ -77,6 +78,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         backend,
         shards,
         images: ImagesConfig { mirror },
+        kubernetes,
         services,
     })
 }
