@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ephem_kube_stand_in::{Condition, NamespaceDeletion, StandIn, USER};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{
     DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, Preconditions,
 };
@@ -165,6 +165,12 @@ async fn deletion_honours_the_uid_precondition_and_terminates() {
         uid: created.metadata.uid.clone(),
         resource_version: None,
     });
+    let secrets: Api<Secret> = Api::namespaced(namespaces.clone().into_client(), "a");
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let terminating = namespaces
         .delete("a", &dp)
         .await
@@ -190,9 +196,26 @@ async fn deletion_honours_the_uid_precondition_and_terminates() {
         "{}",
         twice.message
     );
+    let late: Secret = serde_json::from_value(json!({"metadata": {"name": "late"}})).unwrap();
+    let refused = api_error(
+        secrets
+            .create(&PostParams::default(), &late)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.code, 403);
+    assert!(
+        refused.message.contains("because it is being terminated"),
+        "{}",
+        refused.message
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let gone = api_error(namespaces.get("a").await.unwrap_err());
     assert_eq!((gone.code, gone.reason.as_str()), (404, "NotFound"));
+    assert!(
+        api.objects("a", "secrets").is_empty(),
+        "its objects went with it"
+    );
 }
 
 #[tokio::test]
