@@ -126,14 +126,45 @@ fn valid_key(key: &str) -> Option<String> {
     ok.then(|| key.to_owned())
 }
 
-/// A field selector: the stand-in knows `metadata.name` and
-/// `metadata.namespace`, with `=`, `==` and `!=`, like most resources.
+/// Fields a selector may name beyond `metadata.name` and
+/// `metadata.namespace`, per resource, as the API server allows them.
+fn selectable(plural: &str) -> &'static [&'static str] {
+    match plural {
+        "namespaces" => &["status.phase"],
+        "pods" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "events" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "secrets" => &["type"],
+        _ => &[],
+    }
+}
+
+/// A field selector (`=`, `==`, `!=`) over the fields the resource allows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
-    /// Parses `metadata.name=x,metadata.namespace!=y`.
-    pub fn parse(text: &str) -> Result<FieldSelector, ApiError> {
+    /// Parses `metadata.name=x,status.phase!=Failed` for resource `plural`.
+    pub fn parse(text: &str, plural: &str) -> Result<FieldSelector, ApiError> {
         let mut terms = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -146,7 +177,9 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
+            let known = matches!(field, "metadata.name" | "metadata.namespace")
+                || selectable(plural).contains(&field);
+            if !known {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
                 )));
@@ -156,14 +189,14 @@ impl FieldSelector {
         Ok(FieldSelector(terms))
     }
 
-    /// Whether the object's fields satisfy every term.
+    /// Whether the object's fields satisfy every term (a missing field reads as empty).
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let have = match field.as_str() {
-                "metadata.name" => object["metadata"]["name"].as_str(),
-                _ => object["metadata"]["namespace"].as_str(),
-            }
-            .unwrap_or("");
+            let have = field
+                .split('.')
+                .try_fold(object, |v, key| v.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             (have == value) == *equal
         })
     }
@@ -230,21 +263,41 @@ mod tests {
     fn garbage_is_a_bad_request() {
         assert_eq!(LabelSelector::parse("a in b").unwrap_err().code, 400);
         assert_eq!(LabelSelector::parse("spa ce=1").unwrap_err().code, 400);
-        assert_eq!(FieldSelector::parse("spec.x=1").unwrap_err().code, 400);
+        assert_eq!(
+            FieldSelector::parse("spec.x=1", "pods").unwrap_err().code,
+            400
+        );
+    }
+
+    #[test]
+    fn resource_specific_fields() {
+        let event =
+            json!({"metadata": {"name": "e"}, "involvedObject": {"name": "db"}, "type": "Warning"});
+        let s = FieldSelector::parse("involvedObject.name=db,type=Warning", "events").unwrap();
+        assert!(s.matches(&event));
+        assert!(!FieldSelector::parse("type=Normal", "events")
+            .unwrap()
+            .matches(&event));
+        assert_eq!(
+            FieldSelector::parse("type=Warning", "pods")
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 
     #[test]
     fn field_selectors_on_name_and_namespace() {
         let obj = json!({"metadata": {"name": "db", "namespace": "ns1"}});
-        assert!(FieldSelector::parse("metadata.name=db")
+        assert!(FieldSelector::parse("metadata.name=db", "pods")
             .unwrap()
             .matches(&obj));
         assert!(
-            FieldSelector::parse("metadata.name!=web,metadata.namespace==ns1")
+            FieldSelector::parse("metadata.name!=web,metadata.namespace==ns1", "pods")
                 .unwrap()
                 .matches(&obj)
         );
-        assert!(!FieldSelector::parse("metadata.name=web")
+        assert!(!FieldSelector::parse("metadata.name=web", "pods")
             .unwrap()
             .matches(&obj));
     }

@@ -170,7 +170,7 @@ fn collection(
     match call.method {
         Method::GET if is_watch(&call.query) => watch(shared, call, res, namespace),
         Method::GET => {
-            let selection = selection(&call.query)?;
+            let selection = selection(&call.query, res)?;
             let limit = call
                 .query
                 .get("limit")
@@ -293,7 +293,7 @@ fn watch(
     let request = WatchRequest {
         res,
         namespace,
-        selection: selection(&call.query)?,
+        selection: selection(&call.query, res)?,
         resource_version: rv,
         timeout,
         send_initial_events: call
@@ -325,10 +325,13 @@ fn is_watch(query: &HashMap<String, String>) -> bool {
     query.get("watch").is_some_and(|w| w == "true" || w == "1")
 }
 
-fn selection(query: &HashMap<String, String>) -> Result<Selection, ApiError> {
+fn selection(query: &HashMap<String, String>, res: &Resource) -> Result<Selection, ApiError> {
     Ok(Selection {
         labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?,
-        fields: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?,
+        fields: FieldSelector::parse(
+            query.get("fieldSelector").map_or("", String::as_str),
+            res.plural,
+        )?,
     })
 }
 
