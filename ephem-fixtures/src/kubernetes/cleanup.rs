@@ -27,8 +27,9 @@ use super::labels;
 use crate::cleanup::Removal;
 use crate::{Cleanup, EnvError, ResourceKind, RunResource};
 
-/// A namespace Terminating for longer than this is reported as stuck.
-pub const STUCK_AFTER: Duration = Duration::from_secs(60);
+/// A namespace Terminating for longer than this is reported as stuck: pods
+/// with long grace periods make a healthy deletion take a minute or two.
+pub const STUCK_AFTER: Duration = Duration::from_secs(300);
 
 /// Each API request of the safety nets; the client itself has no read
 /// timeout (followed logs and port-forwards share it).
