@@ -1,0 +1,392 @@
+//! A loopback stand-in for the Kubernetes API server, for cargo-ephem's
+//! tests: real HTTP/1.1 on 127.0.0.1, objects in memory, answers shaped like
+//! the API server's (JSON with `apiVersion`/`kind`, server-set metadata,
+//! `List`s with a resourceVersion, errors as `Status` objects), so that the
+//! real kube client cannot tell it from a cluster for what the backend does.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let api = ephem_kube_stand_in::StandIn::start().await?;
+//! api.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"), "stand-in")?;
+//! api.forbid("delete", "namespaces");
+//! # Ok(()) }
+//! ```
+//!
+//! What it serves: `GET /version`; namespaces (create, get, list with label
+//! and field selectors and pagination, watch, merge-patch, delete with
+//! DeleteOptions: uid and resourceVersion preconditions, propagationPolicy,
+//! dryRun; a deleted namespace goes Terminating and is removed with its
+//! objects after [`NamespaceDeletion::After`], or stays stuck with
+//! conditions); the namespaced resources of [`resources::RESOURCES`] (create,
+//! get, list, watch, merge-patch, delete); pod logs (`pods/{name}/log`,
+//! `follow`, `tailLines`); bearer-token authentication (401), anonymous
+//! access to `/version` only, and RBAC-style denials (403) on demand.
+//!
+//! What it does not: TLS, PUT (replace), JSON patch and server-side apply
+//! (415), `deletecollection`, discovery (`/api`, `/apis`), admission
+//! (quotas, limit ranges are stored, not enforced), scheduling, and
+//! `pods/{name}/portforward` (answered 400; the place to add it is marked in
+//! `server.rs`).
+
+mod kubeconfig;
+pub mod resources;
+mod selector;
+mod server;
+mod status;
+mod store;
+mod stream;
+mod validate;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub use status::ApiError;
+pub use store::merge_patch;
+
+/// The user the stand-in's token authenticates, as RBAC messages name it.
+pub const USER: &str = "system:serviceaccount:ephem-ci:cargo-ephem";
+
+/// What happens to a namespace once a DELETE is accepted.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NamespaceDeletion {
+    /// Terminating for this long, then removed with everything inside it.
+    After(Duration),
+    /// Terminating for good, with these `status.conditions` saying why (as
+    /// when a finalizer's controller is gone).
+    Stuck(Vec<Condition>),
+}
+
+/// A namespace condition, e.g. `NamespaceFinalizersRemaining`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    /// `type`, e.g. `NamespaceContentRemaining`.
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason, e.g. `SomeFinalizersRemain`.
+    pub reason: String,
+    /// What is holding the namespace.
+    pub message: String,
+}
+
+impl Condition {
+    /// A condition that holds (`status: True`).
+    pub fn new(type_: &str, reason: &str, message: &str) -> Condition {
+        Condition {
+            type_: type_.to_owned(),
+            status: "True".to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// The condition as the API writes it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "type": self.type_,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": store::now(),
+        })
+    }
+}
+
+/// One request as the stand-in received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// `GET`, `POST`, `PATCH`, `DELETE`, ...
+    pub method: String,
+    /// The path, e.g. `/api/v1/namespaces/ephem-1a2b3c4d-1`.
+    pub path: String,
+    /// The raw query string, e.g. `labelSelector=...`; empty without one.
+    pub query: String,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body as text; empty without one.
+    pub body: String,
+}
+
+impl RecordedRequest {
+    /// A query parameter, decoded.
+    pub fn param(&self, key: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The body as JSON, if it is.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// `DELETE /api/v1/namespaces/x`: for messages and asserts.
+    pub fn line(&self) -> String {
+        if self.query.is_empty() {
+            format!("{} {}", self.method, self.path)
+        } else {
+            format!("{} {}?{}", self.method, self.path, self.query)
+        }
+    }
+}
+
+/// What handlers and controls share: the state, and a tick that wakes
+/// watches and followed logs after every change.
+pub(crate) struct Shared {
+    state: Mutex<store::State>,
+    tick: tokio::sync::watch::Sender<u64>,
+}
+
+impl Shared {
+    fn new(token: String) -> Shared {
+        Shared {
+            state: Mutex::new(store::State::new(token)),
+            tick: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, store::State> {
+        // A panicking test thread must not take the server down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the state.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&store::State) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Changes the state and wakes every watch and followed log.
+    pub(crate) fn write<R>(&self, f: impl FnOnce(&mut store::State) -> R) -> R {
+        let result = f(&mut self.lock());
+        self.tick.send_modify(|t| *t += 1);
+        result
+    }
+}
+
+/// How the server runs, and so how it stops.
+enum Runner {
+    /// On the caller's runtime; aborting the accept task drops every connection.
+    Task(tokio::task::JoinHandle<()>),
+    /// On a thread with its own runtime.
+    Thread {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+/// A running stand-in; stops when dropped.
+pub struct StandIn {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    runner: Runner,
+}
+
+impl StandIn {
+    /// Starts on 127.0.0.1 at a free port, on the current tokio runtime.
+    pub async fn start() -> io::Result<StandIn> {
+        let shared = Arc::new(Shared::new(new_token()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(server::serve(listener, shared.clone()));
+        Ok(StandIn {
+            shared,
+            addr,
+            runner: Runner::Task(task),
+        })
+    }
+
+    /// Starts on a thread of its own with its own runtime: for tests without
+    /// a runtime, e.g. those that run the CLI binary against it.
+    pub fn start_blocking() -> io::Result<StandIn> {
+        let shared = Arc::new(Shared::new(new_token()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("kube-stand-in".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = server::serve(listener, served) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
+        Ok(StandIn {
+            shared,
+            addr,
+            runner: Runner::Thread {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`: the cluster's server URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bearer token it accepts (random per stand-in).
+    pub fn token(&self) -> String {
+        self.shared.read(|s| s.token.clone())
+    }
+
+    /// Accepts only `token` from now on: kubeconfigs written before get 401.
+    pub fn set_token(&self, token: &str) {
+        self.shared.write(|s| s.token = token.to_owned());
+    }
+
+    /// A kubeconfig with one cluster (this server), one user (its token) and
+    /// one context named `context`, which is also the current context.
+    pub fn kubeconfig(&self, context: &str) -> String {
+        kubeconfig::yaml(context, &self.url(), &self.token())
+    }
+
+    /// Writes [`kubeconfig`](Self::kubeconfig) to `path`.
+    pub fn write_kubeconfig(&self, path: &Path, context: &str) -> io::Result<()> {
+        std::fs::write(path, self.kubeconfig(context))
+    }
+
+    /// Answers `verb` on `resource` (e.g. `create`, `namespaces`; `get`,
+    /// `pods/log`; `*` for any) with 403 from now on, worded like RBAC.
+    pub fn forbid(&self, verb: &str, resource: &str) {
+        self.shared
+            .write(|s| s.forbidden.push((verb.to_owned(), resource.to_owned())));
+    }
+
+    /// Lifts every [`forbid`](Self::forbid).
+    pub fn allow_all(&self) {
+        self.shared.write(|s| s.forbidden.clear());
+    }
+
+    /// What happens to namespaces deleted from now on (default: removed at
+    /// once after the DELETE's answer, `After(0)`).
+    pub fn set_deletion(&self, deletion: NamespaceDeletion) {
+        self.shared.write(|s| s.deletion = deletion);
+    }
+
+    /// Delays every answer by `latency`, e.g. to test a client's deadline.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.write(|s| s.latency = latency);
+    }
+
+    /// Every namespace, in name order, as stored.
+    pub fn namespaces(&self) -> Vec<Value> {
+        self.shared.read(|s| s.all(resources::namespaces(), None))
+    }
+
+    /// One namespace, as stored.
+    pub fn namespace(&self, name: &str) -> Option<Value> {
+        self.shared
+            .read(|s| s.get(resources::namespaces(), None, name).ok())
+    }
+
+    /// The objects of `resource` (plural, e.g. `pods`) in namespace `ns`.
+    ///
+    /// Panics on a resource the stand-in does not serve.
+    pub fn objects(&self, ns: &str, resource: &str) -> Vec<Value> {
+        let res = resource_named(resource);
+        self.shared.read(|s| s.all(res, Some(ns)))
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.read(|s| s.requests.clone())
+    }
+
+    /// Forgets the requests so far.
+    pub fn clear_requests(&self) {
+        self.shared.write(|s| s.requests.clear());
+    }
+
+    /// Plants a namespace as given (labels, annotations, an old
+    /// `creationTimestamp`, a `deletionTimestamp` and `status.conditions` for
+    /// a stuck one...), filling in only what is missing. Returns it as stored.
+    pub fn insert_namespace(&self, namespace: Value) -> Value {
+        self.shared
+            .write(|s| s.insert(resources::namespaces(), None, namespace))
+    }
+
+    /// Plants an object of `resource` in namespace `ns` (which need not exist).
+    pub fn insert_object(&self, ns: &str, resource: &str, object: Value) -> Value {
+        let res = resource_named(resource);
+        self.shared.write(|s| s.insert(res, Some(ns), object))
+    }
+
+    /// Changes a stored object as a controller would; watches see MODIFIED.
+    /// `ns` is None for namespaces. `None` if there is no such object.
+    pub fn update_object(
+        &self,
+        ns: Option<&str>,
+        resource: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
+        let res = resource_named(resource);
+        self.shared.write(|s| s.update(res, ns, name, change))
+    }
+
+    /// Merges `status` into a pod's status (e.g. `{"phase": "Running",
+    /// "conditions": [{"type": "Ready", "status": "True"}]}`), as the kubelet
+    /// would; watches see MODIFIED. False if there is no such pod.
+    pub fn set_pod_status(&self, ns: &str, pod: &str, status: Value) -> bool {
+        self.update_object(Some(ns), "pods", pod, |p| {
+            merge_patch(&mut p["status"], &status)
+        })
+        .is_some()
+    }
+
+    /// Appends `text` to a pod's log (what `pods/{name}/log` serves and follows).
+    pub fn append_pod_log(&self, ns: &str, pod: &str, text: &str) {
+        self.shared.write(|s| s.append_log(ns, pod, text));
+    }
+
+    /// Removes a namespace and everything in it at once, as the end of its
+    /// deletion would. False if there is none.
+    pub fn remove_namespace(&self, name: &str) -> bool {
+        self.shared
+            .write(|s| s.remove(resources::namespaces(), None, name))
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        match &mut self.runner {
+            Runner::Task(task) => task.abort(),
+            Runner::Thread { stop, thread } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
+    }
+}
+
+fn resource_named(plural: &str) -> &'static resources::Resource {
+    resources::by_plural(plural).unwrap_or_else(|| {
+        panic!("the stand-in does not serve {plural:?}; add it to resources::RESOURCES")
+    })
+}
+
+fn new_token() -> String {
+    format!("stand-in-{}", uuid::Uuid::new_v4().simple())
+}
