@@ -394,6 +394,17 @@ impl<'a> Dispatcher<'a> {
             }
         }
         self.events.planned(&tests);
+        // Stopped before the plan came (a signal, a panicked task): its tests
+        // are reported as not run, with the reason.
+        if let Some(reason) = self.stopping.clone() {
+            for idx in 0..self.shards.len() {
+                let number = self.shards[idx].number;
+                let drained: Vec<_> = self.shards[idx].queue.drain(..).collect();
+                for p in drained {
+                    self.finalize_unrun(p.test, number, &reason);
+                }
+            }
+        }
         for s in &mut self.shards {
             if s.queue.is_empty() && s.phase == EnvPhase::AwaitPrepare {
                 s.phase = EnvPhase::Released;
@@ -1220,5 +1231,39 @@ mod tests {
         });
         assert!(result.outcomes.is_empty());
         assert_eq!(backend.teardowns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_plan_that_arrives_after_a_stop_is_reported_as_not_run() {
+        let backend = Arc::new(CountingBackend {
+            panic_in_provision: true,
+            ..Default::default()
+        });
+        let (inp, tx) = input_coming(backend.clone());
+        let plan = match input(backend.clone(), 2).tests {
+            TestsSource::Known(tests) => tests,
+            TestsSource::Coming(_) => unreachable!(),
+        };
+        let mut silent = Silent;
+        let (result, ()) = tokio::join!(
+            async {
+                tokio::time::timeout(Duration::from_secs(30), run(inp, &mut silent))
+                    .await
+                    .expect("the run ends")
+            },
+            async move {
+                // The provisioning panics first; the build ends later.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tx.send(Some(plan)).unwrap();
+            }
+        );
+        assert!(result.internal_error.is_some());
+        assert_eq!(result.outcomes.len(), 2);
+        for o in &result.outcomes {
+            assert!(
+                matches!(&o.verdict, Verdict::Skipped(why) if why.contains("internal error")),
+                "{o:?}"
+            );
+        }
     }
 }
