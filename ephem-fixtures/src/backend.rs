@@ -96,6 +96,45 @@ pub enum EnvError {
     Other(String),
 }
 
+impl EnvError {
+    /// The same error with every generated secret replaced by `***`: a
+    /// failing service's logs may print the password it was given.
+    pub fn masked(self, secrets: &[String]) -> EnvError {
+        let mask = |text: String| {
+            secrets
+                .iter()
+                .filter(|s| !s.is_empty())
+                .fold(text, |t, secret| t.replace(secret.as_str(), "***"))
+        };
+        match self {
+            EnvError::NotReady {
+                shard,
+                service,
+                wait,
+                reason,
+                logs,
+            } => EnvError::NotReady {
+                shard,
+                service,
+                wait,
+                reason: mask(reason),
+                logs: logs.into_iter().map(mask).collect(),
+            },
+            EnvError::Other(text) => EnvError::Other(mask(text)),
+            EnvError::Pull {
+                image,
+                registry,
+                reason,
+            } => EnvError::Pull {
+                image,
+                registry,
+                reason: mask(reason),
+            },
+            unreachable @ EnvError::Unreachable { .. } => unreachable,
+        }
+    }
+}
+
 fn format_logs(logs: &[String]) -> String {
     if logs.is_empty() {
         String::new()

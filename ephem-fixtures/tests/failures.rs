@@ -195,3 +195,28 @@ cmd = ["sleep", "300"]
     })
     .await;
 }
+
+/// A failing service that prints the password it was given: the error's
+/// logs (shown, and kept in reports) carry `***`, never the secret.
+#[tokio::test]
+async fn a_failing_services_logs_are_masked() {
+    let toml = r#"
+[services.db]
+image = "busybox:1.36"
+env = { PASSWORD = "${random}" }
+cmd = ["sh", "-c", "echo \"starting with password=$PASSWORD\"; exit 3"]
+wait = { log = "never printed" }
+"#;
+    scenario("masked-logs", toml, 1, |s| async move {
+        let result = s.up(1).await;
+        let (_, reason, logs) = not_ready(result);
+        assert!(reason.contains("exited with code 3"), "{reason}");
+        let line = logs
+            .iter()
+            .find(|l| l.starts_with("starting with password="))
+            .unwrap_or_else(|| panic!("the log line is shown: {logs:?}"));
+        assert_eq!(line, "starting with password=***", "the secret leaked");
+        s
+    })
+    .await;
+}

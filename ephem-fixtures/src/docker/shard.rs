@@ -91,7 +91,9 @@ pub(crate) async fn provision(
             ))
         })?;
 
-    let running = start_all(shared, shard, &names, &base_labels, &plans).await?;
+    let running = start_all(shared, shard, &names, &base_labels, &plans)
+        .await
+        .map_err(|e| e.masked(&secrets))?;
 
     let mut env = Environment::default();
     let services_env: HashMap<String, HashMap<String, String>> = plans
