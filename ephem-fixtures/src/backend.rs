@@ -38,7 +38,7 @@ pub struct ExportedVar {
 }
 
 /// A ready environment: what the shard's tests need to reach it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Environment {
     /// Variables set in every test process of the shard.
     pub vars: Vec<ExportedVar>,
@@ -48,6 +48,43 @@ pub struct Environment {
     /// Human-readable lines saying how to reach the environment by hand
     /// (printed by `--keep-env` and `cargo ephem up`).
     pub connect_hints: Vec<String>,
+    /// What runs around each test attempt (resets, per-test databases).
+    pub test_hooks: Option<Arc<dyn TestHooks>>,
+    /// The shard's tests must run one at a time: a service is restored to
+    /// its baseline before each test, which every test then shares.
+    pub serial: bool,
+}
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Environment")
+            .field("vars", &self.vars.len())
+            .field("connect_hints", &self.connect_hints)
+            .field("test_hooks", &self.test_hooks.is_some())
+            .field("serial", &self.serial)
+            .finish()
+    }
+}
+
+/// What an environment does around each test attempt of its shard: restore
+/// services to their baseline, hand a database of its own to the test.
+#[async_trait::async_trait]
+pub trait TestHooks: Send + Sync {
+    /// Before an attempt starts: returns the variables only this attempt
+    /// gets (e.g. `DATABASE_URL` naming its own database).
+    async fn before_attempt(&self) -> Result<AttemptEnv, EnvError>;
+
+    /// After the attempt ended: gives back what `before_attempt` handed out.
+    async fn after_attempt(&self, env: AttemptEnv);
+}
+
+/// The variables of one test attempt, and what to give back after it.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptEnv {
+    /// Set in the attempt's process, over the shard's own variables.
+    pub vars: Vec<ExportedVar>,
+    /// What the hooks handed out (e.g. database names), for `after_attempt`.
+    pub handed_out: Vec<String>,
 }
 
 /// Why a backend could not prepare, provision or tear down an environment.

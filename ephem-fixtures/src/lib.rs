@@ -18,8 +18,8 @@ pub mod sweep;
 pub mod template;
 
 pub use backend::{
-    Backend, BackendKind, EnvError, EnvEvent, Environment, EventSink, ExportedVar, RunContext,
-    ShardContext,
+    AttemptEnv, Backend, BackendKind, EnvError, EnvEvent, Environment, EventSink, ExportedVar,
+    RunContext, ShardContext, TestHooks,
 };
 pub use cleanup::{Cleanup, ResourceKind, RunResource};
 pub use config::{ConfigError, EphemConfig, ServiceSpec, WaitKind, WaitStrategy};

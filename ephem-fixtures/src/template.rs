@@ -23,6 +23,9 @@ pub enum Var {
     Shard,
     /// `${run}`: the run id.
     Run,
+    /// `${database}`: the test's own database (`databases = "per-test"`),
+    /// else the service's `POSTGRES_DB`.
+    Database,
     /// `${services.NAME.env.KEY}`: an environment variable of a service this one depends on.
     ServiceEnv {
         /// The other service's name.
@@ -41,6 +44,7 @@ impl fmt::Display for Var {
             Var::Random => write!(f, "${{random}}"),
             Var::Shard => write!(f, "${{shard}}"),
             Var::Run => write!(f, "${{run}}"),
+            Var::Database => write!(f, "${{database}}"),
             Var::ServiceEnv { service, key } => write!(f, "${{services.{service}.env.{key}}}"),
         }
     }
@@ -75,6 +79,8 @@ pub struct Bindings<'a> {
     pub shard: u32,
     /// Value of `${run}`.
     pub run: &'a str,
+    /// Value of `${database}`, when known.
+    pub database: Option<&'a str>,
 }
 
 impl Template {
@@ -165,6 +171,7 @@ impl Template {
             }
             Var::Shard => Some(b.shard.to_string()),
             Var::Run => Some(b.run.to_owned()),
+            Var::Database => b.database.map(str::to_owned),
             Var::ServiceEnv { service, key } => b
                 .services_env
                 .and_then(|all| all.get(service))
@@ -182,6 +189,7 @@ fn parse_var(body: &str) -> Result<Var, String> {
         "random" => Var::Random,
         "shard" => Var::Shard,
         "run" => Var::Run,
+        "database" => Var::Database,
         _ => {
             if let Some(port) = body.strip_prefix("port.") {
                 match port.parse::<u16>() {

@@ -5,6 +5,7 @@ mod support;
 
 mod archive;
 mod bad_input;
+mod baseline;
 mod dev_env;
 mod environments;
 mod junit;

@@ -8,7 +8,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ephem_fixtures::{Backend, Cleanup, EnvError, EnvEvent, Environment, RunContext, ShardContext};
+use ephem_fixtures::{
+    Backend, Cleanup, EnvError, EnvEvent, Environment, RunContext, ShardContext, TestHooks,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
@@ -83,6 +85,10 @@ struct ShardState {
     timeline: ShardTimeline,
     /// When provisioning or teardown was requested, until it ends.
     phase_started: Option<SystemTime>,
+    /// What runs around each attempt (resets, per-test databases).
+    hooks: Option<Arc<dyn TestHooks>>,
+    /// One test at a time: a service resets to its baseline between tests.
+    serial: bool,
 }
 
 impl ShardState {
@@ -230,6 +236,40 @@ pub(crate) async fn run_with_signals(
     }
 }
 
+/// One attempt with the environment's hooks around it: a reset or a
+/// database of its own first (a failure there fails the attempt, with why),
+/// handed back after.
+async fn attempt_with_hooks(
+    mut spec: AttemptSpec,
+    stop: watch::Receiver<StopLevel>,
+    hooks: Option<Arc<dyn TestHooks>>,
+) -> Attempt {
+    let Some(hooks) = hooks else {
+        return run_attempt(spec, stop).await;
+    };
+    let started_at = SystemTime::now();
+    let prepared = hooks.before_attempt().await;
+    let extra = match prepared {
+        Ok(extra) => extra,
+        Err(e) => {
+            return Attempt {
+                status: AttemptStatus::Failed(format!(
+                    "the environment could not be prepared for this test: {e}"
+                )),
+                started_at,
+                duration: Duration::ZERO,
+                stdout: String::new(),
+                stderr: String::new(),
+            }
+        }
+    };
+    spec.env
+        .extend(extra.vars.iter().map(|v| (v.name.clone(), v.value.clone())));
+    let attempt = run_attempt(spec, stop).await;
+    hooks.after_attempt(extra).await;
+    attempt
+}
+
 /// The plan once it comes; `None` when the build failed (or its task died
 /// and dropped the sender).
 async fn recv_plan(
@@ -335,6 +375,8 @@ impl<'a> Dispatcher<'a> {
                     ..Default::default()
                 },
                 phase_started: None,
+                hooks: None,
+                serial: false,
             });
         }
     }
@@ -475,6 +517,7 @@ impl<'a> Dispatcher<'a> {
         for step in 0..n {
             let idx = (self.next_shard + step) % n;
             let s = &self.shards[idx];
+            let limit = if s.serial { 1 } else { limit };
             if s.phase == EnvPhase::Ready && !s.queue.is_empty() && s.running < limit {
                 self.next_shard = (idx + 1) % n;
                 return Some(idx);
@@ -523,9 +566,10 @@ impl<'a> Dispatcher<'a> {
             shard: shard_no,
             test,
         };
+        let hooks = shard.hooks.clone();
         self.tasks.spawn(task, async move {
             let attempt = tokio::select! {
-                attempt = run_attempt(spec, stop) => attempt,
+                attempt = attempt_with_hooks(spec, stop, hooks) => attempt,
                 _ = tokio::time::sleep(Duration::from_millis(300)), if panic_hook => {
                     panic!("{} is set: panicking on purpose while a test runs", PanicPoint::VAR)
                 }
@@ -647,6 +691,8 @@ impl<'a> Dispatcher<'a> {
                                 .collect(),
                         );
                         shard.masker = Masker::new(env.secrets.clone());
+                        shard.hooks = env.test_hooks.clone();
+                        shard.serial = env.serial;
                         shard.env = Some(env);
                         shard.phase = EnvPhase::Ready;
                         self.events.shard_ready(number, true);

@@ -68,6 +68,8 @@ pub struct EphemConfig {
     pub backend: BackendKind,
     /// `[shards]`: how each shard runs its tests.
     pub shards: ShardsConfig,
+    /// `[reuse]`: environments kept between local runs.
+    pub reuse: ReuseConfig,
     /// `[images]`: how images are fetched.
     pub images: ImagesConfig,
     /// `[kubernetes]`: how the Kubernetes backend builds each shard's
@@ -122,6 +124,53 @@ pub struct ServiceSpec {
     pub depends_on: Vec<String>,
     /// A HEALTHCHECK for images that have none (or to replace theirs).
     pub healthcheck: Option<HealthcheckSpec>,
+    /// `setup`: run once in the container after it is ready (migrations,
+    /// seed data); what it leaves is the service's baseline.
+    pub setup: Option<Vec<Template>>,
+    /// `reset`: restore the baseline before every test.
+    pub reset: Option<Reset>,
+    /// `databases = "per-test"`: every test gets its own database, cloned
+    /// from the baseline.
+    pub per_test_databases: bool,
+}
+
+/// How a service is restored to its baseline before every test.
+#[derive(Clone, Debug)]
+pub enum Reset {
+    /// The baseline database is re-created from a template taken after setup.
+    Postgres,
+    /// `FLUSHALL`: a Redis baseline is empty.
+    Redis,
+    /// This command, run in the container.
+    Exec(Vec<Template>),
+}
+
+impl ServiceSpec {
+    /// Whether tests must run one at a time against this service (a reset
+    /// between tests restores state every test sees).
+    pub fn needs_serial_tests(&self) -> bool {
+        self.reset.is_some()
+    }
+
+    /// The Postgres port a reset or per-test databases talk to.
+    pub fn postgres_port(&self) -> Option<u16> {
+        (matches!(self.reset, Some(Reset::Postgres)) || self.per_test_databases).then_some(5432)
+    }
+}
+
+/// `[reuse]`: environments kept between local runs (`--reuse`).
+#[derive(Clone, Debug)]
+pub struct ReuseConfig {
+    /// Kept environments expire after this long unused.
+    pub ttl: Duration,
+}
+
+impl Default for ReuseConfig {
+    fn default() -> Self {
+        ReuseConfig {
+            ttl: Duration::from_secs(30 * 60),
+        }
+    }
 }
 
 /// The `healthcheck` table: Docker runs `test` in the container.

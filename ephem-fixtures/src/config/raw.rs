@@ -12,11 +12,18 @@ pub(super) type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     pub backend: Option<Spanned<String>>,
+    pub reuse: Option<RawReuse>,
     pub shards: Option<RawShards>,
     pub images: Option<RawImages>,
     pub kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReuse {
+    pub ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +96,24 @@ pub(super) struct RawService {
     pub export: BTreeMap<Spanned<String>, Spanned<String>>,
     pub depends_on: Option<SpannedList<String>>,
     pub healthcheck: Option<Spanned<RawHealthcheck>>,
+    pub setup: Option<Spanned<RawExec>>,
+    pub reset: Option<Spanned<RawReset>>,
+    pub databases: Option<Spanned<String>>,
+}
+
+/// `{ exec = ["cmd", "arg"] }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExec {
+    pub exec: SpannedList<String>,
+}
+
+/// `reset = "postgres"`, `reset = "redis"` or `reset = { exec = [...] }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawReset {
+    Named(String),
+    Exec(RawExec),
 }
 
 #[derive(Deserialize)]

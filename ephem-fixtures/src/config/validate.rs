@@ -8,10 +8,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Locator;
-use super::raw::{RawFile, RawHealthcheck, RawService, RawWait, Scalar};
+use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar};
 use super::{
-    ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, ServiceSpec, ShardsConfig,
-    WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT, DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
+    ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, Reset, ReuseConfig,
+    ServiceSpec, ShardsConfig, WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
 };
 use crate::image_ref::ImageRef;
 use crate::template::{Template, Var};
@@ -45,6 +46,13 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         },
         None => ShardsConfig::default(),
     };
+    let reuse = match raw.reuse.as_ref().and_then(|r| r.ttl.as_ref()) {
+        Some(ttl) => ReuseConfig {
+            ttl: super::parse_duration(ttl.get_ref(), false)
+                .map_err(|message| at.error(ttl.span(), "reuse.ttl", message))?,
+        },
+        None => ReuseConfig::default(),
+    };
     let mirror = match raw.images.and_then(|i| i.mirror) {
         Some(mirror) => Some(check_mirror(&at, &mirror)?),
         None => None,
@@ -77,6 +85,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         path: path.to_owned(),
         backend,
         shards,
+        reuse,
         images: ImagesConfig { mirror },
         kubernetes,
         services,
@@ -241,6 +250,7 @@ impl ServiceChecker<'_, '_> {
             .as_ref()
             .map(|list| list.get_ref().iter().map(|d| d.get_ref().clone()).collect())
             .unwrap_or_default();
+        let (setup, reset, per_test_databases) = self.baseline(key)?;
 
         Ok(ServiceSpec {
             name: self.name.to_owned(),
@@ -254,7 +264,116 @@ impl ServiceChecker<'_, '_> {
             export,
             depends_on,
             healthcheck,
+            setup,
+            reset,
+            per_test_databases,
         })
+    }
+
+    /// `setup`, `reset` and `databases`: how the service's baseline is made
+    /// and restored.
+    #[allow(clippy::type_complexity)]
+    fn baseline(
+        &self,
+        key: &str,
+    ) -> Result<(Option<Vec<Template>>, Option<Reset>, bool), ConfigError> {
+        let raw = self.svc;
+        let setup = match &raw.setup {
+            Some(exec) => Some(self.exec(&exec.get_ref().exec, &format!("{key}.setup.exec"))?),
+            None => None,
+        };
+        let reset = match &raw.reset {
+            None => None,
+            Some(r) => Some(match r.get_ref() {
+                RawReset::Named(name) if name == "postgres" => Reset::Postgres,
+                RawReset::Named(name) if name == "redis" => Reset::Redis,
+                RawReset::Named(other) => {
+                    return Err(self.at.error(
+                        r.span(),
+                        format!("{key}.reset"),
+                        format!("unknown reset {other:?}; write \"postgres\", \"redis\" or {{ exec = [\"cmd\", \"arg\"] }}"),
+                    ))
+                }
+                RawReset::Exec(exec) => Reset::Exec(self.exec(&exec.exec, &format!("{key}.reset.exec"))?),
+            }),
+        };
+        let per_test = match &raw.databases {
+            None => false,
+            Some(d) if d.get_ref() == "per-test" => true,
+            Some(d) => {
+                return Err(self.at.error(
+                    d.span(),
+                    format!("{key}.databases"),
+                    format!(
+                        "{:?} is not a databases mode; the one there is: \"per-test\"",
+                        d.get_ref()
+                    ),
+                ))
+            }
+        };
+        self.check_baseline(key, setup.is_some(), reset.as_ref(), per_test)?;
+        Ok((setup, reset, per_test))
+    }
+
+    /// The combinations that cannot work, each pointing at its key.
+    fn check_baseline(
+        &self,
+        key: &str,
+        has_setup: bool,
+        reset: Option<&Reset>,
+        per_test: bool,
+    ) -> Result<(), ConfigError> {
+        let raw = self.svc;
+        let reset_span = || raw.reset.as_ref().map(|r| r.span()).unwrap_or_default();
+        if matches!(reset, Some(Reset::Redis)) && has_setup {
+            return Err(self.at.error(
+                reset_span(),
+                format!("{key}.reset"),
+                "a Redis baseline is empty: FLUSHALL would undo setup; drop setup, or reset with { exec = [...] }",
+            ));
+        }
+        if per_test && reset.is_some() {
+            return Err(self.at.error(
+                reset_span(),
+                format!("{key}.reset"),
+                "databases = \"per-test\" already gives every test a fresh database; drop reset",
+            ));
+        }
+        let needs_port = match reset {
+            Some(Reset::Postgres) => Some(("reset = \"postgres\"", 5432, reset_span())),
+            Some(Reset::Redis) => Some(("reset = \"redis\"", 6379, reset_span())),
+            _ if per_test => Some((
+                "databases = \"per-test\"",
+                5432,
+                raw.databases.as_ref().map(|d| d.span()).unwrap_or_default(),
+            )),
+            _ => None,
+        };
+        if let Some((what, port, span)) = needs_port {
+            if !self.ports.contains(&port) {
+                return Err(self.at.error(
+                    span,
+                    key.to_owned(),
+                    format!("{what} talks to the service from the runner on port {port}; add {port} to ports"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn exec(
+        &self,
+        list: &Spanned<Vec<Spanned<String>>>,
+        key: &str,
+    ) -> Result<Vec<Template>, ConfigError> {
+        if list.get_ref().is_empty() {
+            return Err(self.at.error(
+                list.span(),
+                key,
+                "the command is empty; give the program and its arguments",
+            ));
+        }
+        self.templates(list.get_ref(), key, Site::Command)
     }
 
     fn templates(
@@ -292,6 +411,10 @@ impl ServiceChecker<'_, '_> {
         let name = self.name;
         match var {
             Var::Random | Var::Shard | Var::Run => None,
+            Var::Database if site == Site::Export => None,
+            Var::Database => Some(format!(
+                "{var} is the test's own database, known per test; use it in export (e.g. DATABASE_URL)"
+            )),
             Var::Host if site == Site::Export => None,
             Var::Host => Some(format!(
                 "{var} is only known once the container runs; use it in export (services reach each other by name, e.g. `{name}`)"

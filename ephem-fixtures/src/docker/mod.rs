@@ -1,6 +1,7 @@
 //! The Docker backend: every shard gets its own bridge network and one
 //! container per configured service. Works with Podman's Docker-compatible API.
 
+mod baseline;
 mod cleanup;
 mod connect;
 mod images;

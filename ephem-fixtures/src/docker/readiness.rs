@@ -302,20 +302,56 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// Runs the exec command in the container; ready when it exits 0.
 async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
+    let shown = target.exec.join(" ");
+    let done = exec_in(
+        target.docker,
+        target.container,
+        target.exec,
+        Duration::from_secs(10),
+    )
+    .await?;
+    match done.exit_code {
+        Some(0) => Ok(()),
+        code => {
+            let said = last_line(&done.output);
+            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
+            if said.is_empty() {
+                Err(format!("exec {shown:?} exited with code {code}"))
+            } else {
+                Err(format!("exec {shown:?} exited with code {code}: {said}"))
+            }
+        }
+    }
+}
+
+/// How a command run in a container ended.
+pub(crate) struct ExecDone {
+    /// Its exit code, when the daemon knows it.
+    pub exit_code: Option<i64>,
+    /// The end of its stdout and stderr, interleaved (bounded).
+    pub output: String,
+}
+
+/// Runs `cmd` in `container` (no shell) and waits at most `limit` for it;
+/// errors name the command.
+pub(crate) async fn exec_in(
+    docker: &Docker,
+    container: &str,
+    cmd: &[String],
+    limit: Duration,
+) -> Result<ExecDone, String> {
     let config = ExecConfig {
-        cmd: Some(target.exec.to_vec()),
+        cmd: Some(cmd.to_vec()),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         ..Default::default()
     };
-    let shown = target.exec.join(" ");
-    let exec = target
-        .docker
-        .create_exec(target.container, config)
+    let shown = cmd.join(" ");
+    let exec = docker
+        .create_exec(container, config)
         .await
         .map_err(|e| format!("exec {shown:?}: {e}"))?;
-    let started = target
-        .docker
+    let started = docker
         .start_exec(&exec.id, None::<StartExecOptions>)
         .await
         .map_err(|e| format!("exec {shown:?}: {e}"))?;
@@ -329,27 +365,21 @@ async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
                 keep_tail(&mut output, chunk.as_ref());
             }
         };
-        if timeout(Duration::from_secs(10), drain).await.is_err() {
-            return Err(format!("exec {shown:?}: still running after 10s"));
+        if timeout(limit, drain).await.is_err() {
+            return Err(format!(
+                "exec {shown:?}: still running after {}",
+                humantime::format_duration(limit)
+            ));
         }
     }
-    let inspect = target
-        .docker
+    let inspect = docker
         .inspect_exec(&exec.id)
         .await
         .map_err(|e| format!("exec {shown:?}: {e}"))?;
-    match inspect.exit_code {
-        Some(0) => Ok(()),
-        code => {
-            let said = last_line(&tail_text(&output));
-            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
-            if said.is_empty() {
-                Err(format!("exec {shown:?} exited with code {code}"))
-            } else {
-                Err(format!("exec {shown:?} exited with code {code}: {said}"))
-            }
-        }
-    }
+    Ok(ExecDone {
+        exit_code: inspect.exit_code,
+        output: tail_text(&output),
+    })
 }
 
 /// Appends `chunk`, keeping only the last [`EXEC_OUTPUT_KEEP`] bytes once

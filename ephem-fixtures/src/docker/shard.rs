@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::baseline;
 use super::images::ImageFacts;
 use super::readiness::{self, NotReady, Target};
 use super::{labels, Shared};
@@ -33,6 +34,9 @@ struct ServicePlan<'a> {
     cmd: Option<Vec<String>>,
     exec: Vec<String>,
     health_test: Option<Vec<String>>,
+    /// The rendered `setup` and `reset = { exec }` commands.
+    setup: Option<Vec<String>>,
+    reset_exec: Option<Vec<String>>,
 }
 
 /// A ready service: what exports and connect hints need.
@@ -94,14 +98,22 @@ pub(crate) async fn provision(
     let running = start_all(shared, shard, &names, &base_labels, &plans)
         .await
         .map_err(|e| e.masked(&secrets))?;
+    let hooks = baselines(shared, shard, &plans, &running)
+        .await
+        .map_err(|e| e.masked(&secrets))?;
 
-    let mut env = Environment::default();
+    let mut env = Environment {
+        serial: plans.iter().any(|p| p.spec.needs_serial_tests()),
+        ..Environment::default()
+    };
     let services_env: HashMap<String, HashMap<String, String>> = plans
         .iter()
         .map(|p| (p.spec.name.clone(), p.env.clone()))
         .collect();
+    let mut hooks = hooks;
     for plan in &plans {
         let service = &running[&plan.spec.name];
+        let database = default_database(&plan.env);
         let bindings = Bindings {
             host: Some(&shared.host),
             ports: Some(&service.ports),
@@ -109,8 +121,31 @@ pub(crate) async fn provision(
             services_env: Some(&services_env),
             shard: shard.shard,
             run: &shard.run.run_id,
+            database: Some(&database),
         };
         for (name, template) in &plan.spec.export {
+            let per_test = plan.spec.per_test_databases
+                && template
+                    .vars()
+                    .any(|v| *v == crate::template::Var::Database);
+            if per_test {
+                // Names the test's own database: rendered again before each
+                // test, over the value below (the baseline database, which
+                // `up` and `--keep-env` show).
+                hooks.per_test_export(
+                    name,
+                    template,
+                    &plan.spec.name,
+                    baseline::OwnedBindings {
+                        host: shared.host.clone(),
+                        ports: service.ports.clone(),
+                        env: plan.env.clone(),
+                        services_env: services_env.clone(),
+                        shard: shard.shard,
+                        run: shard.run.run_id.clone(),
+                    },
+                );
+            }
             env.vars.push(ExportedVar {
                 name: name.clone(),
                 value: render(
@@ -126,9 +161,50 @@ pub(crate) async fn provision(
         env.connect_hints
             .push(hint(&plan.spec.name, service, &shared.host, &network));
     }
+    env.test_hooks = hooks.build();
     env.connect_hints.push(removal_hint(shard));
     env.secrets = secrets;
     Ok(env)
+}
+
+/// The database `${database}` names without per-test databases: the one
+/// the official Postgres image creates (`POSTGRES_DB`, else the user's).
+fn default_database(env: &HashMap<String, String>) -> String {
+    env.get("POSTGRES_DB")
+        .or_else(|| env.get("POSTGRES_USER"))
+        .cloned()
+        .unwrap_or_else(|| "postgres".to_owned())
+}
+
+/// `setup` of every service, in start order, then the baselines that
+/// resets and per-test databases need.
+async fn baselines(
+    shared: &Shared,
+    shard: &ShardContext,
+    plans: &[ServicePlan<'_>],
+    running: &HashMap<String, RunningService>,
+) -> Result<baseline::HooksBuilder, EnvError> {
+    let mut hooks = baseline::HooksBuilder::new(shared.docker.clone(), shard.shard);
+    for plan in plans {
+        let service = &running[&plan.spec.name];
+        let ready = baseline::ReadyService {
+            spec: plan.spec,
+            container: &service.container,
+            env: &plan.env,
+            ports: &service.ports,
+            setup: plan.setup.clone(),
+            reset_exec: plan.reset_exec.clone(),
+        };
+        baseline::run_setup(
+            &shared.docker,
+            shard.shard,
+            &ready,
+            plan.spec.startup_timeout,
+        )
+        .await?;
+        hooks.add(&ready, &shared.host).await?;
+    }
+    Ok(hooks)
 }
 
 /// Renders env, commands and healthchecks in start order, so that
@@ -190,6 +266,14 @@ async fn plan<'a>(
             Some(hc) => Some(render_all(&hc.test, "healthcheck.test")?),
             None => None,
         };
+        let setup = match &spec.setup {
+            Some(cmd) => Some(render_all(cmd, "setup.exec")?),
+            None => None,
+        };
+        let reset_exec = match &spec.reset {
+            Some(crate::config::Reset::Exec(cmd)) => Some(render_all(cmd, "reset.exec")?),
+            _ => None,
+        };
         rendered_env.insert(spec.name.clone(), env.clone());
         plans.push(ServicePlan {
             spec,
@@ -198,6 +282,8 @@ async fn plan<'a>(
             cmd,
             exec,
             health_test,
+            setup,
+            reset_exec,
         });
     }
     Ok(plans)
