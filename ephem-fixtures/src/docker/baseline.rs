@@ -26,8 +26,9 @@ use crate::{AttemptEnv, EnvError, ExportedVar, TestHooks};
 /// The template every reset restores and every per-test database clones.
 const BASELINE: &str = "ephem_baseline";
 
-/// How many per-test databases wait ready for the next tests.
-const POOL_SIZE: usize = 3;
+/// How many copies of the baseline wait ready for the next tests (per-test
+/// databases, or the next reset).
+const POOL_SIZE: usize = 4;
 
 /// Longest a reset or a database hand-out may take before the test fails.
 const HOOK_BUDGET: Duration = Duration::from_secs(60);
@@ -175,6 +176,19 @@ struct PgAdmin {
 }
 
 impl PgAdmin {
+    /// Ends every other session on `database` (a rename or a template copy
+    /// needs it alone).
+    async fn terminate_sessions(&self, database: &str) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&database],
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// `name` as a quoted identifier.
     fn ident(name: &str) -> String {
         format!("\"{}\"", name.replace('"', "\"\""))
@@ -182,13 +196,7 @@ impl PgAdmin {
 
     async fn drop_database(&self, name: &str) -> Result<(), tokio_postgres::Error> {
         if !self.force {
-            self.client
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE datname = $1 AND pid <> pg_backend_pid()",
-                    &[&name],
-                )
-                .await?;
+            self.terminate_sessions(name).await?;
         }
         let force = if self.force { " WITH (FORCE)" } else { "" };
         self.client
@@ -213,13 +221,7 @@ impl PgAdmin {
     /// Takes the baseline: `database` as it is now becomes the template.
     async fn take_baseline(&self, database: &str) -> Result<(), tokio_postgres::Error> {
         // Setup's own sessions may linger; a template must have none.
-        self.client
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&database],
-            )
-            .await?;
+        self.terminate_sessions(database).await?;
         self.drop_database(BASELINE).await?;
         self.clone_database(database, BASELINE).await
     }
@@ -227,15 +229,30 @@ impl PgAdmin {
 
 /// Restores one service before each test.
 enum ResetTarget {
-    Postgres { admin: PgAdmin, database: String },
-    Redis { address: String },
-    Exec { container: String, cmd: Vec<String> },
+    /// Copies of the baseline wait in `pool`; a reset renames one into the
+    /// database's place (a catalog update, milliseconds) and drops the used
+    /// one in the background.
+    Postgres {
+        pool: Arc<DatabasePool>,
+        database: String,
+    },
+    Redis {
+        address: String,
+    },
+    Exec {
+        container: String,
+        cmd: Vec<String>,
+    },
 }
 
 /// Per-test databases of one Postgres service.
 struct DatabasePool {
     service: String,
+    /// Copies and drops, in the background.
     admin: PgAdmin,
+    /// A session of its own for the test's critical path (renames): one
+    /// connection runs one statement at a time, and a copy takes a while.
+    swapper: PgAdmin,
     /// Ready clones, oldest first.
     ready: Mutex<VecDeque<String>>,
     /// Names are `ephem_t_<n>`, unique within the shard.
@@ -245,6 +262,17 @@ struct DatabasePool {
 }
 
 impl DatabasePool {
+    fn new(service: &str, admin: PgAdmin, swapper: PgAdmin) -> Arc<DatabasePool> {
+        Arc::new(DatabasePool {
+            service: service.to_owned(),
+            admin,
+            swapper,
+            ready: Mutex::new(VecDeque::new()),
+            next: AtomicU64::new(1),
+            refill: tokio::sync::Mutex::new(()),
+        })
+    }
+
     fn name(&self) -> String {
         format!("ephem_t_{}", self.next.fetch_add(1, Ordering::Relaxed))
     }
@@ -269,6 +297,39 @@ impl DatabasePool {
         let pool = self.clone();
         tokio::spawn(async move { pool.fill().await });
         Ok(name)
+    }
+
+    /// Drops a database in the background: the next test need not wait.
+    fn drop_later(self: &Arc<Self>, name: String) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let _ = pool.admin.drop_database(&name).await;
+        });
+    }
+
+    /// Puts a ready copy of the baseline in `database`'s place: the used
+    /// database is renamed away (dropped later), the copy renamed in.
+    async fn swap_into(self: &Arc<Self>, database: &str) -> Result<(), tokio_postgres::Error> {
+        let fresh = self.take().await?;
+        let used = self.name();
+        self.swapper.terminate_sessions(database).await?;
+        let rename = |from: &str, to: &str| {
+            format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                PgAdmin::ident(from),
+                PgAdmin::ident(to)
+            )
+        };
+        self.swapper
+            .client
+            .batch_execute(&rename(database, &used))
+            .await?;
+        self.swapper
+            .client
+            .batch_execute(&rename(&fresh, database))
+            .await?;
+        self.drop_later(used);
+        Ok(())
     }
 
     /// Tops the ready clones up to [`POOL_SIZE`].
@@ -365,8 +426,11 @@ impl HooksBuilder {
                         &format!("cannot copy {} as the baseline: {e}", pg.database),
                     )
                 })?;
+                let swapper = pg.admin(&spec.name, shard, "reset = \"postgres\"").await?;
+                let pool = DatabasePool::new(&spec.name, admin, swapper);
+                pool.fill().await;
                 let target = ResetTarget::Postgres {
-                    admin,
+                    pool,
                     database: pg.database,
                 };
                 self.hooks.resets.push((spec.name.clone(), target));
@@ -416,13 +480,8 @@ impl HooksBuilder {
                     &format!("cannot copy {} as the template: {e}", pg.database),
                 )
             })?;
-            let pool = Arc::new(DatabasePool {
-                service: spec.name.clone(),
-                admin,
-                ready: Mutex::new(VecDeque::new()),
-                next: AtomicU64::new(1),
-                refill: tokio::sync::Mutex::new(()),
-            });
+            let swapper = pg.admin(&spec.name, shard, what).await?;
+            let pool = DatabasePool::new(&spec.name, admin, swapper);
             pool.fill().await;
             self.hooks.pools.push(pool);
         }
@@ -492,12 +551,9 @@ impl DockerTestHooks {
     async fn reset_all(&self) -> Result<(), String> {
         for (service, target) in &self.resets {
             let result = match target {
-                ResetTarget::Postgres { admin, database } => async {
-                    admin.drop_database(database).await?;
-                    admin.clone_database(BASELINE, database).await
+                ResetTarget::Postgres { pool, database } => {
+                    pool.swap_into(database).await.map_err(|e| e.to_string())
                 }
-                .await
-                .map_err(|e| e.to_string()),
                 ResetTarget::Redis { address } => flushall(address).await,
                 ResetTarget::Exec { container, cmd } => {
                     match exec_in(&self.docker, container, cmd, HOOK_BUDGET).await {
@@ -578,11 +634,7 @@ impl TestHooks for DockerTestHooks {
                 continue;
             };
             if let Some(pool) = self.pools.iter().find(|p| p.service == service) {
-                // Dropped in the background: the next test need not wait.
-                let (pool, name) = (pool.clone(), name.to_owned());
-                tokio::spawn(async move {
-                    let _ = pool.admin.drop_database(&name).await;
-                });
+                pool.drop_later(name.to_owned());
             }
         }
     }
