@@ -184,7 +184,7 @@ impl Kubelet {
         }
         tokio::time::sleep(self.lifecycle.start_after).await;
         for i in 0..init.len() {
-            if !self.pull(&node, &mut init, &main, i, true).await {
+            if !self.pull(&node, &init, &main, i, true).await {
                 return;
             }
             match init[i].fate.clone() {
@@ -203,7 +203,7 @@ impl Kubelet {
             }
         }
         for i in 0..main.len() {
-            if !self.pull(&node, &init, &mut main, i, false).await {
+            if !self.pull(&node, &init, &main, i, false).await {
                 return;
             }
         }
