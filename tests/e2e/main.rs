@@ -8,6 +8,7 @@ mod bad_input;
 mod dev_env;
 mod environments;
 mod junit;
+mod kubernetes;
 mod list;
 mod partition;
 mod provision;
