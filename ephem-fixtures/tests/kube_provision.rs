@@ -1082,6 +1082,92 @@ async fn without_helm_on_path_the_error_says_how_to_install_it() {
     f.backend.teardown(&s).await.unwrap();
 }
 
+/// A fake `helm` that does what a chart would: creates Service `api`
+/// (target port `http`) and its pod `api-0` in the release's namespace,
+/// through the stand-in's API, then returns once the pod had time to start.
+fn chart_helm(dir: &Path, api: &StandIn) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("chart-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let service = json!({"metadata": {"name": "api", "labels": {"app.kubernetes.io/instance": "app"}},
+        "spec": {"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": "http"}]}});
+    let pod = json!({"metadata": {"name": "api-0", "labels": {"app": "api"}},
+        "spec": {"containers": [{"name": "api", "image": "api:1",
+            "ports": [{"name": "http", "containerPort": 8000}]}]}});
+    let script = format!(
+        r#"#!/bin/sh
+while [ $# -gt 0 ]; do [ "$1" = --namespace ] && NS=$2; shift; done
+post() {{ curl -sf -X POST -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "{url}/api/v1/namespaces/$NS/$1" -d "$2" > /dev/null || exit 1; }}
+post services '{service}'
+post pods '{pod}'
+sleep 0.5
+echo 'Release "app" has been upgraded.'
+"#,
+        token = api.token(),
+        url = api.url(),
+    );
+    let helm = bin.join("helm");
+    std::fs::write(&helm, script).unwrap();
+    std::fs::set_permissions(&helm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+const CHART_EXPORT: &str = r#"
+backend = "kubernetes"
+[kubernetes.helm]
+chart = "./charts/api"
+[services.db]
+image = "postgres:15"
+export = { API_URL = "http://${service.api}/v1" }
+"#;
+
+#[tokio::test]
+async fn exports_reach_the_charts_services_by_name() {
+    let f = fixture(CHART_EXPORT).await;
+    let backend = clone_backend(&f).with_helm_path(chart_helm(f.dir.path(), &f.api));
+    f.api.set_lifecycle(quick());
+    f.api.forward(None, "api-0", 8000, line_server().await);
+    let s = shard(1);
+    let env = backend
+        .provision(&s)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = var(&env, "API_URL");
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/v1"))
+        .unwrap_or_else(|| panic!("{url}"));
+    assert!(addr.starts_with("127.0.0.1:"), "{url}");
+    assert_eq!(ask(addr, "ping").await, "ok ping");
+    assert!(
+        env.connect_hints.iter().any(|h| h.starts_with(&format!(
+            "service api of release app: {addr} -> pod api-0:8000"
+        ))),
+        "{:?}",
+        env.connect_hints
+    );
+    backend.teardown(&s).await.unwrap();
+}
+
+#[test]
+fn chart_services_are_checked_where_they_are_written() {
+    let err = EphemConfig::parse(
+        &CHART_EXPORT.replace("[kubernetes.helm]\nchart = \"./charts/api\"\n", ""),
+        "ephem.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("services.db.export.API_URL: ${service.api} names a Service of the [kubernetes.helm] chart, and there is none"),
+        "{err}"
+    );
+    let in_env = CHART_EXPORT.replace("export = {", "env = { X = \"${service.api}\" }\nexport = {");
+    let err = EphemConfig::parse(&in_env, "ephem.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("services.db.env.X: ${service.api} is only known once the Helm chart is installed; use it in export"), "{err}");
+}
+
 #[tokio::test]
 async fn a_forbidden_create_names_the_verb_and_the_resource() {
     let f = fixture(TWO_SERVICES).await;

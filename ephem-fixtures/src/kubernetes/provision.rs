@@ -31,7 +31,7 @@ use super::render::{
     PREPULL_LABEL, PREPULL_NAME,
 };
 use crate::config::Reach;
-use crate::template::{Bindings, Template};
+use crate::template::{Bindings, Template, Var};
 use crate::{EnvError, EnvEvent, Environment, ExportedVar, RunContext, ShardContext};
 
 /// Between retries of a pod refused because the quota controller has not
@@ -367,14 +367,17 @@ async fn environment(
     Ok(env)
 }
 
+/// An export, with `${service.NAME}` bound to the chart Services reached.
 fn render_export(
     template: &Template,
     bindings: &Bindings<'_>,
     chart: &ChartServices,
     secrets: &mut Vec<String>,
 ) -> Result<String, String> {
-    let _ = chart;
-    template.render(bindings, secrets)
+    template.render_with(bindings, secrets, &|var| match var {
+        Var::ChartService(name) => chart.addresses.get(name).cloned(),
+        _ => None,
+    })
 }
 
 /// `${service.NAME}` values of the chart's Services that exports name.
@@ -403,10 +406,23 @@ async fn chart_services(
     Ok(found)
 }
 
-/// The chart Services that exports name, each once.
+/// The chart Services that exports name, each once, in order.
 fn named_chart_services(shared: &Shared) -> Vec<String> {
-    let _ = shared;
-    Vec::new()
+    let mut names: Vec<String> = Vec::new();
+    let vars = shared
+        .config
+        .services
+        .iter()
+        .flat_map(|s| s.export.iter())
+        .flat_map(|(_, template)| template.vars());
+    for var in vars {
+        if let Var::ChartService(name) = var {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Where `${host}` and `${port.N}` point for one pod's `ports`: 127.0.0.1
