@@ -242,7 +242,10 @@ impl Waiter<'_> {
             tokio::select! {
                 event = watch.next() => {
                     let state = self.on_event(event).await?;
-                    running = matches!(state, Some(PodState::Running { .. }));
+                    // A watch error says nothing new about the pod.
+                    if let Some(state) = &state {
+                        running = matches!(state, PodState::Running { .. });
+                    }
                     let done = match (ready, state) {
                         (ReadyWhen::ProbePassed, Some(PodState::Running { ready: true })) => true,
                         (ReadyWhen::ProbePassed, Some(PodState::Running { ready: false })) => {
