@@ -430,3 +430,24 @@ fn the_example_runs_in_two_shards_on_a_real_cluster() {
     );
     validate_xsd(&junit);
 }
+
+/// `examples/kubernetes/*.yaml` (the RBAC manifest, the CI pod) pass strict
+/// validation for Kubernetes 1.33; fails (never skips) without the tool.
+#[test]
+fn the_kubernetes_examples_are_valid_for_1_33() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes");
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", "1.33.0"])
+        .arg(dir.join("rbac.yaml"))
+        .arg(dir.join("ci-pod.yaml"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubernetes-validate does not run ({e}); install it with `bash scripts/provision-test-env.sh`")
+        });
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
