@@ -24,6 +24,9 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// pod closes it or this passes.
 const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// After a failed accept, before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
 /// Local ports forwarding to one pod, by container port, and the tasks
 /// that serve them.
 pub(crate) struct Forwards {
@@ -65,7 +68,11 @@ async fn accept(listener: TcpListener, pods: Api<Pod>, pod: String, port: u16) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((local, _)) = accepted else { continue };
+                let Ok((local, _)) = accepted else {
+                    // Out of file descriptors, say: try again shortly.
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                };
                 let _ = local.set_nodelay(true);
                 connections.spawn(serve(pods.clone(), pod.clone(), port, local));
             }
