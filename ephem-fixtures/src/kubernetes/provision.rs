@@ -306,13 +306,13 @@ fn not_ready(
 }
 
 /// How the tests reach one service.
-pub(crate) struct Reached {
+struct Reached {
     /// `${host}`.
-    pub host: String,
+    host: String,
     /// Container port to the port `${port.N}` gives.
-    pub ports: HashMap<u16, u16>,
+    ports: HashMap<u16, u16>,
     /// How to reach it by hand.
-    pub hint: String,
+    hint: String,
 }
 
 /// The shard's variables, connect hints and secrets, once everything is ready.
@@ -428,7 +428,7 @@ fn named_chart_services(shared: &Shared) -> Vec<String> {
 /// Where `${host}` and `${port.N}` point for one pod's `ports`: 127.0.0.1
 /// and a port-forward per port (outside the cluster), or the Service's DNS
 /// name and the container ports (inside it).
-pub(crate) async fn reach(
+async fn reach(
     shared: &Shared,
     shard: &ShardContext,
     ns: &str,
