@@ -8,8 +8,6 @@
 //! `render`, pid 0, created at [`render_clock`]), so that two renders of
 //! one configuration differ only where the configuration does.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use camino::Utf8PathBuf;
@@ -44,7 +42,7 @@ pub struct RenderOptions {
     /// The configuration file.
     pub config: ConfigSource,
     /// `--backend NAME`, overriding the configuration's `backend`.
-    pub backend: Option<RenderBackend>,
+    pub backend: Option<BackendKind>,
     /// Which shards to print.
     pub shards: RenderShards,
     /// The expiry the janitor annotations show, counted from [`render_clock`].
@@ -109,76 +107,19 @@ impl RenderShards {
     }
 }
 
-/// The backend `render` is asked for. Only Kubernetes has objects to print.
-///
-/// [`BackendKind`] gets its Kubernetes variant with the backend itself; until
-/// then this names Kubernetes beside the kinds that exist, and a kind named
-/// `kubernetes` maps onto it, so nothing changes here when it arrives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RenderBackend {
-    /// A namespace per shard: the objects `render` prints.
-    Kubernetes,
-    /// Any other backend, which has no objects to print.
-    Other(BackendKind),
-}
-
-impl RenderBackend {
-    /// The name on the command line and in `ephem.toml`.
-    pub fn name(self) -> &'static str {
-        match self {
-            RenderBackend::Kubernetes => "kubernetes",
-            RenderBackend::Other(kind) => kind.name(),
-        }
-    }
-
-    /// Every backend name, for messages.
-    fn names() -> String {
-        let mut names = BackendKind::names();
-        if !BackendKind::ALL.iter().any(|k| k.name() == "kubernetes") {
-            names.push_str(", kubernetes");
-        }
-        names
-    }
-}
-
-impl From<BackendKind> for RenderBackend {
-    fn from(kind: BackendKind) -> Self {
-        match kind.name() {
-            "kubernetes" => RenderBackend::Kubernetes,
-            _ => RenderBackend::Other(kind),
-        }
-    }
-}
-
-impl FromStr for RenderBackend {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s == "kubernetes" {
-            return Ok(RenderBackend::Kubernetes);
-        }
-        s.parse::<BackendKind>()
-            .map(RenderBackend::from)
-            .map_err(|_| format!("unknown backend {s:?}; the backends are: {}", Self::names()))
-    }
-}
-
-impl fmt::Display for RenderBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The backend `render` is asked for: [`BackendKind`] itself, under the
+/// name callers of the first `render` used. Only Kubernetes has objects to
+/// print.
+pub type RenderBackend = BackendKind;
 
 /// `cargo ephem render`: prints the YAML stream on stdout; returns the exit code.
 pub fn render(options: &RenderOptions) -> Result<i32> {
     options.shards.check()?;
     let (path, config) = load_config(options)?;
-    let backend = options
-        .backend
-        .unwrap_or_else(|| RenderBackend::from(config.backend));
-    if let RenderBackend::Other(kind) = backend {
+    let backend = options.backend.unwrap_or(config.backend);
+    if backend != BackendKind::Kubernetes {
         return Err(EphemError::Usage(format!(
-            "render prints the Kubernetes objects of each shard, and the {kind} backend has none; pass --backend kubernetes"
+            "render prints the Kubernetes objects of each shard, and the {backend} backend has none; pass --backend kubernetes"
         )));
     }
     let stream = yaml_stream(&config, &path, options)?;
@@ -364,12 +305,9 @@ env = { URL = "postgres://u:${services.db.env.PW}@db/app", MODE = "yes" }
     }
 
     #[test]
-    fn backends_parse_by_name_and_only_kubernetes_renders() {
+    fn backends_parse_by_name() {
         assert_eq!("kubernetes".parse(), Ok(RenderBackend::Kubernetes));
-        assert_eq!(
-            "docker".parse(),
-            Ok(RenderBackend::Other(BackendKind::Docker))
-        );
+        assert_eq!("docker".parse(), Ok(RenderBackend::Docker));
         let err = "podman".parse::<RenderBackend>().unwrap_err();
         assert!(
             err.contains("docker") && err.contains("kubernetes"),

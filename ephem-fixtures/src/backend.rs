@@ -184,7 +184,7 @@ fn format_logs(logs: &[String]) -> String {
     }
 }
 
-/// An environment backend: Docker today, Kubernetes later.
+/// An environment backend: Docker containers, or Kubernetes namespaces.
 ///
 /// The runner calls [`prepare`](Backend::prepare) once per run before any
 /// shard starts, then [`provision`](Backend::provision) for every shard
@@ -228,16 +228,19 @@ pub enum BackendKind {
     /// Containers on a private network per shard, through the Docker API.
     #[default]
     Docker,
+    /// A namespace per shard on a Kubernetes cluster.
+    Kubernetes,
 }
 
 impl BackendKind {
     /// Every backend, in the order help texts list them.
-    pub const ALL: &'static [BackendKind] = &[BackendKind::Docker];
+    pub const ALL: &'static [BackendKind] = &[BackendKind::Docker, BackendKind::Kubernetes];
 
     /// The name in `ephem.toml` and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Docker => "docker",
+            BackendKind::Kubernetes => "kubernetes",
         }
     }
 
@@ -259,6 +262,9 @@ impl BackendKind {
     ) -> Result<Arc<dyn Backend>, EnvError> {
         match self {
             BackendKind::Docker => Ok(Arc::new(DockerBackend::connect(config, events).await?)),
+            BackendKind::Kubernetes => Ok(Arc::new(
+                crate::kubernetes::KubernetesBackend::connect(config, events).await?,
+            )),
         }
     }
 
@@ -268,9 +274,14 @@ impl BackendKind {
         self,
         config: Option<&EphemConfig>,
     ) -> Result<Arc<dyn Cleanup>, EnvError> {
-        let _ = config;
         match self {
             BackendKind::Docker => Ok(Arc::new(crate::docker::DockerCleanup::connect().await?)),
+            BackendKind::Kubernetes => {
+                let context = config.and_then(|c| c.kubernetes.context.as_deref());
+                Ok(Arc::new(
+                    crate::kubernetes::cleanup::KubernetesCleanup::connect(context).await?,
+                ))
+            }
         }
     }
 }

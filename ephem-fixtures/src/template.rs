@@ -33,6 +33,9 @@ pub enum Var {
         /// The variable's name in that service's `env`.
         key: String,
     },
+    /// `${service.NAME}`: `host:port` of Service NAME of the `[kubernetes.helm]`
+    /// chart, as the tests reach it (Kubernetes only, in `export`).
+    ChartService(String),
 }
 
 impl fmt::Display for Var {
@@ -46,6 +49,7 @@ impl fmt::Display for Var {
             Var::Run => write!(f, "${{run}}"),
             Var::Database => write!(f, "${{database}}"),
             Var::ServiceEnv { service, key } => write!(f, "${{services.{service}.env.{key}}}"),
+            Var::ChartService(name) => write!(f, "${{service.{name}}}"),
         }
     }
 }
@@ -141,11 +145,25 @@ impl Template {
         bindings: &Bindings<'_>,
         secrets: &mut Vec<String>,
     ) -> Result<String, String> {
+        self.render_with(bindings, secrets, &|_| None)
+    }
+
+    /// Like [`render`](Self::render), but `extra` answers first: how a
+    /// backend binds the variables only it knows (`${service.NAME}`).
+    pub fn render_with(
+        &self,
+        bindings: &Bindings<'_>,
+        secrets: &mut Vec<String>,
+        extra: &dyn Fn(&Var) -> Option<String>,
+    ) -> Result<String, String> {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
-                Part::Var(var) => out.push_str(&self.lookup(var, bindings, secrets)?),
+                Part::Var(var) => match extra(var) {
+                    Some(value) => out.push_str(&value),
+                    None => out.push_str(&self.lookup(var, bindings, secrets)?),
+                },
             }
         }
         Ok(out)
@@ -177,6 +195,7 @@ impl Template {
                 .and_then(|all| all.get(service))
                 .and_then(|env| env.get(key))
                 .cloned(),
+            Var::ChartService(_) => None,
         };
         value.ok_or_else(|| format!("{var} has no value here (in {:?})", self.source))
     }
@@ -220,9 +239,16 @@ fn parse_var(body: &str) -> Result<Var, String> {
                         ))
                     }
                 }
+            } else if let Some(name) = body.strip_prefix("service.") {
+                if name.is_empty() || name.contains('.') {
+                    return Err(format!(
+                        "${{{body}}}: write ${{service.NAME}} with the name of a Service of the Helm chart, e.g. ${{service.api}}"
+                    ));
+                }
+                Var::ChartService(name.to_owned())
             } else {
                 return Err(format!(
-                    "unknown variable ${{{body}}}; use ${{host}}, ${{port.N}}, ${{env.NAME}}, ${{random}}, ${{shard}}, ${{run}} or ${{services.NAME.env.KEY}} (write $${{ for a literal ${{)"
+                    "unknown variable ${{{body}}}; use ${{host}}, ${{port.N}}, ${{env.NAME}}, ${{random}}, ${{shard}}, ${{run}}, ${{services.NAME.env.KEY}} or ${{service.NAME}} (write $${{ for a literal ${{)"
                 ));
             }
         }
@@ -300,6 +326,23 @@ mod tests {
         assert!(Template::parse("${services.pg}")
             .unwrap_err()
             .contains("services.NAME.env.KEY"));
+    }
+
+    #[test]
+    fn chart_services_come_from_the_backend() {
+        let t = Template::parse("http://${service.api}/v1").unwrap();
+        assert_eq!(t.vars().next(), Some(&Var::ChartService("api".into())));
+        assert!(t.render(&Bindings::default(), &mut Vec::new()).is_err());
+        let out = t
+            .render_with(&Bindings::default(), &mut Vec::new(), &|var| match var {
+                Var::ChartService(name) if name == "api" => Some("127.0.0.1:4000".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(out, "http://127.0.0.1:4000/v1");
+        assert_eq!(t.vars().next().unwrap().to_string(), "${service.api}");
+        assert!(Template::parse("${service.}").is_err());
+        assert!(Template::parse("${service.a.b}").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod baseline;
 mod dev_env;
 mod environments;
 mod junit;
+mod kubernetes;
 mod list;
 mod partition;
 mod provision;

@@ -74,9 +74,10 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         })
         .collect();
 
+    let has_helm = kubernetes.helm.is_some();
     let mut services = Vec::new();
     for (name, svc) in &raw.services {
-        services.push(check_service(&at, name, svc, &env_keys)?);
+        services.push(check_service(&at, name, svc, &env_keys, has_helm)?);
     }
     check_dependencies(&at, &raw.services)?;
     check_exports_unique(&at, &raw.services)?;
@@ -123,6 +124,8 @@ struct ServiceChecker<'a, 'b> {
     env_keys: &'a HashMap<String, Vec<String>>,
     image: ImageRef,
     ports: Vec<u16>,
+    /// Whether `[kubernetes.helm]` gives `${service.NAME}` something to name.
+    has_helm: bool,
 }
 
 fn check_service(
@@ -130,6 +133,7 @@ fn check_service(
     name: &Spanned<String>,
     svc: &Spanned<RawService>,
     env_keys: &HashMap<String, Vec<String>>,
+    has_helm: bool,
 ) -> Result<ServiceSpec, ConfigError> {
     let key = format!("services.{}", name.get_ref());
     if !is_service_name(name.get_ref()) {
@@ -172,6 +176,7 @@ fn check_service(
         env_keys,
         image,
         ports,
+        has_helm,
     };
     checker.finish(&key)
 }
@@ -436,6 +441,13 @@ impl ServiceChecker<'_, '_> {
                     format!("{var} is not in services.{name}.env (it has {}); add {key} to env", list_or_none(keys))
                 })
             }
+            Var::ChartService(_) if site != Site::Export => Some(format!(
+                "{var} is only known once the Helm chart is installed; use it in export"
+            )),
+            Var::ChartService(_) if !self.has_helm => Some(format!(
+                "{var} names a Service of the [kubernetes.helm] chart, and there is none; add [kubernetes.helm] or remove it"
+            )),
+            Var::ChartService(_) => None,
             Var::ServiceEnv { service, key } => {
                 let Some(keys) = self.env_keys.get(service) else {
                     return Some(format!("{var}: there is no service `{service}`"));

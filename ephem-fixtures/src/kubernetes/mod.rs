@@ -9,9 +9,19 @@
 //!   `cargo ephem render` prints and provisioning applies).
 //! - [`client`]: reaching the cluster (kubeconfig, context, in-cluster).
 //! - [`cleanup`]: the safety nets' side ([`crate::Cleanup`]).
+//! - [`KubernetesBackend`]: the [`crate::Backend`] itself: provisioning
+//!   (`provision`), readiness and service deaths (`readiness`), reaching the
+//!   services (`forward`), the optional chart (`helm`), teardown.
 
+mod backend;
 pub mod cleanup;
 pub mod client;
+mod forward;
+mod helm;
 pub mod labels;
+mod provision;
 pub mod quantity;
+mod readiness;
 pub mod render;
+
+pub use backend::{KubernetesBackend, DEFAULT_TEARDOWN_WAIT, DEFAULT_WATCH_RETRY};

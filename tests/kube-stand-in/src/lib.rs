@@ -19,16 +19,32 @@
 //! objects after [`NamespaceDeletion::After`], or stays stuck with
 //! conditions); the namespaced resources of [`resources::RESOURCES`] (create,
 //! get, list, watch, merge-patch, delete); pod logs (`pods/{name}/log`,
-//! `follow`, `tailLines`); bearer-token authentication (401), anonymous
-//! access to `/version` only, and RBAC-style denials (403) on demand.
+//! `follow`, `tailLines`; 400 for a container waiting to start, as the API
+//! answers); `pods/{name}/portforward` over WebSocket (`v4.channel.k8s.io`,
+//! each stream relayed to a local address set with [`StandIn::forward`]);
+//! bearer-token authentication (401), anonymous access to `/version` only,
+//! and RBAC-style denials (403) on demand; the ResourceQuota admission of
+//! the `pods` count (403 `exceeded quota`, with the quota's status kept);
+//! Secrets' `stringData` stored as base64 `data`.
+//!
+//! With a [`Lifecycle`] ([`StandIn::set_lifecycle`]) it also plays the
+//! scheduler, the kubelet and the DaemonSet controller: pods created through
+//! the API are scheduled (or stay Unschedulable), pull their images (or go
+//! ErrImagePull, then ImagePullBackOff; InvalidImageName for a bad
+//! reference; CreateContainerConfigError for a missing Secret key), start,
+//! log, become Ready after their readiness probe's delay, or exit (terminated
+//! under `restartPolicy: Never`, CrashLoopBackOff otherwise), each step with
+//! the events the real components record; DaemonSets get a pod per node and
+//! a status that counts the ready ones.
 //!
 //! What it does not: TLS, PUT (replace), JSON patch and server-side apply
-//! (415), `deletecollection`, discovery (`/api`, `/apis`), admission
-//! (quotas, limit ranges are stored, not enforced), scheduling, and
-//! `pods/{name}/portforward` (answered 400; the place to add it is marked in
-//! `server.rs`).
+//! (415), `deletecollection`, discovery (`/api`, `/apis`), admission beyond
+//! the `pods` quota (limit ranges are stored, not applied), Services that
+//! route anything (port-forward goes to pods), and SPDY.
 
 mod kubeconfig;
+mod kubelet;
+mod portforward;
 pub mod resources;
 mod selector;
 mod server;
@@ -95,6 +111,98 @@ impl Condition {
             "lastTransitionTime": store::now(),
         })
     }
+}
+
+/// How pods created through the API run (see [`StandIn::set_lifecycle`]).
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    /// From scheduling to the containers running (the "pull" and start).
+    pub start_after: Duration,
+    /// From running to Ready, for containers with a readiness probe
+    /// (without one, a running container is ready at once).
+    pub ready_after: Duration,
+    /// Nodes, each of which gets a pod of every DaemonSet (default 1).
+    pub nodes: u32,
+    /// (text an image contains, what happens to its container), first match wins.
+    rules: Vec<(String, Fate)>,
+}
+
+impl Lifecycle {
+    /// Containers start after `start_after` and pass their readiness probe
+    /// `ready_after` later; one node.
+    pub fn new(start_after: Duration, ready_after: Duration) -> Lifecycle {
+        Lifecycle {
+            start_after,
+            ready_after,
+            nodes: 1,
+            rules: Vec::new(),
+        }
+    }
+
+    /// `nodes` nodes, for DaemonSets.
+    pub fn nodes(mut self, nodes: u32) -> Lifecycle {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Containers whose image contains `image` meet `fate` (rules are
+    /// tried in the order added; unmatched images [`Fate::Run`]).
+    pub fn rule(mut self, image: &str, fate: Fate) -> Lifecycle {
+        self.rules.push((image.to_owned(), fate));
+        self
+    }
+}
+
+/// What happens to a container, by its image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Starts, logs these lines, becomes ready.
+    Run {
+        /// Lines written to its log when it starts.
+        log: Vec<String>,
+    },
+    /// Starts and logs, but its readiness probe never passes.
+    NeverReady {
+        /// Lines written to its log when it starts.
+        log: Vec<String>,
+    },
+    /// The pull fails: ErrImagePull, then ImagePullBackOff, never started.
+    PullFails {
+        /// What the registry said, e.g. `... not found`.
+        message: String,
+    },
+    /// Starts, logs, then exits with `code`: terminated under
+    /// `restartPolicy: Never`, CrashLoopBackOff under `Always`.
+    Exit {
+        /// The exit code.
+        code: i32,
+        /// Lines written to its log before it exits.
+        log: Vec<String>,
+    },
+    /// No node fits the pod: PodScheduled False, reason Unschedulable.
+    Unschedulable {
+        /// The scheduler's message, e.g. `0/3 nodes are available: ...`.
+        message: String,
+    },
+}
+
+impl Fate {
+    /// [`Fate::Run`] with these log lines.
+    pub fn run(log: &[&str]) -> Fate {
+        Fate::Run { log: lines(log) }
+    }
+
+    /// [`Fate::Exit`] with this code and these log lines.
+    pub fn exit(code: i32, log: &[&str]) -> Fate {
+        Fate::Exit {
+            code,
+            log: lines(log),
+        }
+    }
+}
+
+fn lines(log: &[&str]) -> Vec<String> {
+    log.iter().map(|l| (*l).to_owned()).collect()
 }
 
 /// One request as the stand-in received it.
@@ -355,6 +463,32 @@ impl StandIn {
     /// Appends `text` to a pod's log (what `pods/{name}/log` serves and follows).
     pub fn append_pod_log(&self, ns: &str, pod: &str, text: &str) {
         self.shared.write(|s| s.append_log(ns, pod, text));
+    }
+
+    /// Runs pods created through the API from now on by `lifecycle`, as a
+    /// cluster's scheduler, kubelet and DaemonSet controller would.
+    pub fn set_lifecycle(&self, lifecycle: Lifecycle) {
+        self.shared.write(|s| s.lifecycle = Some(lifecycle));
+    }
+
+    /// Relays port-forwards to port `port` of pod `pod` (in `namespace`,
+    /// or of that name in any namespace when None) to `target`: the local
+    /// server that plays the pod's port.
+    pub fn forward(&self, namespace: Option<&str>, pod: &str, port: u16, target: SocketAddr) {
+        self.shared.write(|s| {
+            s.forwards.push(store::Forward {
+                namespace: namespace.map(str::to_owned),
+                pod: pod.to_owned(),
+                port,
+                target,
+            })
+        });
+    }
+
+    /// Ends every open watch, as an API server restart would; clients must
+    /// resume from their last resourceVersion.
+    pub fn end_watches(&self) {
+        self.shared.write(|s| s.watch_epoch += 1);
     }
 
     /// Removes a namespace and everything in it at once, as the end of its

@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::kubelet;
+use crate::portforward::{self, Upgrade};
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -23,7 +25,7 @@ use crate::store::Selection;
 use crate::stream::{self, WatchRequest};
 use crate::{NamespaceDeletion, RecordedRequest, Shared, USER};
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// How long a watch lasts when the client does not say (the API server
 /// picks 30 to 60 minutes; tests want streams that end).
@@ -61,9 +63,15 @@ struct Call {
     /// The bearer token, if any.
     token: Option<String>,
     body: Bytes,
+    /// A WebSocket upgrade's key, offered subprotocols and pending connection.
+    upgrade: std::sync::Mutex<Option<Upgrade>>,
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let upgrade = websocket_upgrade(&mut req);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -88,6 +96,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         token: header(http::header::AUTHORIZATION)
             .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
         body,
+        upgrade: std::sync::Mutex::new(upgrade),
     };
     let latency = shared.write(|s| {
         s.requests.push(RecordedRequest {
@@ -103,6 +112,28 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         tokio::time::sleep(latency).await;
     }
     Ok(respond(&shared, &call).unwrap_or_else(|e| json_response(e.code, &e.to_json())))
+}
+
+/// The upgrade of a WebSocket request (`Upgrade: websocket` with a key), if it is one.
+fn websocket_upgrade(req: &mut Request<Incoming>) -> Option<Upgrade> {
+    let header = |name: http::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let is_websocket =
+        header(http::header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let key = header(http::header::SEC_WEBSOCKET_KEY)?;
+    if !is_websocket {
+        return None;
+    }
+    let protocols = header(http::header::SEC_WEBSOCKET_PROTOCOL).unwrap_or_default();
+    Some(Upgrade {
+        key,
+        protocols,
+        on_upgrade: hyper::upgrade::on(req),
+    })
 }
 
 fn respond(shared: &Arc<Shared>, call: &Call) -> Result<Response<Body>, ApiError> {
@@ -187,6 +218,11 @@ fn collection(
             let ns = (!ns.is_empty()).then_some(ns);
             let body = json_body(call)?;
             let created = shared.write(|s| s.create(res, ns, body))?;
+            match (res.plural, ns) {
+                ("pods", Some(ns)) => kubelet::pod_created(shared, ns, &created),
+                ("daemonsets", Some(ns)) => kubelet::daemon_set_created(shared, ns, &created),
+                _ => {}
+            }
             Ok(json_response(201, &created))
         }
         _ => Err(ApiError::method_not_allowed(call.method.as_str())),
@@ -241,11 +277,20 @@ fn subresource(
 ) -> Result<Response<Body>, ApiError> {
     match (res.plural, sub, &call.method) {
         ("pods", "log", &Method::GET) => pod_log(shared, call, ns.unwrap_or(""), name),
-        // Extension point: `pods/{name}/portforward` (a websocket upgrade,
-        // subprotocol v4.channel.k8s.io) relaying to a local TCP address.
-        ("pods", "portforward", _) => Err(ApiError::bad_request(
-            "the stand-in does not serve pods/portforward",
-        )),
+        ("pods", "portforward", &Method::GET) => {
+            let upgrade = call
+                .upgrade
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let Some(upgrade) = upgrade else {
+                return Err(ApiError::bad_request(
+                    "Upgrade request required: port-forward is served over WebSocket (v4.channel.k8s.io)",
+                ));
+            };
+            let ports = call.query.get("ports").map_or("", String::as_str);
+            portforward::accept(shared, upgrade, ns.unwrap_or(""), name, ports)
+        }
         _ => Err(ApiError::no_such_path()),
     }
 }
@@ -257,7 +302,10 @@ fn pod_log(
     pod: &str,
 ) -> Result<Response<Body>, ApiError> {
     let pods = resources::by_plural("pods").expect("pods are served");
-    shared.read(|s| s.get(pods, Some(ns), pod))?;
+    let object = shared.read(|s| s.get(pods, Some(ns), pod))?;
+    if let Some((container, reason)) = waiting_to_start(&object, call.query.get("container")) {
+        return Err(ApiError::waiting_to_start(&container, pod, &reason));
+    }
     let tail = call.query.get("tailLines").and_then(|t| t.parse().ok());
     let follow = call
         .query
@@ -270,6 +318,28 @@ fn pod_log(
         Full::new(Bytes::from(text)).boxed()
     };
     Ok(response(200, "text/plain", body))
+}
+
+/// The container a log request names (else the first) when the kubelet
+/// reports it waiting without ever having run: the API answers 400 then.
+fn waiting_to_start(pod: &Value, container: Option<&String>) -> Option<(String, String)> {
+    let statuses = pod["status"]["containerStatuses"].as_array()?;
+    let status = match container {
+        Some(name) => statuses.iter().find(|s| s["name"] == name.as_str())?,
+        None => statuses.first()?,
+    };
+    let reason = status["state"]["waiting"]["reason"].as_str()?;
+    if !status["lastState"]["terminated"].is_null() {
+        return None;
+    }
+    let reason = match reason {
+        "ErrImagePull" | "ImagePullBackOff" => "trying and failing to pull image",
+        other => other,
+    };
+    Some((
+        status["name"].as_str().unwrap_or("").to_owned(),
+        reason.to_owned(),
+    ))
 }
 
 fn watch(

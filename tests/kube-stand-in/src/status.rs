@@ -125,6 +125,26 @@ impl ApiError {
         )
     }
 
+    /// 403 from the ResourceQuota admission plugin: creating pod `name`
+    /// would exceed quota `quota`'s `pods`.
+    pub fn quota_exceeded(name: &str, quota: &str, used: usize, limit: usize) -> ApiError {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "pods \"{name}\" is forbidden: exceeded quota: {quota}, requested: pods=1, used: pods={used}, limited: pods={limit}"
+            ),
+            Some(details(name, "", "pods")),
+        )
+    }
+
+    /// 400 for a log request of a container that has not started.
+    pub fn waiting_to_start(container: &str, pod: &str, reason: &str) -> ApiError {
+        ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{pod}\" is waiting to start: {reason}"
+        ))
+    }
+
     /// 401: the credentials are not accepted.
     pub fn unauthorized() -> ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized".to_owned(), None)

@@ -11,7 +11,7 @@ use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::validate;
-use crate::{NamespaceDeletion, RecordedRequest};
+use crate::{Lifecycle, NamespaceDeletion, RecordedRequest};
 
 /// How many changes a watch can resume from; older resourceVersions get 410.
 const HISTORY: usize = 10_000;
@@ -87,6 +87,26 @@ pub struct State {
     /// Pod logs by (namespace, pod).
     logs: BTreeMap<(String, String), String>,
     next_ip: u32,
+    /// How pods created through the API run; None: they stay as created.
+    pub lifecycle: Option<Lifecycle>,
+    /// Where port-forwards of (namespace or any, pod, port) lead.
+    pub forwards: Vec<Forward>,
+    /// Raised to end every open watch (as an API server restart would).
+    pub watch_epoch: u64,
+    next_event: u64,
+}
+
+/// Where a port-forward to a pod's port is relayed.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// The pod's namespace; None for a pod of that name in any namespace.
+    pub namespace: Option<String>,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's port.
+    pub port: u16,
+    /// The local address that plays the pod's port.
+    pub target: std::net::SocketAddr,
 }
 
 impl State {
@@ -102,6 +122,10 @@ impl State {
             requests: Vec::new(),
             logs: BTreeMap::new(),
             next_ip: 1,
+            lifecycle: None,
+            forwards: Vec::new(),
+            watch_epoch: 0,
+            next_event: 1,
         }
     }
 
@@ -144,9 +168,124 @@ impl State {
                 terminating,
             ));
         }
+        if let (Some(ns), "pods") = (ns, res.plural) {
+            self.admit_pod(ns, &name)?;
+        }
         self.server_fields(&mut object, res, ns);
         self.defaults(&mut object, res);
-        Ok(self.store(key, object, "ADDED"))
+        let created = self.store(key, object, "ADDED");
+        if let Some(ns) = ns.filter(|_| matches!(res.plural, "pods" | "resourcequotas")) {
+            self.recount_quota(ns);
+        }
+        Ok(created)
+    }
+
+    /// The ResourceQuota admission plugin for the `pods` count: a pod that
+    /// would exceed a quota's `hard.pods` is refused with its words.
+    fn admit_pod(&self, ns: &str, name: &str) -> Result<(), ApiError> {
+        let used = self.pods_counted(ns);
+        for quota in self.all(quotas(), Some(ns)) {
+            let Some(limit) = quota["spec"]["hard"]["pods"]
+                .as_str()
+                .and_then(|p| p.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if used + 1 > limit {
+                let quota_name = quota["metadata"]["name"].as_str().unwrap_or("");
+                return Err(ApiError::quota_exceeded(name, quota_name, used, limit));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pods that count against a quota: those not Succeeded or Failed.
+    fn pods_counted(&self, ns: &str) -> usize {
+        let pods = resources::by_plural("pods").expect("pods are served");
+        self.select(pods, Some(ns), &Selection::default())
+            .filter(|(_, p)| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .count()
+    }
+
+    /// Sets every quota's `status` (hard as specified, pods used), as the
+    /// quota controller keeps it.
+    pub fn recount_quota(&mut self, ns: &str) {
+        let used = self.pods_counted(ns);
+        for quota in self.all(quotas(), Some(ns)) {
+            let hard = quota["spec"]["hard"].clone();
+            let mut counts = serde_json::Map::new();
+            if let Some(hard) = hard.as_object() {
+                for key in hard.keys() {
+                    let value = if key == "pods" {
+                        used.to_string()
+                    } else {
+                        "0".to_owned()
+                    };
+                    counts.insert(key.clone(), json!(value));
+                }
+            }
+            let status = json!({"hard": hard, "used": counts});
+            if quota["status"] != status {
+                let name = quota["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                self.update(quotas(), Some(ns), &name, |q| q["status"] = status);
+            }
+        }
+    }
+
+    /// Records a core/v1 Event about `involved` in `ns` (skipped when the
+    /// namespace is gone or terminating, as the API would refuse it).
+    pub fn record_event(
+        &mut self,
+        ns: &str,
+        involved: Value,
+        type_: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) {
+        let open = self
+            .get(resources::namespaces(), None, ns)
+            .is_ok_and(|n| n["metadata"]["deletionTimestamp"].is_null());
+        if !open {
+            return;
+        }
+        let events = resources::by_plural("events").expect("events are served");
+        let name = format!(
+            "{}.{:016x}",
+            involved["name"].as_str().unwrap_or("object"),
+            self.next_event
+        );
+        self.next_event += 1;
+        let at = now();
+        let event = json!({
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": at,
+            "lastTimestamp": at,
+            "count": 1,
+        });
+        self.insert(events, Some(ns), event);
+    }
+
+    /// Where a port-forward to `pod`'s `port` in `ns` leads, if a test said.
+    pub fn forward_target(&self, ns: &str, pod: &str, port: u16) -> Option<std::net::SocketAddr> {
+        let matching = |f: &&Forward| f.pod == pod && f.port == port;
+        self.forwards
+            .iter()
+            .filter(matching)
+            .find(|f| f.namespace.as_deref() == Some(ns))
+            .or_else(|| {
+                self.forwards
+                    .iter()
+                    .filter(matching)
+                    .find(|f| f.namespace.is_none())
+            })
+            .map(|f| f.target)
     }
 
     /// `GET` of one object.
@@ -238,6 +377,9 @@ impl State {
         if res.plural != "namespaces" {
             if !dry_run {
                 self.remove_key(&key);
+                if let (Some(ns), "pods") = (ns, res.plural) {
+                    self.recount_quota(ns);
+                }
             }
             return Ok(object);
         }
@@ -466,9 +608,15 @@ impl State {
                     object["status"]["phase"] = json!("Active");
                 }
             }
-            "pods" if object["status"].is_null() => {
-                object["status"] = json!({"phase": "Pending"});
+            "pods" => {
+                if object["status"].is_null() {
+                    object["status"] = json!({"phase": "Pending"});
+                }
+                if object["spec"]["restartPolicy"].is_null() {
+                    object["spec"]["restartPolicy"] = json!("Always");
+                }
             }
+            "secrets" => encode_string_data(object),
             "services" => {
                 if object["spec"]["type"].is_null() {
                     object["spec"]["type"] = json!("ClusterIP");
@@ -511,6 +659,27 @@ impl State {
             kind,
             object,
         });
+    }
+}
+
+fn quotas() -> &'static Resource {
+    resources::by_plural("resourcequotas").expect("resource quotas are served")
+}
+
+/// `stringData` merged into `data`, base64-encoded, as the API server
+/// stores a Secret (it never returns `stringData`).
+fn encode_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|s| s.remove("stringData"))
+    else {
+        return;
+    };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (key, value) in plain {
+        let text = value.as_str().unwrap_or("").to_owned();
+        secret["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
 

@@ -60,7 +60,10 @@ pub fn watch(shared: Arc<Shared>, request: WatchRequest) -> ChannelBody {
     let (tx, rx) = mpsc::channel(64);
     // Subscribe before reading the state, so no change falls in between.
     let mut ticks = shared.tick.subscribe();
-    let (initial, mut position) = shared.read(|s| initial_events(s, &request));
+    let (initial, mut position, epoch) = shared.read(|s| {
+        let (events, position) = initial_events(s, &request);
+        (events, position, s.watch_epoch)
+    });
     tokio::spawn(async move {
         if !send_all(&tx, initial).await {
             return;
@@ -71,6 +74,9 @@ pub fn watch(shared: Arc<Shared>, request: WatchRequest) -> ChannelBody {
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tx.closed() => return,
                 changed = ticks.changed() => if changed.is_err() { return },
+            }
+            if shared.read(|s| s.watch_epoch) != epoch {
+                return;
             }
             let (events, next) = shared.read(|s| events_since(s, &request, position));
             position = next;
