@@ -38,6 +38,7 @@ impl EnvSetup {
         };
         let config = EphemConfig::load(&path)?;
         let backend = options.backend.unwrap_or(config.backend);
+        check_support(&path, &config, backend)?;
         Ok(Some(EnvSetup {
             path,
             config,
@@ -72,6 +73,25 @@ impl EnvSetup {
             events,
             config_path: self.path,
         })
+    }
+}
+
+/// What a backend cannot do yet is refused before anything starts.
+fn check_support(path: &Utf8Path, config: &EphemConfig, backend: BackendKind) -> Result<()> {
+    if backend != BackendKind::Kubernetes {
+        return Ok(());
+    }
+    let baseline = config
+        .services
+        .iter()
+        .find(|s| s.setup.is_some() || s.reset.is_some() || s.per_test_databases);
+    match baseline {
+        Some(s) => Err(EphemError::Usage(format!(
+            "{path}: services.{}: setup, reset and databases = \"per-test\" work with the docker \
+             backend only for now; drop them for --backend kubernetes, or use backend = \"docker\"",
+            s.name
+        ))),
+        None => Ok(()),
     }
 }
 

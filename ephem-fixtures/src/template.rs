@@ -271,6 +271,7 @@ mod tests {
             services_env: None,
             shard: 3,
             run: "run-1",
+            database: Some("app"),
         }
     }
 

@@ -371,31 +371,3 @@ pub(crate) async fn within<T>(
 pub(crate) fn code(err: &kube::Error) -> Option<u16> {
     client::status_of(err).map(|s| s.code)
 }
-
-/// The same error with every generated secret replaced by `***`: a failing
-/// service's logs may print the password it was given.
-pub(crate) fn masked(err: EnvError, secrets: &[String]) -> EnvError {
-    let mask = |text: String| {
-        secrets
-            .iter()
-            .filter(|s| !s.is_empty())
-            .fold(text, |t, secret| t.replace(secret.as_str(), "***"))
-    };
-    match err {
-        EnvError::NotReady {
-            shard,
-            service,
-            wait,
-            reason,
-            logs,
-        } => EnvError::NotReady {
-            shard,
-            service,
-            wait,
-            reason: mask(reason),
-            logs: logs.into_iter().map(mask).collect(),
-        },
-        EnvError::Other(text) => EnvError::Other(mask(text)),
-        other => other,
-    }
-}

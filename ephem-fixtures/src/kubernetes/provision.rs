@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
-use super::backend::{code, masked, within, Shared};
+use super::backend::{code, within, Shared};
 use super::client::{api_error, status_of, ApiCall};
 use super::forward;
 use super::readiness::{self, NotReady, PodState};
@@ -67,12 +67,12 @@ pub(crate) async fn provision(
     copy_pull_secrets(shared, &ns, &labels, Some(shard.shard)).await?;
     start_all(shared, shard, &ns, &objects.services)
         .await
-        .map_err(|e| masked(e, &secrets))?;
+        .map_err(|e| e.masked(&secrets))?;
     let chart = match &shared.config.kubernetes.helm {
         Some(helm) => Some(
             super::helm::install(shared, shard, &ns, helm)
                 .await
-                .map_err(|e| masked(e, &secrets))?,
+                .map_err(|e| e.masked(&secrets))?,
         ),
         None => None,
     };
@@ -343,6 +343,7 @@ async fn environment(
             services_env: Some(&services_env),
             shard: shard.shard,
             run: &shard.run.run_id,
+            database: Some(default_database(&svc.env)),
         };
         for (name, template) in &spec.export {
             let value = render_export(template, &bindings, &chart, &mut secrets).map_err(|e| {
@@ -667,4 +668,14 @@ fn prepull_gave_up(shared: &Shared, why: &str) {
             "prepull stopped: {why}; each shard pulls what is missing itself (set [kubernetes] prepull = false to skip it)"
         ),
     });
+}
+
+/// `${database}` on Kubernetes: the database the official Postgres image
+/// creates (`POSTGRES_DB`, else the user's); per-test databases are the
+/// Docker backend's for now.
+fn default_database(env: &HashMap<String, String>) -> &str {
+    env.get("POSTGRES_DB")
+        .or_else(|| env.get("POSTGRES_USER"))
+        .map(String::as_str)
+        .unwrap_or("postgres")
 }
