@@ -382,6 +382,20 @@ startup-timeout = "60s"
     (err, f.api)
 }
 
+/// A Docker Hub reference as pods name it: rewritten through the mirror when
+/// `EPHEM_REGISTRY_MIRROR` is set (the render honours it, as pulls do).
+fn as_pulled(reference: &str) -> String {
+    match std::env::var("EPHEM_REGISTRY_MIRROR") {
+        Ok(mirror) if !mirror.trim().is_empty() => {
+            format!(
+                "{}/library/{reference}",
+                mirror.trim().trim_end_matches('/')
+            )
+        }
+        _ => reference.to_owned(),
+    }
+}
+
 fn parts(err: &EnvError) -> (&str, &[String]) {
     match err {
         EnvError::NotReady {
@@ -405,15 +419,20 @@ async fn an_image_that_cannot_be_pulled_fails_at_once_with_the_kubelets_events()
     })
     .await;
     let (reason, logs) = parts(&err);
+    // The image as the cluster sees it: through EPHEM_REGISTRY_MIRROR when
+    // the test runs with one (the README's test command does).
+    let image = as_pulled("svc:1");
     assert!(
-        reason.starts_with("container svc is in ErrImagePull: Failed to pull image \"svc:1\"")
-            || reason.starts_with("container svc is in ImagePullBackOff"),
+        reason.starts_with(&format!(
+            "container svc is in ErrImagePull: Failed to pull image \"{image}\""
+        )) || reason.starts_with("container svc is in ImagePullBackOff"),
         "{reason}"
     );
     assert!(reason.contains("[pod ephem-"), "{reason}");
     assert!(
-        logs.iter()
-            .any(|l| l.starts_with("event Warning Failed: Failed to pull image \"svc:1\"")),
+        logs.iter().any(|l| l.starts_with(&format!(
+            "event Warning Failed: Failed to pull image \"{image}\""
+        ))),
         "events instead of logs: {logs:?}"
     );
     let line = err.to_string();
@@ -889,7 +908,7 @@ async fn prepull_runs_a_daemon_set_until_every_node_is_ready_then_removes_it() {
         .iter()
         .map(|c| c["image"].as_str().unwrap())
         .collect();
-    assert_eq!(images, ["redis:7", "postgres:15"]);
+    assert_eq!(images, [as_pulled("redis:7"), as_pulled("postgres:15")]);
     let created_ns = requests
         .iter()
         .find(|r| r.method == "POST" && r.path == "/api/v1/namespaces")
