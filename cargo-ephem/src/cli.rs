@@ -554,6 +554,16 @@ pub struct TestArgs {
     #[arg(long, help_heading = "Environments")]
     keep_env: bool,
 
+    /// Take over the environments an earlier --reuse run of this workspace kept (same services and images) without waiting for a container: services with `reset` are reset, per-test databases cloned anew. This run's are kept for the next ([reuse] ttl unused, default 30m; `cargo ephem down` removes them). Docker only.
+    #[arg(
+        long,
+        env = "EPHEM_REUSE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue,
+        help_heading = "Environments"
+    )]
+    reuse: bool,
+
     #[command(flatten)]
     archive: ArchiveInputArgs,
 }
@@ -584,6 +594,7 @@ impl TestArgs {
             html: self.html,
             env: self.env.options(),
             keep_env: self.keep_env,
+            reuse: self.reuse,
             reaper: ReaperLaunch::ThisExecutable,
             archive: self.archive.input(),
         }

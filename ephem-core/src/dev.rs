@@ -286,11 +286,21 @@ fn print_env(env: &Environment, ctx: &ShardContext, format: VarsFormat) {
 pub fn down(options: &DownOptions) -> Result<i32> {
     let ws = workspace_of(&options.manifest_path)?;
     let files = state_files(&ws, options.shard);
-    if files.is_empty() {
-        eprintln!("no environment started by `cargo ephem up` in {}", ws.root);
-        return Ok(exit_codes::OK);
-    }
     let mut code = exit_codes::OK;
+    // Environments kept by `--reuse` are whole runs: all shards' or none.
+    let kept = match options.shard {
+        None => remove_kept_for_reuse(&ws)?,
+        Some(_) => 0,
+    };
+    if files.is_empty() {
+        if kept == 0 {
+            eprintln!(
+                "no environment started by `cargo ephem up` or kept by `--reuse` in {}",
+                ws.root
+            );
+        }
+        return Ok(code);
+    }
     for path in files {
         let state = match UpState::read(&path) {
             Ok(state) => state,
@@ -308,6 +318,49 @@ pub fn down(options: &DownOptions) -> Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// Removes the environments `cargo ephem test --reuse` kept for this
+/// workspace, except those a live run is using; returns how many runs went.
+/// A daemon that cannot be reached holds none worth a failure here.
+fn remove_kept_for_reuse(ws: &Workspace) -> Result<usize> {
+    let workspace = ephem_fixtures::docker::reuse::workspace_id(ws.root.as_str());
+    let runtime = crate::runtime()?;
+    runtime.block_on(async {
+        let Ok(cleanup) = BackendKind::Docker.connect_cleanup(None).await else {
+            return Ok(0);
+        };
+        let resources = cleanup.list().await?;
+        let mut runs: std::collections::BTreeMap<&str, Vec<&ephem_fixtures::RunResource>> =
+            Default::default();
+        for r in &resources {
+            runs.entry(r.run.as_str()).or_default().push(r);
+        }
+        let mut removed = 0;
+        for (run, members) in runs {
+            if !members
+                .iter()
+                .any(|r| r.workspace.as_deref() == Some(&*workspace))
+            {
+                continue;
+            }
+            // The run that made it, or one that took it over (its claim).
+            let live = members.iter().any(|r| {
+                r.pid
+                    .is_some_and(|pid| local_process_state(pid, r.pid_start) == ProcessState::Alive)
+            });
+            if live {
+                eprintln!(
+                    "left run {run}'s environment alone: a running `cargo ephem test` uses it"
+                );
+                continue;
+            }
+            cleanup.remove_run(run).await?;
+            eprintln!("removed the environment kept by --reuse (run {run})");
+            removed += 1;
+        }
+        Ok::<_, EphemError>(removed)
+    })
 }
 
 /// The state files of `up`, by shard number in their name.

@@ -56,6 +56,21 @@ impl EnvSetup {
         })
     }
 
+    /// `--reuse`: this run takes over kept environments of `root`'s
+    /// workspace and keeps its own; returns their idle TTL. The Docker
+    /// backend's only, for now.
+    pub fn enable_reuse(&mut self, root: &Utf8Path) -> Result<std::time::Duration> {
+        if self.backend != BackendKind::Docker {
+            return Err(EphemError::Usage(format!(
+                "--reuse keeps Docker environments only for now; drop it for --backend {}",
+                self.backend
+            )));
+        }
+        self.config.reuse.enabled = true;
+        self.config.reuse.workspace = ephem_fixtures::docker::reuse::workspace_id(root.as_str());
+        Ok(self.config.reuse.ttl)
+    }
+
     /// Whether the configuration has services (else no backend is needed).
     pub fn has_services(&self) -> bool {
         !self.config.services.is_empty()

@@ -43,6 +43,9 @@ pub struct TestOptions {
     pub env: EnvOptions,
     /// Keep environments after the run.
     pub keep_env: bool,
+    /// `--reuse`: take over environments kept by an earlier run with the
+    /// same key, and keep this run's for the next (idle TTL `[reuse] ttl`).
+    pub reuse: bool,
     /// How the run's reaper is started.
     pub reaper: ReaperLaunch,
     /// Run from an archive instead of building.
@@ -92,6 +95,7 @@ impl TestOptions {
             html: None,
             env: EnvOptions::default(),
             keep_env: false,
+            reuse: false,
             reaper: ReaperLaunch::default(),
             archive: None,
         }
@@ -139,6 +143,13 @@ impl TestOptions {
                     p.kind, p.shard, p.count, p.count
                 ));
             }
+        }
+        if self.reuse && self.keep_env {
+            return usage(
+                "--reuse and --keep-env both keep environments; use --reuse for the next run to \
+                 take them over, --keep-env to look at them by hand"
+                    .to_owned(),
+            );
         }
         if self.archive.is_some() && self.cargo.builds_something() {
             return usage(

@@ -55,8 +55,12 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         }
         None => (Workspace::load(&options.cargo)?, None),
     };
-    let setup = EnvSetup::load(&workspace.root, &options.env)?;
+    let mut setup = EnvSetup::load(&workspace.root, &options.env)?;
     let shard_test_threads = setup.as_ref().and_then(|s| s.config.shards.test_threads);
+    let reuse_ttl = match setup.as_mut() {
+        Some(setup) if options.reuse => Some(setup.enable_reuse(&workspace.root)?),
+        _ => None,
+    };
     let runtime = crate::runtime()?;
 
     // 2. Reach the backend before building: a dead daemon costs seconds.
@@ -103,6 +107,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
 
     // 5. Run: environments first, tests once planned, teardown as shards end.
     let mut input = run_input(options, &run_id, shard_test_threads, plan_rx, control);
+    input.options.reuse_ttl = reuse_ttl;
     input.environments = connected.map(|c| RunEnvironments {
         backend: c.backend,
         cleanup: c.cleanup,
@@ -126,7 +131,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     display.finish();
     reaper.finish(if result.internal_error.is_some() {
         RunEnd::Reap
-    } else if !result.kept.is_empty() {
+    } else if !result.kept.is_empty() || result.kept_for_reuse.is_some() {
         RunEnd::Kept
     } else {
         RunEnd::Done
@@ -193,6 +198,7 @@ fn run_input(
             fail_fast: options.fail_fast,
             shard_count: options.sharding.count(),
             keep_env: options.keep_env,
+            reuse_ttl: None,
             shard_test_threads,
             panic_at: PanicPoint::from_env(),
         },
@@ -323,6 +329,13 @@ fn conclude(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: 
         );
     }
     print_kept(&result.kept, run_id, options);
+    if let Some((count, ttl)) = result.kept_for_reuse {
+        eprintln!(
+            "Kept {count} environment{} for the next `cargo ephem test --reuse` (removed after {} unused; `cargo ephem down` removes them now)",
+            if count == 1 { "" } else { "s" },
+            humantime::format_duration(ttl)
+        );
+    }
     exit_code(result)
 }
 

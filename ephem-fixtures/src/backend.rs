@@ -219,6 +219,17 @@ pub trait Backend: Send + Sync {
     /// The same backend's safety-net side: listing runs, removing them,
     /// renewing a live run's expiry.
     fn cleanup(&self) -> Arc<dyn Cleanup>;
+
+    /// Keeps the shard's environment for a later run instead of removing it
+    /// (`--reuse`): it stays, spared by sweeps, until `until`, for the next
+    /// run whose services and images have the same key.
+    async fn keep(&self, shard: &ShardContext, until: SystemTime) -> Result<(), EnvError> {
+        let _ = (shard, until);
+        Err(EnvError::Other(format!(
+            "the {} backend cannot keep environments for reuse",
+            self.name()
+        )))
+    }
 }
 
 /// The backends this build knows, by the name `backend = "..."` in

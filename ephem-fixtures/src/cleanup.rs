@@ -65,9 +65,11 @@ pub struct RunResource {
     pub created: Option<SystemTime>,
     /// Whether it only carries a later expiry for its run (a lease).
     pub lease: bool,
-    /// Whether its run's environments were kept on purpose (`--keep-env`):
-    /// sweeps spare the run until it expires.
+    /// Whether its run's environments were kept on purpose (`--keep-env`,
+    /// `--reuse`): sweeps spare the run until it expires.
     pub kept: bool,
+    /// The workspace whose `--reuse` run kept it, if one did.
+    pub workspace: Option<String>,
 }
 
 /// The outcome of removing one resource: `Err` holds the backend's words.
@@ -106,7 +108,7 @@ pub trait Cleanup: Send + Sync {
     async fn renew(&self, run_id: &str, expires_at: SystemTime, keep: bool)
         -> Result<(), EnvError>;
 
-    /// The run is over and its environments are gone: drop whatever only
-    /// carried its expiry.
+    /// The run is over and its environments are gone or kept: drop whatever
+    /// only carried its live expiry (what marks a kept environment stays).
     async fn end_run(&self, run_id: &str) -> Result<(), EnvError>;
 }

@@ -155,8 +155,12 @@ fn judge_run(
     policy: &SweepPolicy,
     process_alive: &impl Fn(u32, Option<u64>) -> ProcessState,
 ) -> Option<RunVerdict> {
+    // A kept run's deadline is the one its keeper set (`--keep-env`'s lease,
+    // `--reuse`'s idle TTL), not the containers' own, set at their start.
+    let any_kept = members.iter().any(|r| r.kept);
     let expired = members
         .iter()
+        .filter(|r| r.kept || !any_kept)
         .filter_map(|r| r.expires)
         .max()
         .filter(|expiry| policy.now > *expiry)
@@ -165,7 +169,7 @@ fn judge_run(
         });
     // Environments kept with --keep-env outlive their runner until their
     // lease expires.
-    if expired.is_none() && members.iter().any(|r| r.kept) {
+    if expired.is_none() && any_kept {
         return None;
     }
     let made_elsewhere = members
@@ -320,6 +324,7 @@ mod tests {
             created: None,
             lease: false,
             kept: false,
+            workspace: None,
         }
     }
 
@@ -587,5 +592,22 @@ mod tests {
             plan_sweep(&resources, &here, all(ProcessState::Gone)).len(),
             4
         );
+    }
+
+    #[test]
+    fn a_kept_run_expires_when_its_keeper_said_not_when_its_containers_did() {
+        // Containers started with a 30-minute expiry; the run was then kept
+        // for a 1-minute idle TTL that has passed.
+        let mut resources = run("kept", HOST, 100, NOW + 1800);
+        resources.push(RunResource {
+            shard: None,
+            lease: true,
+            kept: true,
+            expires: Some(NOW - 5),
+            ..resource(ResourceKind::Volume, "kept", "ephem-lease-kept-1")
+        });
+        let plan = plan_sweep(&resources, &policy(), all(ProcessState::Gone));
+        assert_eq!(plan.len(), 4);
+        assert!(matches!(plan[0].1, SweepReason::RunnerGone { pid: 100 }));
     }
 }

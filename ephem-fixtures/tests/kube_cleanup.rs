@@ -220,6 +220,7 @@ async fn listing_reads_every_label_and_annotation_and_only_managed_namespaces() 
             created: Some(at(created)),
             lease: false,
             kept: true,
+            workspace: None,
         }
     );
     let list = f

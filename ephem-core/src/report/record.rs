@@ -752,6 +752,7 @@ pub(crate) mod tests {
             interrupted: None,
             env_errors: vec![(2, EnvError::Other("teardown was slow".into()))],
             kept: Vec::new(),
+            kept_for_reuse: None,
             service_deaths: Vec::new(),
             internal_error: None,
             started_at: at(0),

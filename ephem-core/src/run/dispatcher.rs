@@ -5,6 +5,7 @@
 //! remove environments.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -148,6 +149,8 @@ struct Dispatcher<'a> {
     interrupted: Option<i32>,
     env_errors: Vec<(u32, EnvError)>,
     kept: Vec<(u32, Environment)>,
+    /// Shards kept for the next `--reuse` run (counted by their tasks).
+    kept_for_reuse: Arc<AtomicUsize>,
     service_deaths: Vec<String>,
     internal_error: Option<String>,
     /// When the run-wide preparation began, and its span once it ended.
@@ -201,6 +204,9 @@ pub(crate) async fn run_with_signals(
     }
     // A renewal in flight must not outlive the run's end below.
     d.tasks.drain().await;
+    // Environments kept for reuse carry leases marked keep (see
+    // `Backend::keep`), which `end_run` leaves.
+    let kept_for_reuse = d.kept_for_reuse.load(Ordering::Relaxed);
     if let Some(cleanup) = d.cleanup.clone() {
         let run_id = d.run_ctx.run_id.clone();
         let ended = if d.kept.is_empty() {
@@ -227,6 +233,11 @@ pub(crate) async fn run_with_signals(
         interrupted: d.interrupted,
         env_errors: std::mem::take(&mut d.env_errors),
         kept: std::mem::take(&mut d.kept),
+        kept_for_reuse: d
+            .opts
+            .reuse_ttl
+            .filter(|_| kept_for_reuse > 0)
+            .map(|ttl| (kept_for_reuse, ttl)),
         service_deaths: std::mem::take(&mut d.service_deaths),
         internal_error: d.internal_error.take(),
         started_at,
@@ -335,6 +346,7 @@ impl<'a> Dispatcher<'a> {
             interrupted: None,
             env_errors: Vec::new(),
             kept: Vec::new(),
+            kept_for_reuse: Arc::default(),
             service_deaths: Vec::new(),
             internal_error: None,
             prepare_started: None,
@@ -909,6 +921,24 @@ impl<'a> Dispatcher<'a> {
             run: self.run_ctx.clone(),
             shard: shard.number,
         };
+        if let Some(ttl) = self.opts.reuse_ttl.filter(|_| phase == EnvPhase::Ready) {
+            // Kept for the next `--reuse` run instead of removed; a keep
+            // that fails falls back to removal.
+            let kept = self.kept_for_reuse.clone();
+            let task = Task::Teardown { shard: ctx.shard };
+            self.tasks.spawn(task, async move {
+                let until = SystemTime::now() + ttl;
+                let result = match backend.keep(&ctx, until).await {
+                    Ok(()) => {
+                        kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(_) => backend.teardown(&ctx).await,
+                };
+                Msg::TornDown(ctx.shard, result)
+            });
+            return;
+        }
         let panic_hook = self.opts.panic_at == Some(PanicPoint::Teardown);
         let task = Task::Teardown { shard: ctx.shard };
         self.tasks.spawn(task, async move {
@@ -1095,6 +1125,7 @@ mod tests {
                 fail_fast: true,
                 shard_count: shards,
                 keep_env: false,
+                reuse_ttl: None,
                 shard_test_threads: None,
                 panic_at: None,
             },

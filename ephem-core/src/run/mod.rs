@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub shard_count: u32,
     /// Leave environments running after the run.
     pub keep_env: bool,
+    /// `--reuse`: keep every ready environment for the next run, this long
+    /// idle before it expires.
+    pub reuse_ttl: Option<Duration>,
     /// At most this many tests of one shard at once (`[shards]
     /// test-threads`); `None`: `ceil(test_threads / shards)`.
     pub shard_test_threads: Option<usize>,
@@ -154,6 +157,8 @@ pub struct RunResult {
     pub env_errors: Vec<(u32, EnvError)>,
     /// Environments still running (`--keep-env`), by shard.
     pub kept: Vec<(u32, Environment)>,
+    /// Environments kept for the next `--reuse` run, and for how long idle.
+    pub kept_for_reuse: Option<(usize, Duration)>,
     /// Services that died while their shard's tests ran, described.
     pub service_deaths: Vec<String>,
     /// A task of the runner panicked (a bug): the run was stopped.

@@ -163,12 +163,20 @@ impl ServiceSpec {
 pub struct ReuseConfig {
     /// Kept environments expire after this long unused.
     pub ttl: Duration,
+    /// Set by `--reuse` (not a key of the file): take over a kept
+    /// environment with the same key, and keep this run's for the next.
+    pub enabled: bool,
+    /// Set with `enabled`: which workspace kept environments belong to
+    /// (`cargo ephem down` removes that workspace's).
+    pub workspace: String,
 }
 
 impl Default for ReuseConfig {
     fn default() -> Self {
         ReuseConfig {
             ttl: Duration::from_secs(30 * 60),
+            enabled: false,
+            workspace: String::new(),
         }
     }
 }

@@ -50,6 +50,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         Some(ttl) => ReuseConfig {
             ttl: super::parse_duration(ttl.get_ref(), false)
                 .map_err(|message| at.error(ttl.span(), "reuse.ttl", message))?,
+            ..ReuseConfig::default()
         },
         None => ReuseConfig::default(),
     };

@@ -218,6 +218,23 @@ impl PgAdmin {
             .await
     }
 
+    /// Drops every copy of the baseline (`ephem_t_*`), in use or not: what a
+    /// run that kept the environment left.
+    async fn drop_copies(&self) -> Result<(), tokio_postgres::Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'ephem\\_t\\_%'",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            let name: String = row.get(0);
+            self.drop_database(&name).await?;
+        }
+        Ok(())
+    }
+
     /// Takes the baseline: `database` as it is now becomes the template.
     async fn take_baseline(&self, database: &str) -> Result<(), tokio_postgres::Error> {
         // Setup's own sessions may linger; a template must have none.
@@ -484,6 +501,82 @@ impl HooksBuilder {
             let pool = DatabasePool::new(&spec.name, admin, swapper);
             pool.fill().await;
             self.hooks.pools.push(pool);
+        }
+        Ok(())
+    }
+
+    /// A kept service taken over by a new run (`--reuse`): the baseline taken
+    /// after its setup is there already; copies left from the run that kept
+    /// it are dropped (who knows which were handed out), the pool refills in
+    /// the background so the first test need not wait for all of it.
+    pub(crate) async fn reattach(
+        &mut self,
+        service: &ReadyService<'_>,
+        host: &str,
+    ) -> Result<(), EnvError> {
+        let spec = service.spec;
+        let shard = self.hooks.shard;
+        let what = if spec.per_test_databases {
+            "databases = \"per-test\""
+        } else {
+            "reset = \"postgres\""
+        };
+        let postgres = spec.per_test_databases || matches!(spec.reset, Some(Reset::Postgres));
+        if !postgres {
+            // Redis and exec resets hold no state of their own.
+            return self.add_reset_only(service, host);
+        }
+        let pg = PgService::of(service, host)
+            .ok_or_else(|| not_postgres(shard, &spec.name, what, "port 5432 is not published"))?;
+        let admin = pg.admin(&spec.name, shard, what).await?;
+        let swapper = pg.admin(&spec.name, shard, what).await?;
+        admin.drop_copies().await.map_err(|e| {
+            not_postgres(
+                shard,
+                &spec.name,
+                what,
+                &format!("cannot drop the kept copies: {e}"),
+            )
+        })?;
+        let pool = DatabasePool::new(&spec.name, admin, swapper);
+        let filling = pool.clone();
+        tokio::spawn(async move { filling.fill().await });
+        if spec.per_test_databases {
+            self.hooks.pools.push(pool);
+        } else {
+            let target = ResetTarget::Postgres {
+                pool,
+                database: pg.database,
+            };
+            self.hooks.resets.push((spec.name.clone(), target));
+        }
+        Ok(())
+    }
+
+    /// A Redis or exec reset, which needs no baseline taken.
+    fn add_reset_only(&mut self, service: &ReadyService<'_>, host: &str) -> Result<(), EnvError> {
+        let spec = service.spec;
+        match &spec.reset {
+            Some(Reset::Redis) => {
+                let port = service.ports.get(&6379).copied().ok_or_else(|| {
+                    EnvError::Other(format!(
+                        "services.{}: reset = \"redis\" needs port 6379 published",
+                        spec.name
+                    ))
+                })?;
+                let address = format!("{}:{port}", bracket(host));
+                self.hooks
+                    .resets
+                    .push((spec.name.clone(), ResetTarget::Redis { address }));
+            }
+            Some(Reset::Exec(_)) => {
+                let target = ResetTarget::Exec {
+                    container: service.container.to_owned(),
+                    cmd: service.reset_exec.clone().unwrap_or_default(),
+                };
+                self.hooks.resets.push((spec.name.clone(), target));
+            }
+            _ => {}
         }
         Ok(())
     }

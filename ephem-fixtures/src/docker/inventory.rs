@@ -229,6 +229,7 @@ fn labelled(
         created,
         lease: labels.contains_key(labels::LEASE),
         kept: labels.contains_key(labels::KEEP),
+        workspace: labels.get(labels::WORKSPACE).cloned(),
     })
 }
 

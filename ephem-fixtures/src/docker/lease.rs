@@ -78,11 +78,16 @@ pub(crate) async fn renew(
     remove_all(docker, run_id, &older).await
 }
 
-/// Removes every lease volume of `run_id`: call it once the whole run is torn
-/// down (a shard's teardown cannot know it is the last).
+/// Removes the lease volumes of `run_id` that are not marked keep: call it
+/// once the whole run is torn down or kept (a shard's teardown cannot know it
+/// is the last).
 pub async fn remove_leases(docker: &Docker, run_id: &str) -> Result<(), EnvError> {
-    let all = leases(docker, run_id).await?;
-    remove_all(docker, run_id, &all).await
+    let live: Vec<RunResource> = leases(docker, run_id)
+        .await?
+        .into_iter()
+        .filter(|l| !l.kept)
+        .collect();
+    remove_all(docker, run_id, &live).await
 }
 
 /// The run's lease volumes.

@@ -72,9 +72,11 @@ impl ShardNames {
 pub(crate) async fn provision(
     shared: &Shared,
     shard: &ShardContext,
+    extra_labels: &HashMap<String, String>,
 ) -> Result<Environment, EnvError> {
     let names = ShardNames::new(shard);
-    let base_labels = labels::for_shard(shard, &shared.owner);
+    let mut base_labels = labels::for_shard(shard, &shared.owner);
+    base_labels.extend(extra_labels.clone());
     let mut secrets = Vec::new();
     let plans = plan(shared, shard, &mut secrets).await?;
 
@@ -102,29 +104,135 @@ pub(crate) async fn provision(
         .await
         .map_err(|e| e.masked(&secrets))?;
 
+    let services: Vec<(&ServiceSpec, &HashMap<String, String>)> =
+        plans.iter().map(|p| (p.spec, &p.env)).collect();
+    environment(shared, shard, &services, &running, secrets, hooks)
+}
+
+/// The environment of a kept shard (`--reuse`): its containers as they run,
+/// the variables rendered anew from their environment and ports, the
+/// baselines found again (`setup` does not run again).
+pub(crate) async fn reattach(
+    shared: &Shared,
+    shard: &ShardContext,
+) -> Result<Environment, EnvError> {
+    let names = ShardNames::new(shard);
+    let mut running = HashMap::new();
+    let mut envs: Vec<(&ServiceSpec, HashMap<String, String>)> = Vec::new();
+    let mut secrets = Vec::new();
+    for spec in shared.config.start_order() {
+        let container = names.container(&spec.name);
+        let inspect = shared
+            .docker
+            .inspect_container(&container, None)
+            .await
+            .map_err(|e| {
+                EnvError::Other(format!(
+                    "container {container}: {}",
+                    super::daemon_message(&e)
+                ))
+            })?;
+        if !inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false)
+        {
+            return Err(EnvError::Other(format!(
+                "container {container} is not running"
+            )));
+        }
+        let env = container_env(spec, inspect.config.and_then(|c| c.env).unwrap_or_default());
+        for (key, template) in &spec.env {
+            if template.vars().any(|v| *v == crate::template::Var::Random) {
+                secrets.extend(env.get(key).cloned());
+            }
+        }
+        let ports = published_ports(shared, &container).await?;
+        running.insert(spec.name.clone(), RunningService { container, ports });
+        envs.push((spec, env));
+    }
+    let mut hooks = baseline::HooksBuilder::new(shared.docker.clone(), shard.shard);
+    for (spec, env) in &envs {
+        let service = &running[&spec.name];
+        let reset_exec = match &spec.reset {
+            Some(crate::config::Reset::Exec(cmd)) => {
+                let bindings = Bindings {
+                    env: Some(env),
+                    shard: shard.shard,
+                    run: &shard.run.run_id,
+                    ..Default::default()
+                };
+                let rendered: Result<Vec<String>, EnvError> = cmd
+                    .iter()
+                    .map(|t| render(t, &bindings, &mut Vec::new(), shard, spec, "reset.exec"))
+                    .collect();
+                Some(rendered?)
+            }
+            _ => None,
+        };
+        let ready = baseline::ReadyService {
+            spec,
+            container: &service.container,
+            env,
+            ports: &service.ports,
+            setup: None,
+            reset_exec,
+        };
+        hooks.reattach(&ready, &shared.host).await?;
+    }
+    let services: Vec<(&ServiceSpec, &HashMap<String, String>)> =
+        envs.iter().map(|(spec, env)| (*spec, env)).collect();
+    environment(shared, shard, &services, &running, secrets, hooks)
+}
+
+/// A container's configured variables (its `env` keys, as the container
+/// holds them; not the image's own `ENV`).
+fn container_env(spec: &ServiceSpec, list: Vec<String>) -> HashMap<String, String> {
+    list.into_iter()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            spec.env
+                .iter()
+                .any(|(key, _)| key == k)
+                .then(|| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Exports, connect hints and the hooks around tests, once every service
+/// runs: the end of provisioning a shard, and of taking one over.
+fn environment(
+    shared: &Shared,
+    shard: &ShardContext,
+    services: &[(&ServiceSpec, &HashMap<String, String>)],
+    running: &HashMap<String, RunningService>,
+    mut secrets: Vec<String>,
+    mut hooks: baseline::HooksBuilder,
+) -> Result<Environment, EnvError> {
+    let network = ShardNames::new(shard).network();
     let mut env = Environment {
-        serial: plans.iter().any(|p| p.spec.needs_serial_tests()),
+        serial: services.iter().any(|(spec, _)| spec.needs_serial_tests()),
         ..Environment::default()
     };
-    let services_env: HashMap<String, HashMap<String, String>> = plans
+    let services_env: HashMap<String, HashMap<String, String>> = services
         .iter()
-        .map(|p| (p.spec.name.clone(), p.env.clone()))
+        .map(|(spec, env)| (spec.name.clone(), (*env).clone()))
         .collect();
-    let mut hooks = hooks;
-    for plan in &plans {
-        let service = &running[&plan.spec.name];
-        let database = default_database(&plan.env);
+    for (spec, service_env) in services {
+        let service = &running[&spec.name];
+        let database = default_database(service_env);
         let bindings = Bindings {
             host: Some(&shared.host),
             ports: Some(&service.ports),
-            env: Some(&plan.env),
+            env: Some(service_env),
             services_env: Some(&services_env),
             shard: shard.shard,
             run: &shard.run.run_id,
             database: Some(&database),
         };
-        for (name, template) in &plan.spec.export {
-            let per_test = plan.spec.per_test_databases
+        for (name, template) in &spec.export {
+            let per_test = spec.per_test_databases
                 && template
                     .vars()
                     .any(|v| *v == crate::template::Var::Database);
@@ -135,11 +243,11 @@ pub(crate) async fn provision(
                 hooks.per_test_export(
                     name,
                     template,
-                    &plan.spec.name,
+                    &spec.name,
                     baseline::OwnedBindings {
                         host: shared.host.clone(),
                         ports: service.ports.clone(),
-                        env: plan.env.clone(),
+                        env: (*service_env).clone(),
                         services_env: services_env.clone(),
                         shard: shard.shard,
                         run: shard.run.run_id.clone(),
@@ -153,13 +261,13 @@ pub(crate) async fn provision(
                     &bindings,
                     &mut secrets,
                     shard,
-                    plan.spec,
+                    spec,
                     &format!("export.{name}"),
                 )?,
             });
         }
         env.connect_hints
-            .push(hint(&plan.spec.name, service, &shared.host, &network));
+            .push(hint(&spec.name, service, &shared.host, &network));
     }
     env.test_hooks = hooks.build();
     env.connect_hints.push(removal_hint(shard));

@@ -443,6 +443,7 @@ pub fn run_resource(ns: &Namespace) -> Option<RunResource> {
         created,
         lease: false,
         kept: annotations.get(labels::KEEP).is_some_and(|v| v != "false"),
+        workspace: None,
     })
 }
 
@@ -578,6 +579,7 @@ mod tests {
                 created: Some(UNIX_EPOCH + Duration::from_secs(1_714_557_600)),
                 lease: false,
                 kept: true,
+                workspace: None,
             }
         );
     }
