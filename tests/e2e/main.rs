@@ -17,6 +17,7 @@ mod recipes;
 mod reliability;
 mod render;
 mod report;
+mod reuse;
 mod run;
 mod selection;
 mod signals;
