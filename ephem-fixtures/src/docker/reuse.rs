@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use bollard::models::VolumeCreateRequest;
+use bollard::models::{ContainerSummary, VolumeCreateRequest};
 use bollard::query_parameters::{ListContainersOptions, RemoveVolumeOptions};
 use bollard::Docker;
 use sha2::{Digest, Sha256};
@@ -74,17 +74,7 @@ pub(crate) struct Kept {
 
 /// Kept environments with `key` (runs whose runner is gone), oldest first.
 pub(crate) async fn find(docker: &Docker, key: &str) -> Result<Vec<Kept>, EnvError> {
-    let filters = HashMap::from([("label".to_owned(), vec![format!("{}={key}", labels::REUSE)])]);
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| {
-            EnvError::Other(format!("listing kept environments: {}", daemon_message(&e)))
-        })?;
+    let containers = labelled(docker, &format!("{}={key}", labels::REUSE)).await?;
     let mut runs: BTreeMap<(i64, String), Kept> = BTreeMap::new();
     let mut live = Vec::new();
     for c in containers {
@@ -94,9 +84,7 @@ pub(crate) async fn find(docker: &Docker, key: &str) -> Result<Vec<Kept>, EnvErr
             continue;
         };
         // The run that made it is still running it: not kept yet.
-        let pid = labels.get(labels::PID).and_then(|p| p.parse().ok());
-        let start = labels.get(labels::PID_START).and_then(|p| p.parse().ok());
-        if pid.is_some_and(|pid| local_process_state(pid, start) == ProcessState::Alive) {
+        if runner_alive(&labels) {
             live.push(run.clone());
             continue;
         }
@@ -183,20 +171,7 @@ pub(crate) async fn stale(
     workspace: &str,
     keys: &[String],
 ) -> Result<Vec<(String, u32)>, EnvError> {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={workspace}", labels::WORKSPACE)],
-    )]);
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| {
-            EnvError::Other(format!("listing kept environments: {}", daemon_message(&e)))
-        })?;
+    let containers = labelled(docker, &format!("{}={workspace}", labels::WORKSPACE)).await?;
     let mut stale = Vec::new();
     for c in containers {
         let labels = c.labels.unwrap_or_default();
@@ -209,11 +184,8 @@ pub(crate) async fn stale(
         ) else {
             continue;
         };
-        let pid = labels.get(labels::PID).and_then(|p| p.parse().ok());
-        let start = labels.get(labels::PID_START).and_then(|p| p.parse().ok());
-        let live = pid.is_some_and(|pid| local_process_state(pid, start) == ProcessState::Alive);
         let entry = (run.clone(), shard);
-        if !live && !keys.contains(key) && !stale.contains(&entry) {
+        if !runner_alive(&labels) && !keys.contains(key) && !stale.contains(&entry) {
             stale.push(entry);
         }
     }
@@ -222,14 +194,32 @@ pub(crate) async fn stale(
 
 /// Whether any container of `run` remains (else its leases can go).
 pub(crate) async fn has_containers(docker: &Docker, run: &str) -> Result<bool, EnvError> {
-    let filters = HashMap::from([("label".to_owned(), vec![format!("{}={run}", labels::RUN)])]);
-    let containers = docker
+    Ok(!labelled(docker, &format!("{}={run}", labels::RUN))
+        .await?
+        .is_empty())
+}
+
+/// Every container, running or not, with `label` (`key=value`).
+async fn labelled(docker: &Docker, label: &str) -> Result<Vec<ContainerSummary>, EnvError> {
+    let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+    docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters: Some(filters),
             ..Default::default()
         }))
         .await
-        .map_err(|e| EnvError::Other(format!("listing run {run}: {}", daemon_message(&e))))?;
-    Ok(!containers.is_empty())
+        .map_err(|e| {
+            EnvError::Other(format!(
+                "listing containers with {label}: {}",
+                daemon_message(&e)
+            ))
+        })
+}
+
+/// Whether the runner a container's labels name is alive (pid and start time).
+fn runner_alive(labels: &HashMap<String, String>) -> bool {
+    let pid = labels.get(labels::PID).and_then(|p| p.parse().ok());
+    let start = labels.get(labels::PID_START).and_then(|p| p.parse().ok());
+    pid.is_some_and(|pid| local_process_state(pid, start) == ProcessState::Alive)
 }
