@@ -346,16 +346,13 @@ impl GitLab {
         for needed in Self::strings(&job["needs"]) {
             copy_into(&self.base.join("artifacts").join(&needed), &dir);
         }
-        let cache = job.get("cache").map(|c| {
-            let paths = Self::strings(&c["paths"]);
-            let policy = c
-                .get("policy")
-                .and_then(Value::as_str)
-                .unwrap_or("pull-push")
-                .to_owned();
-            (paths, policy)
-        });
-        if let Some((paths, policy)) = &cache {
+        // `cache:` is one cache or a list of them.
+        let caches: Vec<(Vec<String>, String)> = match &job.get("cache") {
+            None => Vec::new(),
+            Some(Value::Sequence(list)) => list.iter().map(Self::cache).collect(),
+            Some(one) => vec![Self::cache(one)],
+        };
+        for (paths, policy) in &caches {
             if policy.contains("pull") {
                 for p in paths {
                     copy_into(&self.base.join("cache").join(p), &dir.join(p));
@@ -394,7 +391,7 @@ impl GitLab {
                 }
             }
         }
-        if let Some((paths, policy)) = &cache {
+        for (paths, policy) in &caches {
             if policy.contains("push") {
                 for p in paths {
                     copy_into(&dir.join(p), &self.base.join("cache").join(p));
@@ -402,6 +399,17 @@ impl GitLab {
             }
         }
         log
+    }
+
+    /// A cache's paths and policy (`pull-push` when not given).
+    fn cache(c: &Value) -> (Vec<String>, String) {
+        let paths = Self::strings(&c["paths"]);
+        let policy = c
+            .get("policy")
+            .and_then(Value::as_str)
+            .unwrap_or("pull-push")
+            .to_owned();
+        (paths, policy)
     }
 
     fn pipeline(&mut self, pipeline: &Value) -> Played {
