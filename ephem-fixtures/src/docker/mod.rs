@@ -22,6 +22,7 @@ use bollard::Docker;
 use tokio::task::JoinHandle;
 
 pub use self::cleanup::DockerCleanup;
+pub use self::images::{Origin, RestorePath};
 use self::images::ImageStore;
 use crate::{
     Backend, Cleanup, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext,
@@ -85,12 +86,27 @@ impl DockerBackend {
         events: EventSink,
     ) -> DockerBackend {
         let mirror = config.effective_mirror();
-        let images = ImageStore::new(
+        let mut images = ImageStore::new(
             conn.docker.clone(),
             mirror,
             events.clone(),
             &config.images(),
         );
+        if let Some(dir) = &config.images.cache {
+            // The runner checked the folder before connecting (exit 2); a
+            // library caller's unusable folder costs only the cache.
+            match crate::image_cache::ImageCache::open(dir, events.clone()) {
+                Ok(cache) => {
+                    images = images.with_cache(Arc::new(cache), RestorePath::for_daemon(&conn.host))
+                }
+                Err(message) => {
+                    let _ = events.send(crate::EnvEvent::Warning {
+                        shard: None,
+                        message,
+                    });
+                }
+            }
+        }
         let cleanup = Arc::new(DockerCleanup::new(
             conn.docker.clone(),
             conn.address.clone(),
@@ -120,6 +136,14 @@ impl DockerBackend {
     pub fn with_event_retry(mut self, delays: Vec<Duration>) -> Self {
         self.shared.event_retry = delays;
         self
+    }
+
+    /// Makes every image of the configuration present in the daemon
+    /// (through the image cache when one is configured) and says where
+    /// each came from, for `cargo ephem images pull`.
+    pub async fn ensure_images(&self) -> Result<Vec<(String, Origin)>, EnvError> {
+        self.shared.images.ensure_all().await?;
+        self.shared.images.origins().await
     }
 
     /// The value of `${host}`: where published ports are reached.
