@@ -10,8 +10,8 @@ use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
     ArchiveInput, ConfigSource, DownOptions, EnvOptions, GcOptions, ImagesAction, ImagesOptions,
-    ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch, Sharding, TestOptions,
-    UpOptions, VarsFormat,
+    ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions,
+    VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};

@@ -138,7 +138,9 @@ async fn update(env: &crate::options::EnvOptions, config: EphemConfig) -> Result
                 ),
                 None => println!("added     {reference} {}", filled.descriptor.digest),
             },
-            Err(e @ (CacheError::Unreachable(_) | CacheError::Failed(_) | CacheError::NoSpace(_))) => {
+            Err(
+                e @ (CacheError::Unreachable(_) | CacheError::Failed(_) | CacheError::NoSpace(_)),
+            ) => {
                 eprintln!("error: {reference}: {e}");
                 failed = Some(e);
             }
@@ -147,9 +149,9 @@ async fn update(env: &crate::options::EnvOptions, config: EphemConfig) -> Result
     drop(cache);
     printer.finish().await;
     match failed {
-        Some(e) => Err(EphemError::Environment(ephem_fixtures::EnvError::Other(format!(
-            "images update: {e}"
-        )))),
+        Some(e) => Err(EphemError::Environment(ephem_fixtures::EnvError::Other(
+            format!("images update: {e}"),
+        ))),
         None => Ok(exit_codes::OK),
     }
 }

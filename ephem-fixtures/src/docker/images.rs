@@ -123,11 +123,19 @@ impl ImageStore {
         self
     }
 
+    /// How images come back from the cache.
+    pub(crate) fn set_restore(&mut self, restore: RestorePath) {
+        self.restore = restore;
+    }
+
     /// Every image's facts, once [`ensure_all`](Self::ensure_all) made them present.
     pub(crate) async fn origins(&self) -> Result<Vec<(String, Origin)>, EnvError> {
         let mut out = Vec::new();
         for (image, _) in self.entries.values() {
-            out.push((image.original().to_owned(), self.ensure(image).await?.origin));
+            out.push((
+                image.original().to_owned(),
+                self.ensure(image).await?.origin,
+            ));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -195,7 +203,10 @@ impl ImageStore {
             // pulls those itself (see the README).
             return Ok(None);
         }
-        let filled = match cache.fill(image, self.mirror.as_deref(), Resolve::Recorded).await {
+        let filled = match cache
+            .fill(image, self.mirror.as_deref(), Resolve::Recorded)
+            .await
+        {
             Ok(filled) => filled,
             Err(CacheError::NoSpace(reason)) => {
                 cache.warn_full(&reason);
@@ -279,7 +290,10 @@ impl ImageStore {
             noprune: true,
             ..Default::default()
         };
-        let _ = self.docker.remove_image(&temporary, Some(untag), None).await;
+        let _ = self
+            .docker
+            .remove_image(&temporary, Some(untag), None)
+            .await;
         Ok(format!("the daemon pulled it from {host} (served)"))
     }
 
@@ -317,7 +331,7 @@ impl ImageStore {
         while let Some(item) = stream.next().await {
             item.map_err(|e| failed(pull_reason(&e)))?;
         }
-        Ok("streamed into `docker load` (loaded: the daemon cannot reach this machine's loopback)".to_owned())
+        Ok("streamed into `docker load` (loaded: EPHEM_IMAGE_RESTORE=load, or a daemon that cannot reach this machine's loopback)".to_owned())
     }
 
     /// Pulls `image` (through the mirror for Docker Hub images) and returns the
@@ -444,7 +458,9 @@ impl ImageStore {
 fn cache_repository(image: &ImageRef) -> String {
     let local = image.local_repository();
     match local.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
             rest.to_owned()
         }
         _ if !local.contains('/') => format!("library/{local}"),

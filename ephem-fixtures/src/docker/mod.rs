@@ -22,8 +22,8 @@ use bollard::Docker;
 use tokio::task::JoinHandle;
 
 pub use self::cleanup::DockerCleanup;
-pub use self::images::{Origin, RestorePath};
 use self::images::ImageStore;
+pub use self::images::{Origin, RestorePath};
 use crate::{
     Backend, Cleanup, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext,
 };
@@ -144,6 +144,13 @@ impl DockerBackend {
     pub async fn ensure_images(&self) -> Result<Vec<(String, Origin)>, EnvError> {
         self.shared.images.ensure_all().await?;
         self.shared.images.origins().await
+    }
+
+    /// Restores images from the cache this way whatever the daemon's
+    /// address says (the benchmark and tests measure both).
+    pub fn with_image_restore(mut self, path: RestorePath) -> Self {
+        self.shared.images.set_restore(path);
+        self
     }
 
     /// The value of `${host}`: where published ports are reached.

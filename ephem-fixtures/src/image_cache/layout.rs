@@ -91,8 +91,11 @@ impl Index {
 /// A `sha256:<hex>` digest, checked.
 pub fn hex_of(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .then_some(hex)
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some(hex)
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -196,7 +199,9 @@ impl Layout {
         let mut index = match self.read_index() {
             Ok(index) => index,
             Err(reason) => {
-                warn(format!("{reason}; discarding it (the images will be fetched again)"));
+                warn(format!(
+                    "{reason}; discarding it (the images will be fetched again)"
+                ));
                 Index::new()
             }
         };

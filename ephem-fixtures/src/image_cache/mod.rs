@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use self::layout::{BlobState, Descriptor, Hasher, Layout, LAST_USED, REF_NAME, TAG_DIGEST, TOTAL_SIZE};
+use self::layout::{
+    BlobState, Descriptor, Hasher, Layout, LAST_USED, REF_NAME, TAG_DIGEST, TOTAL_SIZE,
+};
 use self::registry::{Endpoint, RegistryClient};
 use crate::image_ref::ImageRef;
 use crate::{EnvEvent, EventSink};
@@ -201,7 +203,12 @@ impl ImageCache {
         if !fresh {
             // The manifest may be missing or corrupt: fetch it by digest.
             if self.check(&reference, &descriptor.digest) != BlobState::Good {
-                let manifest = self.client().await?.manifest(&at, &descriptor.digest).await.map_err(classify)?;
+                let manifest = self
+                    .client()
+                    .await?
+                    .manifest(&at, &descriptor.digest)
+                    .await
+                    .map_err(classify)?;
                 self.store(&manifest.digest, &manifest.bytes)?;
                 source = FillSource::Registry;
             }
@@ -239,9 +246,9 @@ impl ImageCache {
             }
             let mut first_error = None;
             for task in tasks {
-                let result = task
-                    .await
-                    .unwrap_or_else(|e| Err(CacheError::Failed(format!("a download stopped: {e}"))));
+                let result = task.await.unwrap_or_else(|e| {
+                    Err(CacheError::Failed(format!("a download stopped: {e}")))
+                });
                 if let Err(e) = result {
                     first_error.get_or_insert(e);
                 }
@@ -316,8 +323,9 @@ impl ImageCache {
     /// Config and layers a stored manifest names, with their sizes.
     pub fn manifest_blobs(&self, digest: &str) -> Result<Vec<(String, u64)>, CacheError> {
         let bytes = self.read_blob(digest)?;
-        manifest_blobs(&bytes)
-            .ok_or_else(|| CacheError::Failed(format!("manifest {digest} names no config and layers")))
+        manifest_blobs(&bytes).ok_or_else(|| {
+            CacheError::Failed(format!("manifest {digest} names no config and layers"))
+        })
     }
 
     /// A stored blob's bytes.
@@ -326,7 +334,8 @@ impl ImageCache {
             .layout
             .blob_path(digest)
             .ok_or_else(|| CacheError::Failed(format!("malformed digest {digest}")))?;
-        std::fs::read(&path).map_err(|e| CacheError::Failed(format!("cannot read {}: {e}", path.display())))
+        std::fs::read(&path)
+            .map_err(|e| CacheError::Failed(format!("cannot read {}: {e}", path.display())))
     }
 
     fn store(&self, digest: &str, bytes: &[u8]) -> Result<(), CacheError> {
@@ -364,9 +373,8 @@ impl ImageCache {
                         !all && d.reference().is_some_and(|r| keep.iter().any(|k| k == r))
                     };
                     let old = |d: &Descriptor| match older_than {
-                        Some(age) => last_used(d).is_none_or(|t| {
-                            now.duration_since(t).unwrap_or_default() >= age
-                        }),
+                        Some(age) => last_used(d)
+                            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= age),
                         None => max_size.is_none(),
                     };
                     let mut remaining = Vec::new();
@@ -432,7 +440,8 @@ impl ImageCache {
                     .and_then(|m| m.modified().ok())
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > Duration::from_secs(3600));
-            let unreferenced = !name.contains(".tmp-") && !referenced.contains(&format!("sha256:{name}"));
+            let unreferenced =
+                !name.contains(".tmp-") && !referenced.contains(&format!("sha256:{name}"));
             if (stale_tmp || unreferenced) && std::fs::remove_file(entry.path()).is_ok() {
                 freed += meta.map_or(0, |m| m.len());
             }
@@ -473,7 +482,9 @@ impl Download {
         let Some(path) = self.layout.blob_path(digest) else {
             return Err(CacheError::Failed(format!("malformed digest {digest}")));
         };
-        let tmp = self.layout.temp_path(layout::hex_of(digest).unwrap_or("blob"));
+        let tmp = self
+            .layout
+            .temp_path(layout::hex_of(digest).unwrap_or("blob"));
         let result = async {
             let response = self.client.blob(&self.at, digest).await.map_err(classify)?;
             let mut body = response.into_body();
@@ -649,7 +660,9 @@ mod tests {
         assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
         assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
         assert_eq!(parse_size("1.5 kb").unwrap(), 1500);
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_size("MB").is_err());
         assert_eq!(format_size(12_345_678), "12.3 MB");
         assert_eq!(format_size(999), "999 B");

@@ -127,7 +127,12 @@ impl RegistryClient {
     /// Fetches a manifest by tag or digest.
     pub async fn manifest(&self, at: &Endpoint, reference: &str) -> Result<Manifest, String> {
         let response = self
-            .send(at, Method::GET, &at.url("manifests", reference), MANIFEST_ACCEPT)
+            .send(
+                at,
+                Method::GET,
+                &at.url("manifests", reference),
+                MANIFEST_ACCEPT,
+            )
             .await?;
         let media_type = response
             .headers()
@@ -200,7 +205,10 @@ impl RegistryClient {
                 .map_err(|e| format!("cannot reach {}: {}", at.host, error_chain(&e)))?;
             let status = response.status();
             if status.is_redirection() {
-                let Some(next) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok())
+                let Some(next) = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
                 else {
                     return Err(format!("{url}: redirect without a Location"));
                 };
@@ -255,7 +263,9 @@ impl RegistryClient {
             if let Some(service) = params.get("service") {
                 url.push_str(&format!("&service={service}"));
             }
-            let uri: Uri = url.parse().map_err(|e| format!("bad token URL {url}: {e}"))?;
+            let uri: Uri = url
+                .parse()
+                .map_err(|e| format!("bad token URL {url}: {e}"))?;
             let mut request = Request::builder().uri(uri);
             if let Some(auth) = &basic {
                 request = request.header(AUTHORIZATION, format!("Basic {auth}"));
@@ -354,7 +364,11 @@ fn docker_config_auth(host: &str) -> Option<String> {
     let keys: Vec<String> = if host == "registry-1.docker.io" {
         vec!["https://index.docker.io/v1/".into(), "docker.io".into()]
     } else {
-        vec![host.to_owned(), format!("https://{host}"), format!("http://{host}")]
+        vec![
+            host.to_owned(),
+            format!("https://{host}"),
+            format!("http://{host}"),
+        ]
     };
     keys.iter()
         .find_map(|k| auths.get(k)?.get("auth")?.as_str().map(str::to_owned))
@@ -377,15 +391,27 @@ mod tests {
     fn endpoints_follow_the_mirror_mapping() {
         let at = |r: &str, m: Option<&str>| Endpoint::of(&ImageRef::parse(r).unwrap(), m);
         let e = at("postgres:15", Some("localhost:5000"));
-        assert_eq!((e.host.as_str(), e.repository.as_str()), ("localhost:5000", "library/postgres"));
+        assert_eq!(
+            (e.host.as_str(), e.repository.as_str()),
+            ("localhost:5000", "library/postgres")
+        );
         assert_eq!(e.scheme(), "http");
         let e = at("postgres:15", None);
-        assert_eq!((e.host.as_str(), e.repository.as_str()), ("registry-1.docker.io", "library/postgres"));
+        assert_eq!(
+            (e.host.as_str(), e.repository.as_str()),
+            ("registry-1.docker.io", "library/postgres")
+        );
         assert_eq!(e.scheme(), "https");
         let e = at("ghcr.io/org/app:1", Some("localhost:5000"));
-        assert_eq!((e.host.as_str(), e.repository.as_str()), ("ghcr.io", "org/app"));
+        assert_eq!(
+            (e.host.as_str(), e.repository.as_str()),
+            ("ghcr.io", "org/app")
+        );
         let e = at("redis:7", Some("mirror.example/hub"));
-        assert_eq!((e.host.as_str(), e.repository.as_str()), ("mirror.example", "hub/library/redis"));
+        assert_eq!(
+            (e.host.as_str(), e.repository.as_str()),
+            ("mirror.example", "hub/library/redis")
+        );
     }
 
     #[test]
