@@ -174,7 +174,7 @@ impl ImageStore {
                 )))
             }
         }
-        let (run_name, origin) = match self.from_cache(image).await? {
+        let (run_name, origin) = match self.through_cache(image).await? {
             Some(origin) => (image.local_name(), origin),
             None => (self.pull(image).await?, Origin::Registry),
         };
@@ -194,7 +194,7 @@ impl ImageStore {
     /// missing) and restores it into the daemon under its local name.
     /// `None`: no cache, or it cannot help (disk full, a pinned digest, a
     /// failed fill): the caller pulls directly.
-    async fn from_cache(&self, image: &ImageRef) -> Result<Option<Origin>, EnvError> {
+    async fn through_cache(&self, image: &ImageRef) -> Result<Option<Origin>, EnvError> {
         let Some(cache) = &self.cache else {
             return Ok(None);
         };

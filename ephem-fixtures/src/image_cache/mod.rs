@@ -368,7 +368,7 @@ impl ImageCache {
                     let mut removed = Vec::new();
                     let mut entries: Vec<Descriptor> = std::mem::take(&mut index.manifests);
                     // Oldest first, so a size limit drops the least recently used.
-                    entries.sort_by_key(|d| last_used(d));
+                    entries.sort_by_key(last_used);
                     let kept_by_config = |d: &Descriptor| {
                         !all && d.reference().is_some_and(|r| keep.iter().any(|k| k == r))
                     };
