@@ -899,6 +899,49 @@ mod tests {
     }
 
     #[test]
+    fn images_take_the_cache_and_prune_limits() {
+        let Command::Images(args) = parse(&[
+            "images",
+            "prune",
+            "--older-than",
+            "7days",
+            "--max-size",
+            "2GiB",
+            "--image-cache",
+            "/c",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not images");
+        };
+        let options = args.options();
+        assert_eq!(
+            options.env.image_cache.as_deref(),
+            Some(camino::Utf8Path::new("/c"))
+        );
+        assert_eq!(
+            options.action,
+            ImagesAction::Prune {
+                older_than: Some(Duration::from_secs(7 * 24 * 3600)),
+                max_size: Some(2 << 30),
+                all: false,
+            }
+        );
+        let err = parse(&["images", "prune", "--max-size", "2 parsecs"]).unwrap_err();
+        assert!(err.to_string().contains("unknown unit"), "{err}");
+        let err = parse(&["images", "prune", "--older-than", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+        let Command::Test(args) = parse(&["test", "--image-cache", "/d"]).unwrap().command else {
+            panic!("not test");
+        };
+        assert_eq!(
+            args.options().env.image_cache.as_deref(),
+            Some(camino::Utf8Path::new("/d"))
+        );
+    }
+
+    #[test]
     fn an_unknown_backend_names_the_ones_that_exist() {
         for command in ["test", "up", "down", "gc", "render"] {
             let err = parse(&[command, "--backend", "podman"]).unwrap_err();

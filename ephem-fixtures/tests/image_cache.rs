@@ -525,3 +525,68 @@ async fn two_concurrent_fills_of_one_cache_both_succeed() {
     expected.sort();
     assert_eq!(refs, expected, "both entries recorded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_re_resolves_tags_and_falls_back_to_the_cache_when_the_registry_is_gone() {
+    let images = TestImages::push(&["a", "b"]);
+    let proxy = CountingProxy::start().await;
+    let name = images.at(&proxy.host(), "a");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let store = ImageCache::open(cache.path(), tx).expect("cache opens");
+    let image = ImageRef::parse(&name).expect("reference");
+    let first = store
+        .fill(&image, None, Resolve::Recorded)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Same tag, nothing changed: same digest.
+    let again = store
+        .fill(&image, None, Resolve::Fresh)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.descriptor.digest, first.descriptor.digest);
+
+    // The tag moves to b's image: update follows it.
+    let b = images.at(REGISTRY, "b");
+    let a_in_registry = images.at(REGISTRY, "a");
+    let pulled = docker(&["pull", "-q", &b]);
+    assert!(pulled.status.success());
+    assert!(docker(&["tag", &b, &a_in_registry]).status.success());
+    assert!(docker(&["push", "-q", &a_in_registry]).status.success());
+    images.remove_local(&a_in_registry);
+    images.remove_local(&b);
+    let moved = store
+        .fill(&image, None, Resolve::Fresh)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(moved.descriptor.digest, first.descriptor.digest);
+    // A plain fill now uses the recorded (new) digest without asking.
+    let before = proxy.connections();
+    let recorded = store
+        .fill(&image, None, Resolve::Recorded)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(recorded.descriptor.digest, moved.descriptor.digest);
+    assert_eq!(proxy.connections(), before);
+
+    // Registry gone: update keeps the cached image, with a one-line note.
+    proxy.stop().await;
+    while rx.try_recv().is_ok() {}
+    let offline = store
+        .fill(&image, None, Resolve::Fresh)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(offline.descriptor.digest, moved.descriptor.digest);
+    let mut noted = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let EnvEvent::Note { message } = event {
+            noted.push(message);
+        }
+    }
+    assert_eq!(noted.len(), 1, "{noted:?}");
+    assert!(
+        noted[0].contains("registry unreachable") && noted[0].contains("using the cached"),
+        "{noted:?}"
+    );
+}
