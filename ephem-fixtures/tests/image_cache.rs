@@ -590,3 +590,59 @@ async fn update_re_resolves_tags_and_falls_back_to_the_cache_when_the_registry_i
         "{noted:?}"
     );
 }
+
+/// A tiny tmpfs, unmounted on drop: a disk that fills up.
+struct TinyDisk {
+    dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    /// `None` when this process may not mount (not root).
+    fn mount(size: &str) -> Option<TinyDisk> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        mounted.then_some(TinyDisk { dir })
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_warned_about_once_and_images_are_pulled_directly() {
+    let Some(disk) = TinyDisk::mount("64k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let images = TestImages::push(&["a", "b"]);
+    let names = [images.at(REGISTRY, "a"), images.at(REGISTRY, "b")];
+    let cache = disk.dir.path().join("cache");
+    let (origins, events) = ensure(&cache, &names).await;
+    let mut expected: Vec<(String, Origin)> = names
+        .iter()
+        .map(|n| (n.clone(), Origin::Registry))
+        .collect();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(origins, expected);
+    let warnings: Vec<String> = notes(&events)
+        .into_iter()
+        .filter(|n| n.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "warned once: {warnings:?}");
+    assert!(warnings[0].contains("disk full"), "{warnings:?}");
+    for name in &names {
+        assert!(images.present(name), "{name} pulled directly");
+    }
+    let leftovers: Vec<PathBuf> = blob_files(&cache)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -223,7 +223,18 @@ impl ImageStore {
             }
         };
         let how = match self.restore {
-            RestorePath::Serve => self.restore_served(cache, image, &filled).await?,
+            RestorePath::Serve => match self.restore_served(cache, image, &filled).await {
+                Ok(how) => how,
+                // A daemon in a VM behind a local socket cannot reach our
+                // loopback either: loading still works.
+                Err(e) => {
+                    let _ = self.events.send(EnvEvent::Warning {
+                        shard: None,
+                        message: format!("{e}; loading {image} with `docker load` instead"),
+                    });
+                    self.restore_loaded(cache, image, &filled).await?
+                }
+            },
             RestorePath::Load => self.restore_loaded(cache, image, &filled).await?,
         };
         let origin = match filled.source {
@@ -269,7 +280,7 @@ impl ImageStore {
             &repository,
             digest,
             &host,
-            "the daemon could not pull from the image cache's loopback registry; set EPHEM_IMAGE_RESTORE=load to load it instead",
+            "the daemon could not pull from the image cache's loopback registry",
         )
         .await?;
         let temporary = format!("{repository}@{digest}");
