@@ -196,10 +196,20 @@ async fn ensure_by(
     images: &[String],
     restore: Option<RestorePath>,
 ) -> (Vec<(String, Origin)>, Vec<EnvEvent>) {
+    ensure_with(cache, images, restore, false).await
+}
+
+async fn ensure_with(
+    cache: &Path,
+    images: &[String],
+    restore: Option<RestorePath>,
+    decompressed: bool,
+) -> (Vec<(String, Origin)>, Vec<EnvEvent>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut backend = DockerBackend::connect(config(cache, images), tx)
         .await
-        .expect("a Docker daemon");
+        .expect("a Docker daemon")
+        .with_decompressed_layers(decompressed);
     if let Some(restore) = restore {
         backend = backend.with_image_restore(restore);
     }
@@ -645,4 +655,32 @@ async fn a_full_disk_is_warned_about_once_and_images_are_pulled_directly() {
         .filter(|p| p.to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_served_decompressed_keep_the_image_id() {
+    let images = TestImages::push(&["a"]);
+    let name = images.at(REGISTRY, "a");
+    let cache = tempfile::tempdir().expect("temp dir");
+    ensure(cache.path(), std::slice::from_ref(&name)).await;
+    let id = docker(&["image", "inspect", "-f", "{{.Id}}", &name]).stdout;
+    images.remove_local(&name);
+    // Busybox's layer must be re-registered from the decompressed bytes
+    // too, but it is shared with busybox:1.36 in the daemon; the marker
+    // layer is this test's own, and so always travels.
+    let (origins, events) =
+        ensure_with(cache.path(), std::slice::from_ref(&name), None, true).await;
+    assert_eq!(origins, vec![(name.clone(), Origin::Cache)]);
+    assert!(
+        notes(&events)
+            .iter()
+            .any(|n| n.contains("(served, layers decompressed)")),
+        "{:?}",
+        notes(&events)
+    );
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Id}}", &name]).stdout,
+        id
+    );
+    assert_cache_verifies(cache.path());
 }

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::is_not_found;
+use crate::image_cache::decompress;
 use crate::image_cache::serve::RegistryServer;
 use crate::image_cache::{archive, CacheError, FillSource, Filled, ImageCache, Resolve};
 use crate::{EnvError, EnvEvent, EventSink, ImageRef};
@@ -89,6 +90,8 @@ pub(crate) struct ImageStore {
     /// The warm image cache, when one is configured.
     cache: Option<Arc<ImageCache>>,
     restore: RestorePath,
+    /// `EPHEM_IMAGE_SERVE=decompressed`: gzip layers served decompressed.
+    decompressed: bool,
     /// The loopback registry over the cache, started by the first restore
     /// and stopped with the store (the run).
     server: OnceCell<RegistryServer>,
@@ -112,6 +115,7 @@ impl ImageStore {
             entries,
             cache: None,
             restore: RestorePath::Serve,
+            decompressed: decompress::wanted(),
             server: OnceCell::new(),
         }
     }
@@ -126,6 +130,11 @@ impl ImageStore {
     /// How images come back from the cache.
     pub(crate) fn set_restore(&mut self, restore: RestorePath) {
         self.restore = restore;
+    }
+
+    /// Whether the loopback registry serves gzip layers decompressed.
+    pub(crate) fn set_decompressed(&mut self, decompressed: bool) {
+        self.decompressed = decompressed;
     }
 
     /// Every image's facts, once [`ensure_all`](Self::ensure_all) made them present.
@@ -274,7 +283,34 @@ impl ImageStore {
             })?;
         let host = server.host();
         let repository = format!("{host}/{}", cache_repository(image));
-        let digest = &filled.descriptor.digest;
+        let mut digest = filled.descriptor.digest.clone();
+        let mut layers = "";
+        if self.decompressed {
+            let layout = cache.layout().clone();
+            let (stored, media_type) = (digest.clone(), filled.descriptor.media_type.clone());
+            let prepared = tokio::task::spawn_blocking(move || {
+                decompress::prepare(&layout, &stored, &media_type)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("stopped: {e}")));
+            match prepared {
+                Ok(Some(rewritten)) => {
+                    server.add_decompressed(&rewritten);
+                    digest = rewritten.digest;
+                    layers = ", layers decompressed";
+                }
+                Ok(None) => layers = ", layers as stored: not all are gzip",
+                Err(reason) => {
+                    let _ = self.events.send(EnvEvent::Warning {
+                        shard: None,
+                        message: format!(
+                            "{image}: cannot serve its layers decompressed ({reason}); serving them as stored"
+                        ),
+                    });
+                }
+            }
+        }
+        let digest = &digest;
         self.pull_from(
             image,
             &repository,
@@ -305,7 +341,7 @@ impl ImageStore {
             .docker
             .remove_image(&temporary, Some(untag), None)
             .await;
-        Ok(format!("the daemon pulled it from {host} (served)"))
+        Ok(format!("the daemon pulled it from {host} (served{layers})"))
     }
 
     /// `docker load` of an archive streamed from the cache.

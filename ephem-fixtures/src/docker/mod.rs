@@ -153,6 +153,13 @@ impl DockerBackend {
         self
     }
 
+    /// Serves gzip layers to the daemon decompressed (`true`) or as stored,
+    /// whatever `EPHEM_IMAGE_SERVE` says.
+    pub fn with_decompressed_layers(mut self, decompressed: bool) -> Self {
+        self.shared.images.set_decompressed(decompressed);
+        self
+    }
+
     /// The value of `${host}`: where published ports are reached.
     pub fn host(&self) -> &str {
         &self.shared.host

@@ -8,6 +8,7 @@
 //! registry request at all (`cargo ephem images update` re-resolves).
 
 pub mod archive;
+pub mod decompress;
 pub mod layout;
 pub mod registry;
 pub mod serve;

@@ -2,8 +2,10 @@
 //! daemon to pull from: layers download in parallel and only the missing
 //! ones, which `docker load` cannot do.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -16,6 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::decompress::Decompressed;
 use super::layout::{Layout, REF_NAME};
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -24,6 +27,17 @@ type Body = BoxBody<Bytes, std::io::Error>;
 pub struct RegistryServer {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    extras: Arc<Mutex<Extras>>,
+}
+
+/// What is served besides the index's manifests: rewritten manifests for
+/// decompressed layers, and those layers.
+#[derive(Default)]
+struct Extras {
+    /// Manifest digest to media type.
+    manifests: HashMap<String, String>,
+    /// Diff id to (stored gzip layer, uncompressed length).
+    layers: HashMap<String, (String, u64)>,
 }
 
 impl RegistryServer {
@@ -31,16 +45,20 @@ impl RegistryServer {
     pub async fn start(layout: Layout) -> std::io::Result<RegistryServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let extras = Arc::new(Mutex::new(Extras::default()));
+        let shared = extras.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let layout = layout.clone();
+                let extras = shared.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let layout = layout.clone();
-                        async move { Ok::<_, Infallible>(handle(&layout, req).await) }
+                        let extras = extras.clone();
+                        async move { Ok::<_, Infallible>(handle(&layout, &extras, req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -48,7 +66,16 @@ impl RegistryServer {
                 });
             }
         });
-        Ok(RegistryServer { addr, task })
+        Ok(RegistryServer { addr, task, extras })
+    }
+
+    /// Serves `manifest` and its layers decompressed as well.
+    pub fn add_decompressed(&self, manifest: &Decompressed) {
+        let mut extras = self.extras.lock().unwrap_or_else(|p| p.into_inner());
+        extras
+            .manifests
+            .insert(manifest.digest.clone(), manifest.media_type.clone());
+        extras.layers.extend(manifest.layers.clone());
     }
 
     /// `127.0.0.1:<port>`, the registry host the daemon pulls from.
@@ -63,7 +90,7 @@ impl Drop for RegistryServer {
     }
 }
 
-async fn handle(layout: &Layout, req: Request<Incoming>) -> Response<Body> {
+async fn handle(layout: &Layout, extras: &Mutex<Extras>, req: Request<Incoming>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         return status(StatusCode::METHOD_NOT_ALLOWED, "read-only registry");
@@ -80,9 +107,27 @@ async fn handle(layout: &Layout, req: Request<Incoming>) -> Response<Body> {
         return status(StatusCode::NOT_FOUND, "not a registry path");
     };
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        let extra = extras
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .manifests
+            .get(reference)
+            .cloned();
+        if let Some(media_type) = extra {
+            return blob(layout, reference, &media_type, head).await;
+        }
         return manifest(layout, name, reference, head).await;
     }
     if let Some((_, digest)) = rest.rsplit_once("/blobs/") {
+        let decompressed = extras
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .layers
+            .get(digest)
+            .cloned();
+        if let Some((stored, len)) = decompressed {
+            return gunzipped(layout, digest, &stored, len, head);
+        }
         return blob(layout, digest, "application/octet-stream", head).await;
     }
     status(StatusCode::NOT_FOUND, "not a registry path")
@@ -146,6 +191,52 @@ async fn blob(layout: &Layout, digest: &str, content_type: &str, head: bool) -> 
     };
     builder
         .body(body)
+        .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, ""))
+}
+
+/// A gzip layer served decompressed, as `diff_id` of `len` bytes: gunzip
+/// runs on a blocking thread, feeding the body through a channel. The
+/// daemon checks the bytes against `diff_id`, and `prepare` already did.
+fn gunzipped(layout: &Layout, diff_id: &str, stored: &str, len: u64, head: bool) -> Response<Body> {
+    let builder = Response::builder()
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Length", len)
+        .header("Docker-Content-Digest", diff_id)
+        .header("Docker-Distribution-API-Version", "registry/2.0");
+    if head {
+        let body = Empty::new().map_err(|never| match never {}).boxed();
+        return builder
+            .body(body)
+            .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, ""));
+    }
+    let reader = match super::decompress::open_gunzip(layout, stored) {
+        Ok(reader) => reader,
+        Err(_) => return status(StatusCode::NOT_FOUND, "blob unknown"),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut reader = reader;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Frame::data(Bytes::from(buf)))).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    let frames = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    builder
+        .body(BodyExt::boxed(StreamBody::new(frames)))
         .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, ""))
 }
 
