@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use ephem_fixtures::image_cache::{self, layout, CacheError, ImageCache, Resolve};
+use ephem_fixtures::image_cache::{self, layout, ImageCache, Resolve};
 use ephem_fixtures::{DockerBackend, EnvEvent, EphemConfig};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -138,9 +138,7 @@ async fn update(env: &crate::options::EnvOptions, config: EphemConfig) -> Result
                 ),
                 None => println!("added     {reference} {}", filled.descriptor.digest),
             },
-            Err(
-                e @ (CacheError::Unreachable(_) | CacheError::Failed(_) | CacheError::NoSpace(_)),
-            ) => {
+            Err(e) => {
                 eprintln!("error: {reference}: {e}");
                 failed = Some(e);
             }
