@@ -9,8 +9,9 @@ use ephem_core::archive::ArchiveOptions;
 use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
-    ArchiveInput, ConfigSource, DownOptions, EnvOptions, GcOptions, ListFormat, ListOptions,
-    NoTests, ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions, VarsFormat,
+    ArchiveInput, ConfigSource, DownOptions, EnvOptions, GcOptions, ImagesAction, ImagesOptions,
+    ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions,
+    VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
@@ -89,6 +90,10 @@ pub enum Command {
     /// pod. Generated secrets are printed as ***; the run id is `render` and
     /// the clock fixed, so two renders diff clean.
     Render(RenderArgs),
+    /// The configuration's images and the warm image cache (--image-cache
+    /// DIR, EPHEM_IMAGE_CACHE or [images] cache).
+    #[command(after_help = EXIT_CODES)]
+    Images(ImagesArgs),
     /// The out-of-process reaper (started by `test` and `up`; not for direct use).
     #[command(name = "__reap", hide = true)]
     Reap(ReapArgs),
@@ -218,6 +223,10 @@ pub struct EnvArgs {
     /// life; the deadline is pushed forward while the run is alive.
     #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "30m")]
     env_ttl: Duration,
+    /// Keep images in this folder (an OCI image layout) and restore missing
+    /// ones from it [default: EPHEM_IMAGE_CACHE, else [images] cache].
+    #[arg(long, value_name = "DIR")]
+    image_cache: Option<Utf8PathBuf>,
 }
 
 impl EnvArgs {
@@ -226,6 +235,73 @@ impl EnvArgs {
             config: config_source(self.config, self.no_env),
             backend: self.backend,
             env_ttl: self.env_ttl,
+            image_cache: self.image_cache,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(subcommand)]
+    action: ImagesCommand,
+    /// Path to Cargo.toml (to find the workspace and its ephem.toml).
+    #[arg(long, value_name = "PATH", global = true)]
+    manifest_path: Option<Utf8PathBuf>,
+    /// Environment configuration [default: ephem.toml at the workspace root, if present].
+    #[arg(long, value_name = "PATH", global = true)]
+    config: Option<Utf8PathBuf>,
+    /// The image cache [default: EPHEM_IMAGE_CACHE, else [images] cache].
+    #[arg(long, value_name = "DIR", global = true)]
+    image_cache: Option<Utf8PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Make every image of the configuration present in the daemon (through
+    /// the cache when there is one); prints where each came from.
+    Pull,
+    /// List the cache's images: reference, digest, size, last used.
+    Ls,
+    /// Remove cache entries, then every blob no entry references; keeps the
+    /// configuration's images unless --all.
+    Prune {
+        /// Only entries unused for this long (e.g. 7days).
+        #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
+        older_than: Option<Duration>,
+        /// Then remove least recently used entries until the cache fits (e.g. 2GB, 500MiB).
+        #[arg(long, value_name = "SIZE", value_parser = ephem_core::images::parse_size)]
+        max_size: Option<u64>,
+        /// Also the images the configuration references.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Ask the registry what each tag points at now, and refill changed images.
+    Update,
+}
+
+impl ImagesArgs {
+    pub fn options(self) -> ImagesOptions {
+        ImagesOptions {
+            manifest_path: self.manifest_path,
+            env: EnvOptions {
+                config: config_source(self.config, false),
+                image_cache: self.image_cache,
+                ..Default::default()
+            },
+            action: match self.action {
+                ImagesCommand::Pull => ImagesAction::Pull,
+                ImagesCommand::Ls => ImagesAction::Ls,
+                ImagesCommand::Prune {
+                    older_than,
+                    max_size,
+                    all,
+                } => ImagesAction::Prune {
+                    older_than,
+                    max_size,
+                    all,
+                },
+                ImagesCommand::Update => ImagesAction::Update,
+            },
         }
     }
 }
@@ -275,6 +351,10 @@ pub struct UpArgs {
     /// renewing it (it renews every third of it while alive).
     #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "30m")]
     env_ttl: Duration,
+    /// Keep images in this folder and restore missing ones from it
+    /// [default: EPHEM_IMAGE_CACHE, else [images] cache].
+    #[arg(long, value_name = "DIR")]
+    image_cache: Option<Utf8PathBuf>,
 }
 
 impl UpArgs {
@@ -285,6 +365,7 @@ impl UpArgs {
                 config: config_source(self.workspace.config, false),
                 backend: self.workspace.backend,
                 env_ttl: self.env_ttl,
+                image_cache: self.image_cache,
             },
             shard: self.shard,
             format: match self.format {
@@ -815,6 +896,49 @@ mod tests {
             panic!("not render");
         };
         assert_eq!(args.options().backend, Some(RenderBackend::Kubernetes));
+    }
+
+    #[test]
+    fn images_take_the_cache_and_prune_limits() {
+        let Command::Images(args) = parse(&[
+            "images",
+            "prune",
+            "--older-than",
+            "7days",
+            "--max-size",
+            "2GiB",
+            "--image-cache",
+            "/c",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not images");
+        };
+        let options = args.options();
+        assert_eq!(
+            options.env.image_cache.as_deref(),
+            Some(camino::Utf8Path::new("/c"))
+        );
+        assert_eq!(
+            options.action,
+            ImagesAction::Prune {
+                older_than: Some(Duration::from_secs(7 * 24 * 3600)),
+                max_size: Some(2 << 30),
+                all: false,
+            }
+        );
+        let err = parse(&["images", "prune", "--max-size", "2 parsecs"]).unwrap_err();
+        assert!(err.to_string().contains("unknown unit"), "{err}");
+        let err = parse(&["images", "prune", "--older-than", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+        let Command::Test(args) = parse(&["test", "--image-cache", "/d"]).unwrap().command else {
+            panic!("not test");
+        };
+        assert_eq!(
+            args.options().env.image_cache.as_deref(),
+            Some(camino::Utf8Path::new("/d"))
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ fn run(command: Command) -> ephem_core::Result<i32> {
         Command::Down(args) => ephem_core::down(&args.options()),
         Command::Gc(args) => ephem_core::gc(&args.options()),
         Command::Render(args) => ephem_core::render(&args.options()),
+        Command::Images(args) => ephem_core::images(&args.options()),
         Command::Reap(args) => ephem_core::reap(&args.options()),
     }
 }

@@ -187,6 +187,7 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
                     exit_code.map_or("?".to_owned(), |c| c.to_string())
                 ),
                 EnvEvent::Warning { message, .. } => eprintln!("warning: {message}"),
+                EnvEvent::Note { message } => eprintln!("note: {message}"),
                 _ => {}
             }
         }

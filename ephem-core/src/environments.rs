@@ -36,9 +36,10 @@ impl EnvSetup {
                 default
             }
         };
-        let config = EphemConfig::load(&path)?;
+        let mut config = EphemConfig::load(&path)?;
         let backend = options.backend.unwrap_or(config.backend);
         check_support(&path, &config, backend)?;
+        config.images.cache = image_cache_dir(options, config.images.cache.as_deref())?;
         Ok(Some(EnvSetup {
             path,
             config,
@@ -89,6 +90,28 @@ impl EnvSetup {
             config_path: self.path,
         })
     }
+}
+
+/// The image cache in effect (`--image-cache` > `EPHEM_IMAGE_CACHE` >
+/// `[images] cache`), checked writable now: an unusable folder is a usage
+/// error (exit 2) naming it, not a failure half-way through a pull.
+pub fn image_cache_dir(
+    options: &EnvOptions,
+    configured: Option<&std::path::Path>,
+) -> Result<Option<std::path::PathBuf>> {
+    let dir = ephem_fixtures::image_cache::effective_dir(
+        options.image_cache.as_deref().map(|d| d.as_std_path()),
+        configured,
+    );
+    if let Some(dir) = &dir {
+        ephem_fixtures::image_cache::layout::Layout::create(dir).map_err(|e| {
+            EphemError::Usage(format!(
+                "image cache {}: cannot write there ({e}); make the folder writable or point --image-cache / EPHEM_IMAGE_CACHE / [images] cache elsewhere",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(dir)
 }
 
 /// What a backend cannot do yet is refused before anything starts.

@@ -250,6 +250,9 @@ pub struct EnvOptions {
     pub backend: Option<BackendKind>,
     /// Environments count as abandoned this long after their last renewal.
     pub env_ttl: Duration,
+    /// `--image-cache DIR`: the warm image cache, overriding
+    /// `EPHEM_IMAGE_CACHE` and `[images] cache`.
+    pub image_cache: Option<Utf8PathBuf>,
 }
 
 impl Default for EnvOptions {
@@ -258,8 +261,40 @@ impl Default for EnvOptions {
             config: ConfigSource::WorkspaceDefault,
             backend: None,
             env_ttl: Duration::from_secs(30 * 60),
+            image_cache: None,
         }
     }
+}
+
+/// What `cargo ephem images` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImagesAction {
+    /// Make every image of the configuration present in the daemon.
+    Pull,
+    /// List the cache's images.
+    Ls,
+    /// Remove cache entries and unreferenced blobs.
+    Prune {
+        /// Only entries unused for this long.
+        older_than: Option<Duration>,
+        /// Then drop least recently used entries until the cache fits.
+        max_size: Option<u64>,
+        /// Also the images the configuration references.
+        all: bool,
+    },
+    /// Re-resolve tags at the registry and refill changed images.
+    Update,
+}
+
+/// Everything `cargo ephem images` needs to know.
+#[derive(Clone, Debug)]
+pub struct ImagesOptions {
+    /// The workspace whose `ephem.toml` names the images.
+    pub manifest_path: Option<Utf8PathBuf>,
+    /// The configuration and the cache (`--image-cache`).
+    pub env: EnvOptions,
+    /// The subcommand.
+    pub action: ImagesAction,
 }
 
 /// How `cargo ephem list` prints.

@@ -346,6 +346,12 @@ pub enum EnvEvent {
         /// When the backend noticed.
         at: SystemTime,
     },
+    /// Something worth a line that is neither progress nor a problem, e.g.
+    /// which way an image was restored from the image cache.
+    Note {
+        /// One line.
+        message: String,
+    },
     /// Something the user should know that does not stop the run, e.g. a
     /// lost event stream that means service deaths go unreported.
     Warning {

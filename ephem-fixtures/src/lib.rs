@@ -10,6 +10,7 @@ mod backend;
 pub mod cleanup;
 pub mod config;
 pub mod docker;
+pub mod image_cache;
 pub mod image_ref;
 pub mod kubernetes;
 pub mod process;

@@ -262,6 +262,9 @@ impl RunEvents for Display {
                 let msg = format!("service {service} of shard {shard} exited (code {code})");
                 self.line(&format!("{} {msg}", self.paint("31;1", "  ENV DIED")));
             }
+            EnvEvent::Note { message } => {
+                self.line(&format!("{} {message}", self.paint("36", "      NOTE")));
+            }
             EnvEvent::Warning { shard, message } => {
                 let place = shard.map(|s| format!("shard {s}: ")).unwrap_or_default();
                 self.line(&format!(

@@ -33,6 +33,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "ephem.toml";
 /// Environment variable that overrides `[images] mirror`.
 pub const MIRROR_ENV: &str = "EPHEM_REGISTRY_MIRROR";
 
+/// Environment variable that overrides `[images] cache`.
+pub const IMAGE_CACHE_ENV: &str = "EPHEM_IMAGE_CACHE";
+
 /// Default `startup-timeout`: start plus readiness, not the pull.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -97,6 +100,10 @@ pub const MAX_SHARD_TEST_THREADS: usize = 1024;
 pub struct ImagesConfig {
     /// Registry that Docker Hub images are pulled through, e.g. `localhost:5000`.
     pub mirror: Option<String>,
+    /// `cache`: the warm image cache's folder, relative paths resolved
+    /// against the configuration's folder; `EPHEM_IMAGE_CACHE` and
+    /// `--image-cache` override it.
+    pub cache: Option<PathBuf>,
 }
 
 /// One `[services.NAME]` table: a container every shard gets.

@@ -36,6 +36,7 @@ pub(super) struct RawShards {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawImages {
     pub mirror: Option<Spanned<String>>,
+    pub cache: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

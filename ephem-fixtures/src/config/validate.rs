@@ -54,9 +54,18 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         },
         None => ReuseConfig::default(),
     };
-    let mirror = match raw.images.and_then(|i| i.mirror) {
-        Some(mirror) => Some(check_mirror(&at, &mirror)?),
-        None => None,
+    let (mirror, cache) = match raw.images {
+        Some(images) => (
+            match images.mirror {
+                Some(mirror) => Some(check_mirror(&at, &mirror)?),
+                None => None,
+            },
+            match images.cache {
+                Some(cache) => Some(check_cache(&at, path, &cache)?),
+                None => None,
+            },
+        ),
+        None => (None, None),
     };
     let kubernetes = super::kubernetes::check(&at, raw.kubernetes.as_ref())?;
 
@@ -88,7 +97,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         backend,
         shards,
         reuse,
-        images: ImagesConfig { mirror },
+        images: ImagesConfig { mirror, cache },
         kubernetes,
         services,
     })
@@ -116,6 +125,24 @@ fn check_mirror(at: &Locator<'_>, mirror: &Spanned<String>) -> Result<String, Co
         ));
     }
     Ok(value.to_owned())
+}
+
+/// `[images] cache`: a folder, relative to the configuration's own folder.
+fn check_cache(
+    at: &Locator<'_>,
+    path: &Path,
+    cache: &Spanned<String>,
+) -> Result<std::path::PathBuf, ConfigError> {
+    let value = cache.get_ref().trim();
+    if value.is_empty() {
+        return Err(at.error(
+            cache.span(),
+            "images.cache",
+            "the cache folder is empty; write a folder, e.g. \".ephem/images\" (relative to ephem.toml's folder)",
+        ));
+    }
+    let base = path.parent().unwrap_or(Path::new(""));
+    Ok(base.join(value))
 }
 
 struct ServiceChecker<'a, 'b> {

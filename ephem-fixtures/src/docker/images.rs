@@ -4,14 +4,69 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bollard::query_parameters::{CreateImageOptions, TagImageOptions};
+use bollard::query_parameters::{
+    CreateImageOptions, ImportImageOptions, RemoveImageOptions, TagImageOptions,
+};
 use bollard::Docker;
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::is_not_found;
+use crate::image_cache::decompress;
+use crate::image_cache::serve::RegistryServer;
+use crate::image_cache::{archive, CacheError, FillSource, Filled, ImageCache, Resolve};
 use crate::{EnvError, EnvEvent, EventSink, ImageRef};
+
+/// Where an image the run needed came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The daemon had it.
+    Daemon,
+    /// The image cache had it; nothing was downloaded.
+    Cache,
+    /// It was downloaded (into the image cache, when there is one).
+    Registry,
+}
+
+impl Origin {
+    /// `daemon`, `cache` or `registry`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Daemon => "daemon",
+            Origin::Cache => "cache",
+            Origin::Registry => "registry",
+        }
+    }
+}
+
+/// How images come back from the cache into the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestorePath {
+    /// The daemon pulls from a registry we serve on 127.0.0.1.
+    Serve,
+    /// `docker load` of an archive streamed from the cache, for a daemon
+    /// that cannot reach this machine's loopback.
+    Load,
+}
+
+impl RestorePath {
+    /// `EPHEM_IMAGE_RESTORE=serve|load` when set, else serve for a daemon
+    /// on this machine (`${host}` on loopback) and load for any other.
+    pub fn for_daemon(host: &str) -> RestorePath {
+        match std::env::var("EPHEM_IMAGE_RESTORE").as_deref() {
+            Ok("load") => return RestorePath::Load,
+            Ok("serve") => return RestorePath::Serve,
+            _ => {}
+        }
+        let local = host == "localhost" || host == "::1" || host.starts_with("127.");
+        if local {
+            RestorePath::Serve
+        } else {
+            RestorePath::Load
+        }
+    }
+}
 
 /// What provisioning needs to know about a local image.
 #[derive(Debug)]
@@ -22,6 +77,8 @@ pub(crate) struct ImageFacts {
     pub cmd: Vec<String>,
     /// Whether the image defines a HEALTHCHECK.
     pub has_healthcheck: bool,
+    /// Where it came from this run.
+    pub origin: Origin,
 }
 
 /// One lazily fetched entry per distinct image of the configuration.
@@ -30,6 +87,14 @@ pub(crate) struct ImageStore {
     mirror: Option<String>,
     events: EventSink,
     entries: HashMap<String, (ImageRef, OnceCell<Arc<ImageFacts>>)>,
+    /// The warm image cache, when one is configured.
+    cache: Option<Arc<ImageCache>>,
+    restore: RestorePath,
+    /// `EPHEM_IMAGE_SERVE=decompressed`: gzip layers served decompressed.
+    decompressed: bool,
+    /// The loopback registry over the cache, started by the first restore
+    /// and stopped with the store (the run).
+    server: OnceCell<RegistryServer>,
 }
 
 impl ImageStore {
@@ -48,7 +113,41 @@ impl ImageStore {
             mirror,
             events,
             entries,
+            cache: None,
+            restore: RestorePath::Serve,
+            decompressed: decompress::wanted(),
+            server: OnceCell::new(),
         }
+    }
+
+    /// Goes through `cache` for images missing from the daemon.
+    pub(crate) fn with_cache(mut self, cache: Arc<ImageCache>, restore: RestorePath) -> Self {
+        self.cache = Some(cache);
+        self.restore = restore;
+        self
+    }
+
+    /// How images come back from the cache.
+    pub(crate) fn set_restore(&mut self, restore: RestorePath) {
+        self.restore = restore;
+    }
+
+    /// Whether the loopback registry serves gzip layers decompressed.
+    pub(crate) fn set_decompressed(&mut self, decompressed: bool) {
+        self.decompressed = decompressed;
+    }
+
+    /// Every image's facts, once [`ensure_all`](Self::ensure_all) made them present.
+    pub(crate) async fn origins(&self) -> Result<Vec<(String, Origin)>, EnvError> {
+        let mut out = Vec::new();
+        for (image, _) in self.entries.values() {
+            out.push((
+                image.original().to_owned(),
+                self.ensure(image).await?.origin,
+            ));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Makes every image present, pulling the missing ones concurrently.
@@ -75,7 +174,7 @@ impl ImageStore {
                     image: image.original().to_owned(),
                     pulled: false,
                 });
-                return Ok(Arc::new(facts(local, found)));
+                return Ok(Arc::new(facts(local, found, Origin::Daemon)));
             }
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
@@ -84,7 +183,10 @@ impl ImageStore {
                 )))
             }
         }
-        let run_name = self.pull(image).await?;
+        let (run_name, origin) = match self.through_cache(image).await? {
+            Some(origin) => (image.local_name(), origin),
+            None => (self.pull(image).await?, Origin::Registry),
+        };
         let found = self.docker.inspect_image(&run_name).await.map_err(|e| {
             EnvError::Other(format!(
                 "image {image} was pulled but cannot be inspected as {run_name}: {e}"
@@ -94,7 +196,189 @@ impl ImageStore {
             image: image.original().to_owned(),
             pulled: true,
         });
-        Ok(Arc::new(facts(run_name, found)))
+        Ok(Arc::new(facts(run_name, found, origin)))
+    }
+
+    /// Fills `image` into the cache (from the registry only what is
+    /// missing) and restores it into the daemon under its local name.
+    /// `None`: no cache, or it cannot help (disk full, a pinned digest, a
+    /// failed fill): the caller pulls directly.
+    async fn through_cache(&self, image: &ImageRef) -> Result<Option<Origin>, EnvError> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        if image.digest().is_some() {
+            // A digest-pinned name cannot be given by a tag; the daemon
+            // pulls those itself (see the README).
+            return Ok(None);
+        }
+        let filled = match cache
+            .fill(image, self.mirror.as_deref(), Resolve::Recorded)
+            .await
+        {
+            Ok(filled) => filled,
+            Err(CacheError::NoSpace(reason)) => {
+                cache.warn_full(&reason);
+                return Ok(None);
+            }
+            // The direct pull says what is wrong with the registry.
+            Err(CacheError::Unreachable(_)) => return Ok(None),
+            Err(CacheError::Failed(reason)) => {
+                let _ = self.events.send(EnvEvent::Warning {
+                    shard: None,
+                    message: format!("image cache: {reason}; pulling {image} directly"),
+                });
+                return Ok(None);
+            }
+        };
+        let how = match self.restore {
+            RestorePath::Serve => match self.restore_served(cache, image, &filled).await {
+                Ok(how) => how,
+                // A daemon in a VM behind a local socket cannot reach our
+                // loopback either: loading still works.
+                Err(e) => {
+                    let _ = self.events.send(EnvEvent::Warning {
+                        shard: None,
+                        message: format!("{e}; loading {image} with `docker load` instead"),
+                    });
+                    self.restore_loaded(cache, image, &filled).await?
+                }
+            },
+            RestorePath::Load => self.restore_loaded(cache, image, &filled).await?,
+        };
+        let origin = match filled.source {
+            FillSource::Cache => Origin::Cache,
+            FillSource::Registry => Origin::Registry,
+        };
+        let from = match origin {
+            Origin::Registry => format!(
+                "fetched {} into the image cache {}",
+                crate::image_cache::format_size(filled.downloaded),
+                cache.root().display()
+            ),
+            _ => format!("restored from the image cache {}", cache.root().display()),
+        };
+        let _ = self.events.send(EnvEvent::Note {
+            message: format!("{image}: {from}; {how}"),
+        });
+        Ok(Some(origin))
+    }
+
+    /// The daemon pulls the image from our loopback registry, by digest;
+    /// it is tagged with its local name and the temporary name removed.
+    async fn restore_served(
+        &self,
+        cache: &ImageCache,
+        image: &ImageRef,
+        filled: &Filled,
+    ) -> Result<String, EnvError> {
+        let server = self
+            .server
+            .get_or_try_init(|| RegistryServer::start(cache.layout().clone()))
+            .await
+            .map_err(|e| {
+                EnvError::Other(format!(
+                    "cannot serve the image cache on 127.0.0.1: {e}; unset EPHEM_IMAGE_CACHE / --image-cache to pull directly"
+                ))
+            })?;
+        let host = server.host();
+        let repository = format!("{host}/{}", cache_repository(image));
+        let mut digest = filled.descriptor.digest.clone();
+        let mut layers = "";
+        if self.decompressed {
+            let layout = cache.layout().clone();
+            let (stored, media_type) = (digest.clone(), filled.descriptor.media_type.clone());
+            let prepared = tokio::task::spawn_blocking(move || {
+                decompress::prepare(&layout, &stored, &media_type)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("stopped: {e}")));
+            match prepared {
+                Ok(Some(rewritten)) => {
+                    server.add_decompressed(&rewritten);
+                    digest = rewritten.digest;
+                    layers = ", layers decompressed";
+                }
+                Ok(None) => layers = ", layers as stored: not all are gzip",
+                Err(reason) => {
+                    let _ = self.events.send(EnvEvent::Warning {
+                        shard: None,
+                        message: format!(
+                            "{image}: cannot serve its layers decompressed ({reason}); serving them as stored"
+                        ),
+                    });
+                }
+            }
+        }
+        let digest = &digest;
+        self.pull_from(
+            image,
+            &repository,
+            digest,
+            &host,
+            "the daemon could not pull from the image cache's loopback registry",
+        )
+        .await?;
+        let temporary = format!("{repository}@{digest}");
+        let tag = TagImageOptions {
+            repo: Some(image.local_repository()),
+            tag: Some(image.tag().to_owned()),
+        };
+        self.docker
+            .tag_image(&temporary, Some(tag))
+            .await
+            .map_err(|e| {
+                EnvError::Other(format!(
+                    "restored {temporary} from the image cache but cannot tag it {}: {e}",
+                    image.local_name()
+                ))
+            })?;
+        let untag = RemoveImageOptions {
+            noprune: true,
+            ..Default::default()
+        };
+        let _ = self
+            .docker
+            .remove_image(&temporary, Some(untag), None)
+            .await;
+        Ok(format!("the daemon pulled it from {host} (served{layers})"))
+    }
+
+    /// `docker load` of an archive streamed from the cache.
+    async fn restore_loaded(
+        &self,
+        cache: &ImageCache,
+        image: &ImageRef,
+        filled: &Filled,
+    ) -> Result<String, EnvError> {
+        let failed = |reason: String| {
+            EnvError::Other(format!(
+                "cannot load {image} from the image cache {}: {reason}",
+                cache.root().display()
+            ))
+        };
+        let blobs = cache
+            .manifest_blobs(&filled.descriptor.digest)
+            .map_err(|e| failed(e.to_string()))?;
+        let Some(((config, _), layers)) = blobs.split_first() else {
+            return Err(failed("the manifest names no config".into()));
+        };
+        let layers = layers.iter().map(|(d, _)| d.clone()).collect();
+        let archive = archive::docker_archive(
+            cache.layout().clone(),
+            config.clone(),
+            layers,
+            image.local_name(),
+        );
+        let options = ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.import_image_stream(options, archive, None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| failed(pull_reason(&e)))?;
+        }
+        Ok("streamed into `docker load` (loaded: EPHEM_IMAGE_RESTORE=load, or a daemon that cannot reach this machine's loopback)".to_owned())
     }
 
     /// Pulls `image` (through the mirror for Docker Hub images) and returns the
@@ -116,10 +400,35 @@ impl ImageStore {
             registry: registry.clone(),
             reason: format!("{reason}; {hint}"),
         };
+        self.pull_from(
+            image,
+            &image.pull_repository(mirror),
+            image.digest().unwrap_or(image.tag()),
+            &registry,
+            hint,
+        )
+        .await?;
+        self.tag_pulled(image, via_mirror, pull_error).await
+    }
+
+    /// Pulls `repository:tag` (or `@digest`), reporting byte progress as `image`'s.
+    async fn pull_from(
+        &self,
+        image: &ImageRef,
+        repository: &str,
+        tag: &str,
+        registry: &str,
+        hint: &str,
+    ) -> Result<(), EnvError> {
+        let pull_error = |reason: String| EnvError::Pull {
+            image: image.original().to_owned(),
+            registry: registry.to_owned(),
+            reason: format!("{reason}; {hint}"),
+        };
         // An explicit tag (or digest): an empty tag would pull every tag.
         let options = CreateImageOptions {
-            from_image: Some(image.pull_repository(mirror)),
-            tag: Some(image.digest().unwrap_or(image.tag()).to_owned()),
+            from_image: Some(repository.to_owned()),
+            tag: Some(tag.to_owned()),
             ..Default::default()
         };
         let mut stream = self.docker.create_image(Some(options), None, None);
@@ -156,6 +465,18 @@ impl ImageStore {
                 total: (!known.is_empty()).then(|| known.iter().sum()),
             });
         }
+        Ok(())
+    }
+
+    /// The name to run a pulled image by: tagged under its original name
+    /// when it came through the mirror.
+    async fn tag_pulled(
+        &self,
+        image: &ImageRef,
+        via_mirror: bool,
+        pull_error: impl Fn(String) -> EnvError,
+    ) -> Result<String, EnvError> {
+        let mirror = self.mirror.as_deref();
         if via_mirror && image.digest().is_none() {
             // Tag under the original name so containers, and users, see `postgres:15`.
             let tag = TagImageOptions {
@@ -179,7 +500,22 @@ impl ImageStore {
     }
 }
 
-fn facts(run_name: String, image: bollard::models::ImageInspect) -> ImageFacts {
+/// The repository path the loopback registry is asked for (any name works:
+/// it serves by digest); Docker Hub's as `library/postgres`.
+fn cache_repository(image: &ImageRef) -> String {
+    let local = image.local_repository();
+    match local.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            rest.to_owned()
+        }
+        _ if !local.contains('/') => format!("library/{local}"),
+        _ => local,
+    }
+}
+
+fn facts(run_name: String, image: bollard::models::ImageInspect, origin: Origin) -> ImageFacts {
     let config = image.config.unwrap_or_default();
     let has_healthcheck = config
         .healthcheck
@@ -190,6 +526,7 @@ fn facts(run_name: String, image: bollard::models::ImageInspect) -> ImageFacts {
         run_name,
         cmd: config.cmd.unwrap_or_default(),
         has_healthcheck,
+        origin,
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 pub use self::cleanup::DockerCleanup;
 use self::images::ImageStore;
+pub use self::images::{Origin, RestorePath};
 use crate::{
     Backend, Cleanup, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext,
 };
@@ -85,12 +86,27 @@ impl DockerBackend {
         events: EventSink,
     ) -> DockerBackend {
         let mirror = config.effective_mirror();
-        let images = ImageStore::new(
+        let mut images = ImageStore::new(
             conn.docker.clone(),
             mirror,
             events.clone(),
             &config.images(),
         );
+        if let Some(dir) = &config.images.cache {
+            // The runner checked the folder before connecting (exit 2); a
+            // library caller's unusable folder costs only the cache.
+            match crate::image_cache::ImageCache::open(dir, events.clone()) {
+                Ok(cache) => {
+                    images = images.with_cache(Arc::new(cache), RestorePath::for_daemon(&conn.host))
+                }
+                Err(message) => {
+                    let _ = events.send(crate::EnvEvent::Warning {
+                        shard: None,
+                        message,
+                    });
+                }
+            }
+        }
         let cleanup = Arc::new(DockerCleanup::new(
             conn.docker.clone(),
             conn.address.clone(),
@@ -119,6 +135,28 @@ impl DockerBackend {
     /// 1, 2, 4, 8 and 15 s, gives up after 30 s; tests shorten it.
     pub fn with_event_retry(mut self, delays: Vec<Duration>) -> Self {
         self.shared.event_retry = delays;
+        self
+    }
+
+    /// Makes every image of the configuration present in the daemon
+    /// (through the image cache when one is configured) and says where
+    /// each came from, for `cargo ephem images pull`.
+    pub async fn ensure_images(&self) -> Result<Vec<(String, Origin)>, EnvError> {
+        self.shared.images.ensure_all().await?;
+        self.shared.images.origins().await
+    }
+
+    /// Restores images from the cache this way whatever the daemon's
+    /// address says (the benchmark and tests measure both).
+    pub fn with_image_restore(mut self, path: RestorePath) -> Self {
+        self.shared.images.set_restore(path);
+        self
+    }
+
+    /// Serves gzip layers to the daemon decompressed (`true`) or as stored,
+    /// whatever `EPHEM_IMAGE_SERVE` says.
+    pub fn with_decompressed_layers(mut self, decompressed: bool) -> Self {
+        self.shared.images.set_decompressed(decompressed);
         self
     }
 

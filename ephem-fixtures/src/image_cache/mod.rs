@@ -1,0 +1,688 @@
+//! The warm image cache: images kept as an OCI image layout on disk (what CI
+//! caches between runs), filled by fetching from the registry ourselves, and
+//! put back into the daemon by serving the registry API on loopback.
+//!
+//! Blobs are stored byte for byte as the registry served them, so image ids
+//! do not change; shared layers are stored once. Tags are resolved on the
+//! first fill and the digest recorded in `index.json`, so later runs make no
+//! registry request at all (`cargo ephem images update` re-resolves).
+
+pub mod archive;
+pub mod decompress;
+pub mod layout;
+pub mod registry;
+pub mod serve;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+
+use self::layout::{
+    BlobState, Descriptor, Hasher, Layout, LAST_USED, REF_NAME, TAG_DIGEST, TOTAL_SIZE,
+};
+use self::registry::{Endpoint, RegistryClient};
+use crate::image_ref::ImageRef;
+use crate::{EnvEvent, EventSink};
+
+/// Layers of one image downloaded at once (as the daemon does).
+const CONCURRENT_BLOBS: usize = 3;
+
+/// Why a fill failed.
+#[derive(Debug, Clone)]
+pub enum CacheError {
+    /// The registry could not be reached at all.
+    Unreachable(String),
+    /// The disk is full: the caller pulls directly instead.
+    NoSpace(String),
+    /// Anything else, in one line.
+    Failed(String),
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Unreachable(m) | CacheError::NoSpace(m) | CacheError::Failed(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// Whether a fill may use the digest recorded for a tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolve {
+    /// Use the recorded digest; ask the registry only for what is missing.
+    Recorded,
+    /// Ask the registry what the tag points at now (`images update`).
+    Fresh,
+}
+
+/// Where a filled image's bytes came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillSource {
+    /// Everything was in the cache already.
+    Cache,
+    /// Some blobs (or the tag) came from the registry.
+    Registry,
+}
+
+/// An image in the cache, ready to be served.
+#[derive(Clone, Debug)]
+pub struct Filled {
+    /// Its `index.json` entry.
+    pub descriptor: Descriptor,
+    /// Where its bytes came from this time.
+    pub source: FillSource,
+    /// Bytes downloaded this time.
+    pub downloaded: u64,
+}
+
+/// One cache folder, shared by every image of a run.
+pub struct ImageCache {
+    layout: Layout,
+    client: tokio::sync::OnceCell<Arc<RegistryClient>>,
+    events: EventSink,
+    /// ENOSPC is told once per run, not per blob.
+    warned_full: AtomicBool,
+}
+
+impl ImageCache {
+    /// Opens (creating it if needed) the cache at `root`; the error names
+    /// the folder and says why it cannot be written.
+    pub fn open(root: &Path, events: EventSink) -> Result<ImageCache, String> {
+        let layout = Layout::create(root).map_err(|e| {
+            format!(
+                "image cache {}: cannot write there ({e}); make the folder writable or point --image-cache / EPHEM_IMAGE_CACHE / [images] cache elsewhere",
+                root.display()
+            )
+        })?;
+        Ok(ImageCache {
+            layout,
+            client: tokio::sync::OnceCell::new(),
+            events,
+            warned_full: AtomicBool::new(false),
+        })
+    }
+
+    /// The cache's folder.
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The on-disk layout, for the server and the archive writer.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Registry requests made so far by this cache.
+    pub fn registry_requests(&self) -> u64 {
+        self.client.get().map_or(0, |c| c.requests())
+    }
+
+    fn warn(&self, message: String) {
+        let _ = self.events.send(EnvEvent::Warning {
+            shard: None,
+            message,
+        });
+    }
+
+    fn note(&self, message: String) {
+        let _ = self.events.send(EnvEvent::Note { message });
+    }
+
+    /// Tells once that the disk is full.
+    pub fn warn_full(&self, reason: &str) {
+        if !self.warned_full.swap(true, Ordering::Relaxed) {
+            self.warn(format!(
+                "image cache {}: disk full ({reason}); pulling from the registry directly for this run",
+                self.root().display()
+            ));
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<RegistryClient>, CacheError> {
+        self.client
+            .get_or_try_init(|| async { RegistryClient::new().map(Arc::new) })
+            .await
+            .cloned()
+            .map_err(CacheError::Failed)
+    }
+
+    /// Every entry of `index.json` (an unparsable one reads as empty, with a
+    /// warning).
+    pub fn entries(&self) -> Vec<Descriptor> {
+        match self.layout.read_index() {
+            Ok(index) => index.manifests,
+            Err(reason) => {
+                self.warn(format!("{reason}; it will be replaced on the next fill"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Makes `image` complete in the cache, verified blob by blob (a corrupt
+    /// one is discarded with a warning and fetched again), and records it.
+    pub async fn fill(
+        &self,
+        image: &ImageRef,
+        mirror: Option<&str>,
+        resolve: Resolve,
+    ) -> Result<Filled, CacheError> {
+        let reference = image.local_name();
+        let recorded = self
+            .layout
+            .read_index()
+            .ok()
+            .and_then(|index| index.get(&reference).cloned());
+        let at = Endpoint::of(image, mirror);
+        let mut downloaded = 0;
+        let mut source = FillSource::Cache;
+        let (mut descriptor, fresh) = match (&recorded, resolve) {
+            (Some(found), Resolve::Recorded) => (found.clone(), false),
+            _ => match self.resolve(image, &at).await {
+                Ok(descriptor) => {
+                    source = FillSource::Registry;
+                    (descriptor, true)
+                }
+                Err(CacheError::Unreachable(reason)) => match &recorded {
+                    Some(found) => {
+                        self.note(format!(
+                            "{reference}: registry unreachable ({reason}); using the cached {}",
+                            found.digest
+                        ));
+                        (found.clone(), false)
+                    }
+                    None => return Err(CacheError::Unreachable(reason)),
+                },
+                Err(e) => return Err(e),
+            },
+        };
+        if !fresh {
+            // The manifest may be missing or corrupt: fetch it by digest.
+            if self.check(&reference, &descriptor.digest) != BlobState::Good {
+                let manifest = self
+                    .client()
+                    .await?
+                    .manifest(&at, &descriptor.digest)
+                    .await
+                    .map_err(classify)?;
+                self.store(&manifest.digest, &manifest.bytes)?;
+                source = FillSource::Registry;
+            }
+        }
+        let blobs = self.manifest_blobs(&descriptor.digest)?;
+        let mut missing = Vec::new();
+        for (digest, size) in &blobs {
+            if self.check(&reference, digest) != BlobState::Good {
+                missing.push((digest.clone(), *size));
+            }
+        }
+        if !missing.is_empty() {
+            source = FillSource::Registry;
+            let client = self.client().await?;
+            let total: u64 = missing.iter().map(|(_, s)| s).sum();
+            let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BLOBS));
+            let mut tasks = Vec::new();
+            for (digest, _) in &missing {
+                let job = Download {
+                    layout: self.layout.clone(),
+                    client: client.clone(),
+                    at: at.clone(),
+                    digest: digest.clone(),
+                    events: self.events.clone(),
+                    image: image.original().to_owned(),
+                    progress: progress.clone(),
+                    total,
+                };
+                let slots = slots.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    job.run().await
+                }));
+            }
+            let mut first_error = None;
+            for task in tasks {
+                let result = task.await.unwrap_or_else(|e| {
+                    Err(CacheError::Failed(format!("a download stopped: {e}")))
+                });
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            downloaded = total;
+        }
+        let size: u64 = descriptor.size + blobs.iter().map(|(_, s)| s).sum::<u64>();
+        descriptor
+            .annotations
+            .insert(REF_NAME.to_owned(), reference.clone());
+        descriptor
+            .annotations
+            .insert(TOTAL_SIZE.to_owned(), size.to_string());
+        descriptor
+            .annotations
+            .insert(LAST_USED.to_owned(), now_rfc3339());
+        let entry = descriptor.clone();
+        self.layout
+            .update_index(|w| self.warn(w), move |index| index.put(entry))
+            .map_err(|e| self.io_error("cannot write index.json", e))?;
+        Ok(Filled {
+            descriptor,
+            source,
+            downloaded,
+        })
+    }
+
+    /// Asks the registry what `image`'s tag (or digest) is now, and stores
+    /// the manifest (and, for a multi-platform index, the index and this
+    /// platform's manifest).
+    async fn resolve(&self, image: &ImageRef, at: &Endpoint) -> Result<Descriptor, CacheError> {
+        let client = self.client().await?;
+        let reference = image.digest().unwrap_or(image.tag());
+        let top = client.manifest(at, reference).await.map_err(classify)?;
+        let tag_digest = top.digest.clone();
+        let manifest = if is_index(&top.media_type) {
+            self.store(&top.digest, &top.bytes)?;
+            let digest = pick_platform(&top.bytes).ok_or_else(|| {
+                CacheError::Failed(format!(
+                    "{image}: the registry's index has no linux/{} manifest",
+                    go_arch()
+                ))
+            })?;
+            client.manifest(at, &digest).await.map_err(classify)?
+        } else {
+            top
+        };
+        self.store(&manifest.digest, &manifest.bytes)?;
+        Ok(Descriptor {
+            media_type: manifest.media_type,
+            digest: manifest.digest,
+            size: manifest.bytes.len() as u64,
+            annotations: [(TAG_DIGEST.to_owned(), tag_digest)].into(),
+        })
+    }
+
+    /// Verifies a blob, warning when a corrupt one was discarded.
+    fn check(&self, reference: &str, digest: &str) -> BlobState {
+        let state = self.layout.verify_blob(digest);
+        if state == BlobState::Corrupt {
+            self.warn(format!(
+                "image cache {}: blob {digest} of {reference} does not match its digest (truncated or altered); discarded, fetching it again",
+                self.root().display()
+            ));
+        }
+        state
+    }
+
+    /// Config and layers a stored manifest names, with their sizes.
+    pub fn manifest_blobs(&self, digest: &str) -> Result<Vec<(String, u64)>, CacheError> {
+        let bytes = self.read_blob(digest)?;
+        manifest_blobs(&bytes).ok_or_else(|| {
+            CacheError::Failed(format!("manifest {digest} names no config and layers"))
+        })
+    }
+
+    /// A stored blob's bytes.
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>, CacheError> {
+        let path = self
+            .layout
+            .blob_path(digest)
+            .ok_or_else(|| CacheError::Failed(format!("malformed digest {digest}")))?;
+        std::fs::read(&path)
+            .map_err(|e| CacheError::Failed(format!("cannot read {}: {e}", path.display())))
+    }
+
+    fn store(&self, digest: &str, bytes: &[u8]) -> Result<(), CacheError> {
+        self.layout
+            .put_blob(digest, bytes)
+            .map_err(|e| self.io_error("cannot store a manifest", e))
+    }
+
+    fn io_error(&self, what: &str, e: std::io::Error) -> CacheError {
+        io_error(self.root(), what, e)
+    }
+
+    /// Removes index entries (those `keep` does not name, unless `all`;
+    /// only those unused for `older_than` when given), then entries oldest
+    /// first until the cache fits `max_size`, then every blob no remaining
+    /// entry references. Returns the references removed and bytes freed.
+    pub fn prune(
+        &self,
+        keep: &[String],
+        all: bool,
+        older_than: Option<Duration>,
+        max_size: Option<u64>,
+    ) -> Result<(Vec<String>, u64), CacheError> {
+        let now = SystemTime::now();
+        let removed = self
+            .layout
+            .update_index(
+                |w| self.warn(w),
+                |index| {
+                    let mut removed = Vec::new();
+                    let mut entries: Vec<Descriptor> = std::mem::take(&mut index.manifests);
+                    // Oldest first, so a size limit drops the least recently used.
+                    entries.sort_by_key(last_used);
+                    let kept_by_config = |d: &Descriptor| {
+                        !all && d.reference().is_some_and(|r| keep.iter().any(|k| k == r))
+                    };
+                    let old = |d: &Descriptor| match older_than {
+                        Some(age) => last_used(d)
+                            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= age),
+                        None => max_size.is_none(),
+                    };
+                    let mut remaining = Vec::new();
+                    for d in entries {
+                        if !kept_by_config(&d) && old(&d) {
+                            removed.push(d.reference().unwrap_or(&d.digest).to_owned());
+                        } else {
+                            remaining.push(d);
+                        }
+                    }
+                    if let Some(limit) = max_size {
+                        let size = |d: &Descriptor| {
+                            d.annotations
+                                .get(TOTAL_SIZE)
+                                .and_then(|s| s.parse::<u64>().ok())
+                                .unwrap_or(d.size)
+                        };
+                        let mut total: u64 = remaining.iter().map(size).sum();
+                        let mut i = 0;
+                        while total > limit && i < remaining.len() {
+                            if kept_by_config(&remaining[i]) {
+                                i += 1;
+                                continue;
+                            }
+                            let d = remaining.remove(i);
+                            total = total.saturating_sub(size(&d));
+                            removed.push(d.reference().unwrap_or(&d.digest).to_owned());
+                        }
+                    }
+                    index.manifests = remaining;
+                    removed
+                },
+            )
+            .map_err(|e| self.io_error("cannot write index.json", e))?;
+        let freed = self.remove_unreferenced()?;
+        Ok((removed, freed))
+    }
+
+    /// Deletes blobs no index entry reaches, and temporary files of fills
+    /// that died (older than an hour); returns the bytes freed.
+    fn remove_unreferenced(&self) -> Result<u64, CacheError> {
+        let index = self.layout.read_index().map_err(CacheError::Failed)?;
+        let mut referenced = std::collections::HashSet::new();
+        for d in &index.manifests {
+            referenced.insert(d.digest.clone());
+            if let Some(tag) = d.annotations.get(TAG_DIGEST) {
+                referenced.insert(tag.clone());
+            }
+            if let Ok(blobs) = self.manifest_blobs(&d.digest) {
+                referenced.extend(blobs.into_iter().map(|(b, _)| b));
+            }
+        }
+        let dir = self.root().join("blobs/sha256");
+        let mut freed = 0;
+        let listing = std::fs::read_dir(&dir)
+            .map_err(|e| CacheError::Failed(format!("cannot list {}: {e}", dir.display())))?;
+        for entry in listing.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata().ok();
+            let stale_tmp = name.contains(".tmp-")
+                && meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(3600));
+            let unreferenced =
+                !name.contains(".tmp-") && !referenced.contains(&format!("sha256:{name}"));
+            if (stale_tmp || unreferenced) && std::fs::remove_file(entry.path()).is_ok() {
+                freed += meta.map_or(0, |m| m.len());
+            }
+        }
+        Ok(freed)
+    }
+}
+
+fn io_error(root: &Path, what: &str, e: std::io::Error) -> CacheError {
+    let text = format!("image cache {}: {what}: {e}", root.display());
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        CacheError::NoSpace(text)
+    } else {
+        CacheError::Failed(text)
+    }
+}
+
+/// One blob to fetch, owned so it can run on its own task.
+struct Download {
+    layout: Layout,
+    client: Arc<RegistryClient>,
+    at: Endpoint,
+    digest: String,
+    events: EventSink,
+    image: String,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+    total: u64,
+}
+
+impl Download {
+    /// Streams the blob into a temporary file while hashing it, checks the
+    /// digest, then renames it into place: a concurrent run never sees half
+    /// a blob, and a blob another run stored meanwhile is simply replaced by
+    /// identical bytes.
+    async fn run(self) -> Result<(), CacheError> {
+        let digest = self.digest.as_str();
+        let root = self.layout.root().to_owned();
+        let Some(path) = self.layout.blob_path(digest) else {
+            return Err(CacheError::Failed(format!("malformed digest {digest}")));
+        };
+        let tmp = self
+            .layout
+            .temp_path(layout::hex_of(digest).unwrap_or("blob"));
+        let result = async {
+            let response = self.client.blob(&self.at, digest).await.map_err(classify)?;
+            let mut body = response.into_body();
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| io_error(&root, "cannot create a blob", e))?;
+            let mut hasher = Hasher::default();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| CacheError::Failed(format!("blob {digest}: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    hasher.update(&data);
+                    file.write_all(&data)
+                        .await
+                        .map_err(|e| io_error(&root, "cannot write a blob", e))?;
+                    let n = data.len() as u64;
+                    let current = self.progress.fetch_add(n, Ordering::Relaxed) + n;
+                    let _ = self.events.send(EnvEvent::PullProgress {
+                        image: self.image.clone(),
+                        current,
+                        total: Some(self.total),
+                    });
+                }
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| io_error(&root, "cannot write a blob", e))?;
+            let got = hasher.finish();
+            if got != digest {
+                return Err(CacheError::Failed(format!(
+                    "blob {digest} from {}: the bytes hash to {got}; not stored",
+                    self.at.host
+                )));
+            }
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| io_error(&root, "cannot store a blob", e))
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+}
+
+fn classify(reason: String) -> CacheError {
+    if registry::is_unreachable(&reason) {
+        CacheError::Unreachable(reason)
+    } else {
+        CacheError::Failed(reason)
+    }
+}
+
+/// When an entry was last used.
+pub fn last_used(d: &Descriptor) -> Option<SystemTime> {
+    let text = d.annotations.get(LAST_USED)?;
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(SystemTime::from)
+}
+
+fn now_rfc3339() -> String {
+    chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type.contains("manifest.list") || media_type.contains("image.index")
+}
+
+/// The architecture as registries name it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn pick_platform(index: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(index).ok()?;
+    json.get("manifests")?.as_array()?.iter().find_map(|m| {
+        let platform = m.get("platform")?;
+        let matches = platform.get("os")?.as_str()? == "linux"
+            && platform.get("architecture")?.as_str()? == go_arch();
+        matches.then(|| m.get("digest")?.as_str().map(str::to_owned))?
+    })
+}
+
+/// Config, then layers, of an image manifest, with sizes.
+pub fn manifest_blobs(bytes: &[u8]) -> Option<Vec<(String, u64)>> {
+    let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let entry = |v: &serde_json::Value| -> Option<(String, u64)> {
+        let digest = v.get("digest")?.as_str()?;
+        layout::hex_of(digest)?;
+        Some((digest.to_owned(), v.get("size")?.as_u64().unwrap_or(0)))
+    };
+    let mut blobs = vec![entry(json.get("config")?)?];
+    for layer in json.get("layers")?.as_array()? {
+        blobs.push(entry(layer)?);
+    }
+    Some(blobs)
+}
+
+/// Parses a size such as `500MB`, `2GiB`, `1024` (bytes) for `--max-size`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write e.g. \"500MB\" or \"2GiB\""))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?}; use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB"
+            ))
+        }
+    };
+    let bytes = number * factor as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A size for people: `12.3 MB`.
+pub fn format_size(bytes: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// The cache folder in effect: `flag`, else `EPHEM_IMAGE_CACHE`, else the
+/// configuration's `[images] cache`.
+pub fn effective_dir(flag: Option<&Path>, configured: Option<&Path>) -> Option<PathBuf> {
+    if let Some(dir) = flag {
+        return Some(dir.to_owned());
+    }
+    match std::env::var(crate::config::IMAGE_CACHE_ENV) {
+        Ok(v) if !v.trim().is_empty() => Some(PathBuf::from(v.trim())),
+        _ => configured.map(Path::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5 kb").unwrap(), 1500);
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size("MB").is_err());
+        assert_eq!(format_size(12_345_678), "12.3 MB");
+        assert_eq!(format_size(999), "999 B");
+    }
+
+    #[test]
+    fn manifests_name_config_then_layers() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"digest": d('a'), "size": 10},
+            "layers": [{"digest": d('b'), "size": 20}, {"digest": d('c'), "size": 30}],
+        });
+        let blobs = manifest_blobs(manifest.to_string().as_bytes()).unwrap();
+        assert_eq!(blobs, vec![(d('a'), 10), (d('b'), 20), (d('c'), 30)]);
+        let index = serde_json::json!({"manifests": [
+            {"digest": d('e'), "platform": {"os": "windows", "architecture": go_arch()}},
+            {"digest": d('f'), "platform": {"os": "linux", "architecture": go_arch()}},
+        ]});
+        assert_eq!(pick_platform(index.to_string().as_bytes()), Some(d('f')));
+    }
+}
