@@ -209,24 +209,18 @@ ephem_pull() { # CACHE MIRROR [SERVE]
 # The timed steps. Each runs on an empty store; its output goes to
 # $tmp/<step>.out.
 step_load() { docker load -i "$tmp/images.tar"; }
-step_pull() {
+# pull_both REGISTRY: both images at once, as a CI job's parallel pulls.
+pull_both() {
     local image pids=() pid rc=0
     for image in "${images[@]}"; do
-        docker pull -q "$proxy/library/$image" &
+        docker pull -q "$1/library/$image" &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
     return $rc
 }
-step_local() {
-    local image pids=() pid rc=0
-    for image in "${images[@]}"; do
-        docker pull -q "$registry/library/$image" &
-        pids+=($!)
-    done
-    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-    return $rc
-}
+step_pull() { pull_both "$proxy"; }
+step_local() { pull_both "$registry"; }
 step_fill() {
     rm -rf "$tmp/fill-cache"
     ephem_pull "$tmp/fill-cache" "$proxy"
@@ -235,13 +229,18 @@ step_restore() { ephem_pull "$tmp/cache" "$mirror"; }
 step_restore_stored() { ephem_pull "$tmp/cache" "$mirror" stored; }
 step_restore_decompressed() { ephem_pull "$tmp/cache" "$mirror" decompressed; }
 
-# timed STEP: appends the wall time (s) to $tmp/STEP.times.
+requests() { grep -c $'^req\t' "$tmp/proxy.log" || true; }
+
+# timed STEP: appends the wall time (s) to $tmp/STEP.times, and the number of
+# requests the proxy forwarded meanwhile to $tmp/STEP.reqs.
 timed() {
-    local a b
+    local a b r
     empty_store
+    r=$(requests)
     a=$(now_ns)
     "step_$1" >"$tmp/$1.out" 2>&1 || { tail -n 20 "$tmp/$1.out" >&2; die "step $1 failed"; }
     b=$(now_ns)
+    echo $(($(requests) - r)) >>"$tmp/$1.reqs"
     check_images "$1"
     secs $((b - a)) >>"$tmp/$1.times"
 }
@@ -312,11 +311,11 @@ load_after=$(cut -d ' ' -f 1-3 /proc/loadavg)
 # full, counted by the proxy it is pointed at.
 if [[ -n $have_cache ]]; then
     empty_store
-    before=$(grep -c $'^req\t' "$tmp/proxy.log" || true)
+    before=$(requests)
     ephem_pull "$tmp/cache" "$proxy" >"$tmp/requests.out" 2>&1 ||
         { tail -n 20 "$tmp/requests.out" >&2; die "restore through the proxy failed"; }
     check_images "restore through the proxy"
-    restore_requests=$(($(grep -c $'^req\t' "$tmp/proxy.log" || true) - before))
+    restore_requests=$(($(requests) - before))
 fi
 
 # --- report ---------------------------------------------------------------------------------
@@ -333,10 +332,11 @@ echo "images: ${images[*]} from $registry; pull transfers $pull_mb MB (compresse
 echo "proxy: $mbit Mbit/s shared, +$delay_ms ms per new connection"
 echo "load average before/after timing: $load_before / $load_after"
 echo
-fmt='%-22s %10s %14s\n'
-printf "$fmt" step "median(s)" "min-max"
+fmt='%-22s %10s %14s %16s\n'
+printf "$fmt" step "median(s)" "min-max" "proxy requests"
 for s in "${steps[@]}"; do
-    printf "$fmt" "${s/_/ }" "$(median <"$tmp/$s.times")" "$(range "$tmp/$s.times")"
+    printf "$fmt" "${s/_/ }" "$(median <"$tmp/$s.times")" "$(range "$tmp/$s.times")" \
+        "$(sort -n "$tmp/$s.reqs" | uniq | tr '\n' ' ')"
 done
 echo
 if [[ -n $have_cache ]]; then
