@@ -184,11 +184,14 @@ proxy=127.0.0.1:$(cat "$tmp/proxy.port")
 # --- helpers ------------------------------------------------------------------------
 
 now_ns() { date +%s%N; }
-secs() { awk -v d="$1" 'BEGIN { printf "%.3f", d / 1e9 }'; }
+secs() { awk -v d="$1" 'BEGIN { printf "%.3f\n", d / 1e9 }'; }
 
+# Also writes back what the previous step left dirty, so that no step pays
+# for the writes of the one before it.
 empty_store() {
     docker image prune -af >/dev/null
     [[ -z $(docker images -aq) ]] || die "our daemon still holds images after prune"
+    sync
 }
 
 # Both images present, whatever their names: their ids are recorded from the
