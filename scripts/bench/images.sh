@@ -15,8 +15,9 @@
 #             images, made once beforehand (not timed);
 #   restore   `cargo ephem images pull --image-cache CACHE` with CACHE filled
 #             beforehand and EPHEM_REGISTRY_MIRROR=localhost:5000; once per
-#             EPHEM_IMAGE_SERVE mode (stored, decompressed) when the binary
-#             knows that variable;
+#             mode the binary knows: EPHEM_IMAGE_SERVE=stored|decompressed,
+#             or EPHEM_IMAGE_RESTORE=serve|load (the daemon pulls from the
+#             cache's loopback registry, or `docker load`s a stream of it);
 #   pull      both images at once, `docker pull 127.0.0.1:PROXY/library/...`,
 #             through throttle-proxy.py: 100 Mbit/s shared by all
 #             connections, 10 ms added to every new connection;
@@ -38,8 +39,9 @@
 #   BENCH_REGISTRY   registry to pull from (default 127.0.0.1:5000; the mirror
 #                    the restore uses is localhost:5000, the same registry)
 #   BENCH_MBIT, BENCH_DELAY_MS   the proxy's link (default 100 and 10)
-#   BENCH_SERVE_MODES  EPHEM_IMAGE_SERVE values to time (default: "stored
-#                    decompressed" if the binary knows the variable, else none)
+#   BENCH_RESTORE_VARIANTS  restore variants to time, space-separated
+#                    VAR=value (default: found in the binary as above; an
+#                    empty value times the plain restore only)
 #
 # Our own daemon: the main daemon (/var/run/docker.sock) holds images other
 # people's tests need, so nothing here removes images from it. The script
@@ -105,12 +107,15 @@ if ! "$ephem_bin" ephem images pull --help >/dev/null 2>&1; then
     have_cache=
     say "NOTE: $ephem_bin has no 'images pull' command: the cache steps (restore, fill, requests) are skipped"
 fi
-if [[ -n ${BENCH_SERVE_MODES+set} ]]; then
-    serve_modes=($BENCH_SERVE_MODES)
+# Restore variants: environment assignments, one timed step each.
+if [[ -n ${BENCH_RESTORE_VARIANTS+set} ]]; then
+    variants=($BENCH_RESTORE_VARIANTS)
 elif [[ -n $have_cache ]] && grep -aq EPHEM_IMAGE_SERVE "$ephem_bin"; then
-    serve_modes=(stored decompressed)
+    variants=(EPHEM_IMAGE_SERVE=stored EPHEM_IMAGE_SERVE=decompressed)
+elif [[ -n $have_cache ]] && grep -aq EPHEM_IMAGE_RESTORE "$ephem_bin"; then
+    variants=(EPHEM_IMAGE_RESTORE=serve EPHEM_IMAGE_RESTORE=load)
 else
-    serve_modes=()
+    variants=()
 fi
 
 # --- our daemon and the proxy -----------------------------------------------------
@@ -204,8 +209,8 @@ check_images() {
     done
 }
 
-ephem_pull() { # CACHE MIRROR [SERVE]
-    env EPHEM_REGISTRY_MIRROR="$2" ${3:+EPHEM_IMAGE_SERVE=$3} CI=1 \
+ephem_pull() { # CACHE MIRROR [VAR=value]
+    env EPHEM_REGISTRY_MIRROR="$2" ${3:+"$3"} CI=1 \
         "$ephem_bin" ephem images pull --image-cache "$1" --manifest-path "$manifest"
 }
 
@@ -228,9 +233,15 @@ step_fill() {
     rm -rf "$tmp/fill-cache"
     ephem_pull "$tmp/fill-cache" "$proxy"
 }
-step_restore() { ephem_pull "$tmp/cache" "$mirror"; }
-step_restore_stored() { ephem_pull "$tmp/cache" "$mirror" stored; }
-step_restore_decompressed() { ephem_pull "$tmp/cache" "$mirror" decompressed; }
+# restore (plain) or restore_VALUE (the variant VAR=VALUE).
+declare -A variant_of=()
+for v in "${variants[@]}"; do variant_of[restore_${v#*=}]=$v; done
+step() {
+    case $1 in
+    restore*) ephem_pull "$tmp/cache" "$mirror" "${variant_of[$1]:-}" ;;
+    *) "step_$1" ;;
+    esac
+}
 
 requests() { grep -c $'^req\t' "$tmp/proxy.log" || true; }
 
@@ -241,7 +252,7 @@ timed() {
     empty_store
     r=$(requests)
     a=$(now_ns)
-    "step_$1" >"$tmp/$1.out" 2>&1 || { tail -n 20 "$tmp/$1.out" >&2; die "step $1 failed"; }
+    step "$1" >"$tmp/$1.out" 2>&1 || { tail -n 20 "$tmp/$1.out" >&2; die "step $1 failed"; }
     b=$(now_ns)
     echo $(($(requests) - r)) >>"$tmp/$1.reqs"
     check_images "$1"
@@ -286,8 +297,8 @@ if [[ -n $have_cache ]]; then
     fill_local_s=$(secs $((b - a)))
     check_images "cache fill"
     cache_mb=$(du -sm "$tmp/cache" | cut -f1)
-    if ((${#serve_modes[@]})); then
-        for mode in "${serve_modes[@]}"; do steps+=("restore_$mode"); done
+    if ((${#variants[@]})); then
+        for v in "${variants[@]}"; do steps+=("restore_${v#*=}"); done
     else
         steps+=(restore)
     fi
@@ -356,4 +367,4 @@ for s in "${steps[@]}"; do
     echo "times (s) ${s/_/ }: $(tr '\n' ' ' <"$tmp/$s.times")"
 done
 echo
-echo "reproduce: ${EPHEM_BIN:+EPHEM_BIN=$EPHEM_BIN }scripts/bench/images.sh $runs"
+echo "reproduce: ${EPHEM_BIN:+EPHEM_BIN=$EPHEM_BIN }${BENCH_RESTORE_VARIANTS+BENCH_RESTORE_VARIANTS=\"$BENCH_RESTORE_VARIANTS\" }${BENCH_MBIT:+BENCH_MBIT=$BENCH_MBIT }${BENCH_DELAY_MS:+BENCH_DELAY_MS=$BENCH_DELAY_MS }scripts/bench/images.sh $runs"
