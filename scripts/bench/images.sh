@@ -367,4 +367,11 @@ for s in "${steps[@]}"; do
     echo "times (s) ${s/_/ }: $(tr '\n' ' ' <"$tmp/$s.times")"
 done
 echo
+# What cargo-ephem said it did, in the last round of each cache step.
+for s in "${steps[@]}" requests; do
+    [[ $s == restore* || $s == fill || $s == requests ]] && [[ -s $tmp/$s.out ]] || continue
+    echo "cargo-ephem's output, ${s/_/ }:"
+    sed 's/^/    /' "$tmp/$s.out"
+done
+echo
 echo "reproduce: ${EPHEM_BIN:+EPHEM_BIN=$EPHEM_BIN }${BENCH_RESTORE_VARIANTS+BENCH_RESTORE_VARIANTS=\"$BENCH_RESTORE_VARIANTS\" }${BENCH_MBIT:+BENCH_MBIT=$BENCH_MBIT }${BENCH_DELAY_MS:+BENCH_DELAY_MS=$BENCH_DELAY_MS }scripts/bench/images.sh $runs"
