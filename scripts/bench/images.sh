@@ -23,6 +23,11 @@
 #             connections, 10 ms added to every new connection;
 #   local     the same two pulls straight from the registry (no proxy): what
 #             a pull costs beyond the transfer (decompress, untar, register);
+#   untar     no Docker: `tar -xzf` of the two compressed layers (fetched
+#             once beforehand) into a folder next to our daemon's data, both
+#             at once: what decompressing and writing the files costs on
+#             this machine by itself (a reference, not a floor: GNU tar and
+#             gzip are not the daemon's Go code);
 #   fill      `cargo ephem images pull --image-cache EMPTY` through the same
 #             proxy (EPHEM_REGISTRY_MIRROR=127.0.0.1:PROXY): the cold pull
 #             that also fills the cache.
@@ -68,6 +73,7 @@ manifest=$root/examples/postgres-redis/Cargo.toml
 images=(postgres:15-bookworm redis:7-bookworm)
 
 bench_root=/var/tmp/ephem-bench-docker
+untar_dir=$bench_root-untar
 bench_exec=/run/ephem-bench-docker
 bench_sock=/run/ephem-bench-docker.sock
 bench_pid=/run/ephem-bench-docker.pid
@@ -153,6 +159,7 @@ cleanup() {
     stop_pidfile "$bench_pid" "$bench_sock"
     remove_tree "$bench_exec"
     remove_tree "$bench_root"
+    remove_tree "$untar_dir"
     rm -f "$bench_sock"
     [[ -z $tmp ]] || remove_tree "$tmp"
 }
@@ -196,6 +203,7 @@ secs() { awk -v d="$1" 'BEGIN { printf "%.3f\n", d / 1e9 }'; }
 empty_store() {
     docker image prune -af >/dev/null
     [[ -z $(docker images -aq) ]] || die "our daemon still holds images after prune"
+    rm -rf "$untar_dir"
     sync
 }
 
@@ -229,6 +237,16 @@ pull_both() {
 }
 step_pull() { pull_both "$proxy"; }
 step_local() { pull_both "$registry"; }
+step_untar() {
+    local blob pids=() pid rc=0
+    for blob in "$tmp"/blobs/*; do
+        mkdir -p "$untar_dir/${blob##*/}"
+        tar -xzf "$blob" -C "$untar_dir/${blob##*/}" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    return $rc
+}
 step_fill() {
     rm -rf "$tmp/fill-cache"
     ephem_pull "$tmp/fill-cache" "$proxy"
@@ -255,7 +273,7 @@ timed() {
     step "$1" >"$tmp/$1.out" 2>&1 || { tail -n 20 "$tmp/$1.out" >&2; die "step $1 failed"; }
     b=$(now_ns)
     echo $(($(requests) - r)) >>"$tmp/$1.reqs"
-    check_images "$1"
+    [[ $1 == untar ]] || check_images "$1"
     secs $((b - a)) >>"$tmp/$1.times"
 }
 
@@ -287,7 +305,17 @@ while i < len(s):
     while i < len(s) and s[i].isspace(): i += 1
 print(f"{total / 1e6:.1f}")')
 
-steps=(load pull local)
+# The layers themselves, for the untar step.
+mkdir -p "$tmp/blobs"
+for image in "${images[@]}"; do
+    for digest in $(curl -sf -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+        "http://$registry/v2/library/${image%%:*}/manifests/${image#*:}" |
+        python3 -c 'import json, sys; print(*(l["digest"] for l in json.load(sys.stdin)["layers"]))'); do
+        curl -sf -o "$tmp/blobs/${image%%:*}-${digest:7:12}" "http://$registry/v2/library/${image%%:*}/blobs/$digest"
+    done
+done
+
+steps=(load pull local untar)
 if [[ -n $have_cache ]]; then
     empty_store
     a=$(now_ns)
