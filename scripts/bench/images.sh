@@ -9,8 +9,9 @@
 # Images: those of examples/postgres-redis (postgres:15-bookworm and
 # redis:7-bookworm), from the registry on 127.0.0.1:5000 that
 # scripts/provision-test-env.sh runs. Each timed step starts from an empty
-# image store, on a Docker daemon of our own (see below), and the steps of a
-# round run in a rotating order, reversed every other round:
+# image store (pruned, checked empty, then `sync` so no step pays for the
+# previous one's writes), on a Docker daemon of our own (see below), and the
+# steps of a round run in a rotating order, reversed every other round:
 #   load      `docker load -i images.tar`; the tar is a `docker save` of both
 #             images, made once beforehand (not timed);
 #   restore   `cargo ephem images pull --image-cache CACHE` with CACHE filled
