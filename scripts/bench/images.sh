@@ -52,8 +52,9 @@
 # Our own daemon: the main daemon (/var/run/docker.sock) holds images other
 # people's tests need, so nothing here removes images from it. The script
 # starts a second dockerd (data in /var/tmp/ephem-bench-docker, socket
-# /run/ephem-bench-docker.sock, no bridge, no iptables, the main daemon's
-# storage driver, its own config file so /etc/docker/daemon.json does not
+# /run/ephem-bench-docker.sock, a bridge of its own (ephem-bench0: started
+# with --bridge=none, dockerd deletes docker0, the main daemon's default
+# bridge), no iptables, the main daemon's storage driver, its own config file so /etc/docker/daemon.json does not
 # apply) and empties that daemon's store between steps. On exit it stops that
 # daemon and the proxy and removes their folders; a rerun first cleans up
 # after a run that was killed. Run as root.
@@ -162,6 +163,7 @@ cleanup() {
     remove_tree "$bench_root"
     remove_tree "$untar_dir"
     rm -f "$bench_sock"
+    ip link del ephem-bench0 2>/dev/null || true
     [[ -z $tmp ]] || remove_tree "$tmp"
 }
 trap cleanup EXIT
@@ -172,9 +174,12 @@ tmp=$(mktemp -d /var/tmp/ephem-bench-images.XXXXXX)
 driver=$(docker info --format '{{.Driver}}' 2>/dev/null) || die "main daemon not reachable"
 printf '{"storage-driver": "%s"}\n' "$driver" >"$tmp/daemon.json"
 mkdir -p "$bench_root" "$bench_exec"
+ip link add ephem-bench0 type bridge
+ip addr add 172.31.254.1/24 dev ephem-bench0
+ip link set ephem-bench0 up
 say "starting our dockerd ($driver, $bench_sock; log $tmp/dockerd.log)"
 setsid dockerd --config-file "$tmp/daemon.json" --data-root "$bench_root" --exec-root "$bench_exec" \
-    --pidfile "$bench_pid" -H "unix://$bench_sock" --bridge=none --iptables=false --ip6tables=false \
+    --pidfile "$bench_pid" -H "unix://$bench_sock" --bridge=ephem-bench0 --iptables=false --ip6tables=false \
     >"$tmp/dockerd.log" 2>&1 </dev/null 9>&- &
 export DOCKER_HOST=unix://$bench_sock
 for _ in $(seq 120); do
