@@ -404,6 +404,17 @@ pub(crate) struct HooksBuilder {
     hooks: DockerTestHooks,
 }
 
+/// `host:port` of a service's published Redis port, for `reset = "redis"`.
+fn redis_address(service: &ReadyService<'_>, host: &str) -> Result<String, EnvError> {
+    let port = service.ports.get(&6379).copied().ok_or_else(|| {
+        EnvError::Other(format!(
+            "services.{}: reset = \"redis\" needs port 6379 published",
+            service.spec.name
+        ))
+    })?;
+    Ok(format!("{}:{port}", bracket(host)))
+}
+
 impl HooksBuilder {
     pub(crate) fn new(docker: Docker, shard: u32) -> HooksBuilder {
         HooksBuilder {
@@ -428,40 +439,14 @@ impl HooksBuilder {
         match &spec.reset {
             None => {}
             Some(Reset::Postgres) => {
-                let pg = PgService::of(service, host).ok_or_else(|| {
-                    not_postgres(
-                        shard,
-                        &spec.name,
-                        "reset = \"postgres\"",
-                        "port 5432 is not published",
-                    )
-                })?;
-                let admin = pg.admin(&spec.name, shard, "reset = \"postgres\"").await?;
-                admin.take_baseline(&pg.database).await.map_err(|e| {
-                    not_postgres(
-                        shard,
-                        &spec.name,
-                        "reset = \"postgres\"",
-                        &format!("cannot copy {} as the baseline: {e}", pg.database),
-                    )
-                })?;
-                let swapper = pg.admin(&spec.name, shard, "reset = \"postgres\"").await?;
-                let pool = DatabasePool::new(&spec.name, admin, swapper);
-                pool.fill().await;
-                let target = ResetTarget::Postgres {
-                    pool,
-                    database: pg.database,
-                };
+                let (pool, database) = self
+                    .baseline_pool(service, host, "reset = \"postgres\"", "baseline")
+                    .await?;
+                let target = ResetTarget::Postgres { pool, database };
                 self.hooks.resets.push((spec.name.clone(), target));
             }
             Some(Reset::Redis) => {
-                let port = service.ports.get(&6379).copied().ok_or_else(|| {
-                    EnvError::Other(format!(
-                        "services.{}: reset = \"redis\" needs port 6379 published",
-                        spec.name
-                    ))
-                })?;
-                let address = format!("{}:{port}", bracket(host));
+                let address = redis_address(service, host)?;
                 // Checked now, so a service that is not Redis fails provisioning.
                 flushall(&address).await.map_err(|e| EnvError::NotReady {
                     shard,
@@ -472,39 +457,45 @@ impl HooksBuilder {
                     ),
                     logs: Vec::new(),
                 })?;
-                self.hooks
-                    .resets
-                    .push((spec.name.clone(), ResetTarget::Redis { address }));
+                self.add_reset_only(service, host)?;
             }
-            Some(Reset::Exec(_)) => {
-                let cmd = service.reset_exec.clone().unwrap_or_default();
-                let target = ResetTarget::Exec {
-                    container: service.container.to_owned(),
-                    cmd,
-                };
-                self.hooks.resets.push((spec.name.clone(), target));
-            }
+            Some(Reset::Exec(_)) => self.add_reset_only(service, host)?,
         }
         if spec.per_test_databases {
-            let what = "databases = \"per-test\"";
-            let pg = PgService::of(service, host).ok_or_else(|| {
-                not_postgres(shard, &spec.name, what, "port 5432 is not published")
-            })?;
-            let admin = pg.admin(&spec.name, shard, what).await?;
-            admin.take_baseline(&pg.database).await.map_err(|e| {
-                not_postgres(
-                    shard,
-                    &spec.name,
-                    what,
-                    &format!("cannot copy {} as the template: {e}", pg.database),
-                )
-            })?;
-            let swapper = pg.admin(&spec.name, shard, what).await?;
-            let pool = DatabasePool::new(&spec.name, admin, swapper);
-            pool.fill().await;
+            let (pool, _) = self
+                .baseline_pool(service, host, "databases = \"per-test\"", "template")
+                .await?;
             self.hooks.pools.push(pool);
         }
         Ok(())
+    }
+
+    /// Takes the service's database as the baseline (`what` names the key
+    /// in errors, `role` what the copy is for) and fills a pool of copies;
+    /// returns the pool and the database's name.
+    async fn baseline_pool(
+        &self,
+        service: &ReadyService<'_>,
+        host: &str,
+        what: &str,
+        role: &str,
+    ) -> Result<(Arc<DatabasePool>, String), EnvError> {
+        let (shard, name) = (self.hooks.shard, &service.spec.name);
+        let pg = PgService::of(service, host)
+            .ok_or_else(|| not_postgres(shard, name, what, "port 5432 is not published"))?;
+        let admin = pg.admin(name, shard, what).await?;
+        admin.take_baseline(&pg.database).await.map_err(|e| {
+            not_postgres(
+                shard,
+                name,
+                what,
+                &format!("cannot copy {} as the {role}: {e}", pg.database),
+            )
+        })?;
+        let swapper = pg.admin(name, shard, what).await?;
+        let pool = DatabasePool::new(name, admin, swapper);
+        pool.fill().await;
+        Ok((pool, pg.database))
     }
 
     /// A kept service taken over by a new run (`--reuse`): the baseline taken
@@ -555,18 +546,13 @@ impl HooksBuilder {
         Ok(())
     }
 
-    /// A Redis or exec reset, which needs no baseline taken.
+    /// A Redis or exec reset, which needs no baseline taken (a new run's
+    /// Redis is checked by `add` first).
     fn add_reset_only(&mut self, service: &ReadyService<'_>, host: &str) -> Result<(), EnvError> {
         let spec = service.spec;
         match &spec.reset {
             Some(Reset::Redis) => {
-                let port = service.ports.get(&6379).copied().ok_or_else(|| {
-                    EnvError::Other(format!(
-                        "services.{}: reset = \"redis\" needs port 6379 published",
-                        spec.name
-                    ))
-                })?;
-                let address = format!("{}:{port}", bracket(host));
+                let address = redis_address(service, host)?;
                 self.hooks
                     .resets
                     .push((spec.name.clone(), ResetTarget::Redis { address }));

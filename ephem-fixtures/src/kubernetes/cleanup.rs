@@ -502,16 +502,21 @@ fn terminating_for(ns: &Namespace) -> Option<Duration> {
     )
 }
 
+/// What holds a Terminating namespace, for a message: its conditions, or
+/// `none` when it reports none.
+pub(crate) fn describe_holding(holding: &[HoldingCondition], none: &str) -> String {
+    if holding.is_empty() {
+        return none.to_owned();
+    }
+    holding
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn stuck_message(name: &str, age: Duration, holding: &[HoldingCondition]) -> String {
-    let why = if holding.is_empty() {
-        "no condition says why".to_owned()
-    } else {
-        holding
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let why = describe_holding(holding, "no condition says why");
     format!(
         "namespace {name} has been Terminating for {}: {why}; not force-finalized (that would leak what is inside): remove what holds it (`kubectl get namespace {name} -o yaml`)",
         crate::sweep::approximate(age.as_secs())
