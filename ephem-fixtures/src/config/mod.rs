@@ -96,7 +96,7 @@ pub struct ShardsConfig {
 pub const MAX_SHARD_TEST_THREADS: usize = 1024;
 
 /// The `[images]` table.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ImagesConfig {
     /// Registry that Docker Hub images are pulled through, e.g. `localhost:5000`.
     pub mirror: Option<String>,
@@ -104,6 +104,19 @@ pub struct ImagesConfig {
     /// against the configuration's folder; `EPHEM_IMAGE_CACHE` and
     /// `--image-cache` override it.
     pub cache: Option<PathBuf>,
+    /// `idle-timeout`: the longest a registry (or a daemon's pull) may send
+    /// nothing before the fetch is given up.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            mirror: None,
+            cache: None,
+            idle_timeout: crate::image_cache::registry::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// One `[services.NAME]` table: a container every shard gets.

@@ -33,10 +33,11 @@ pub(super) struct RawShards {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct RawImages {
     pub mirror: Option<Spanned<String>>,
     pub cache: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -587,3 +587,18 @@ fn bad_reach_pull_secrets_and_context() {
     let message = load_err("[kubernetes]\ncontext = \"\"\n");
     assert_points_at(&message, 2, "kubernetes.context");
 }
+
+#[test]
+fn images_idle_timeout_defaults_to_30s_and_is_range_checked() {
+    let config = EphemConfig::parse(EXAMPLE, "ephem.toml").unwrap();
+    assert_eq!(config.images.idle_timeout, Duration::from_secs(30));
+    let config = EphemConfig::parse("[images]\nidle-timeout = \"1500ms\"\n", "ephem.toml").unwrap();
+    assert_eq!(config.images.idle_timeout, Duration::from_millis(1500));
+    for bad in ["0s", "10000000000000000000s", "soon"] {
+        let message = load_err(&format!(
+            "[images]\nmirror = \"localhost:5000\"\nidle-timeout = \"{bad}\"\n"
+        ));
+        assert_points_at(&message, 3, "images.idle-timeout");
+        assert!(message.contains("1ms to 365days"), "{message}");
+    }
+}

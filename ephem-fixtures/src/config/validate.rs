@@ -54,19 +54,19 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         },
         None => ReuseConfig::default(),
     };
-    let (mirror, cache) = match raw.images {
-        Some(images) => (
-            match images.mirror {
-                Some(mirror) => Some(check_mirror(&at, &mirror)?),
-                None => None,
-            },
-            match images.cache {
-                Some(cache) => Some(check_cache(&at, path, &cache)?),
-                None => None,
-            },
-        ),
-        None => (None, None),
-    };
+    let mut images = ImagesConfig::default();
+    if let Some(raw_images) = &raw.images {
+        if let Some(mirror) = &raw_images.mirror {
+            images.mirror = Some(check_mirror(&at, mirror)?);
+        }
+        if let Some(cache) = &raw_images.cache {
+            images.cache = Some(check_cache(&at, path, cache)?);
+        }
+        if let Some(idle) = &raw_images.idle_timeout {
+            images.idle_timeout = super::parse_duration(idle.get_ref(), false)
+                .map_err(|message| at.error(idle.span(), "images.idle-timeout", message))?;
+        }
+    }
     let kubernetes = super::kubernetes::check(&at, raw.kubernetes.as_ref())?;
 
     // Env keys of every service first: templates may refer to other services.
@@ -97,7 +97,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         backend,
         shards,
         reuse,
-        images: ImagesConfig { mirror, cache },
+        images,
         kubernetes,
         services,
     })

@@ -3,7 +3,7 @@
 
 mod baseline;
 mod cleanup;
-mod connect;
+pub(crate) mod connect;
 mod images;
 pub mod inventory;
 pub mod labels;

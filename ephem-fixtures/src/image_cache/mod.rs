@@ -18,13 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use self::layout::{
     BlobState, Descriptor, Hasher, Layout, LAST_USED, REF_NAME, TAG_DIGEST, TOTAL_SIZE,
 };
-use self::registry::{Endpoint, RegistryClient};
+use self::registry::{Endpoint, RegistryClient, RegistryError, RegistrySettings};
 use crate::image_ref::ImageRef;
 use crate::{EnvEvent, EventSink};
 
@@ -85,6 +84,7 @@ pub struct Filled {
 pub struct ImageCache {
     layout: Layout,
     client: tokio::sync::OnceCell<Arc<RegistryClient>>,
+    registry: RegistrySettings,
     events: EventSink,
     /// ENOSPC is told once per run, not per blob.
     warned_full: AtomicBool,
@@ -103,9 +103,16 @@ impl ImageCache {
         Ok(ImageCache {
             layout,
             client: tokio::sync::OnceCell::new(),
+            registry: RegistrySettings::from_env(registry::DEFAULT_IDLE_TIMEOUT),
             events,
             warned_full: AtomicBool::new(false),
         })
+    }
+
+    /// Reaches registries this way (idle timeout, platform, credentials).
+    pub fn with_registry(mut self, settings: RegistrySettings) -> Self {
+        self.registry = settings;
+        self
     }
 
     /// The cache's folder.
@@ -146,7 +153,9 @@ impl ImageCache {
 
     async fn client(&self) -> Result<Arc<RegistryClient>, CacheError> {
         self.client
-            .get_or_try_init(|| async { RegistryClient::new().map(Arc::new) })
+            .get_or_try_init(|| async {
+                RegistryClient::new(self.registry.clone(), self.events.clone()).map(Arc::new)
+            })
             .await
             .cloned()
             .map_err(CacheError::Failed)
@@ -228,8 +237,9 @@ impl ImageCache {
             let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BLOBS));
             let mut tasks = Vec::new();
-            for (digest, _) in &missing {
+            for (digest, size) in &missing {
                 let job = Download {
+                    size: *size,
                     layout: self.layout.clone(),
                     client: client.clone(),
                     at: at.clone(),
@@ -288,15 +298,15 @@ impl ImageCache {
         let reference = image.digest().unwrap_or(image.tag());
         let top = client.manifest(at, reference).await.map_err(classify)?;
         let tag_digest = top.digest.clone();
-        let manifest = if is_index(&top.media_type) {
+        let manifest = if registry::manifest::is_index(&top.media_type) {
             self.store(&top.digest, &top.bytes)?;
-            let digest = pick_platform(&top.bytes).ok_or_else(|| {
-                CacheError::Failed(format!(
-                    "{image}: the registry's index has no linux/{} manifest",
-                    go_arch()
-                ))
-            })?;
-            client.manifest(at, &digest).await.map_err(classify)?
+            let platform = client.platform().await;
+            let chosen = registry::platform::choose(&top.bytes, &platform)
+                .map_err(|e| CacheError::Failed(format!("{image}: {e}")))?;
+            client
+                .manifest(at, &chosen.digest)
+                .await
+                .map_err(classify)?
         } else {
             top
         };
@@ -466,6 +476,8 @@ struct Download {
     client: Arc<RegistryClient>,
     at: Endpoint,
     digest: String,
+    /// What the manifest's descriptor says; the download stops past it.
+    size: u64,
     events: EventSink,
     image: String,
     progress: Arc<std::sync::atomic::AtomicU64>,
@@ -487,27 +499,27 @@ impl Download {
             .layout
             .temp_path(layout::hex_of(digest).unwrap_or("blob"));
         let result = async {
-            let response = self.client.blob(&self.at, digest).await.map_err(classify)?;
-            let mut body = response.into_body();
+            let mut blob = self
+                .client
+                .blob(&self.at, digest, self.size)
+                .await
+                .map_err(classify)?;
             let mut file = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(|e| io_error(&root, "cannot create a blob", e))?;
             let mut hasher = Hasher::default();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| CacheError::Failed(format!("blob {digest}: {e}")))?;
-                if let Ok(data) = frame.into_data() {
-                    hasher.update(&data);
-                    file.write_all(&data)
-                        .await
-                        .map_err(|e| io_error(&root, "cannot write a blob", e))?;
-                    let n = data.len() as u64;
-                    let current = self.progress.fetch_add(n, Ordering::Relaxed) + n;
-                    let _ = self.events.send(EnvEvent::PullProgress {
-                        image: self.image.clone(),
-                        current,
-                        total: Some(self.total),
-                    });
-                }
+            while let Some(data) = blob.next_chunk().await.map_err(classify)? {
+                hasher.update(&data);
+                file.write_all(&data)
+                    .await
+                    .map_err(|e| io_error(&root, "cannot write a blob", e))?;
+                let n = data.len() as u64;
+                let current = self.progress.fetch_add(n, Ordering::Relaxed) + n;
+                let _ = self.events.send(EnvEvent::PullProgress {
+                    image: self.image.clone(),
+                    current,
+                    total: Some(self.total),
+                });
             }
             file.sync_all()
                 .await
@@ -531,11 +543,13 @@ impl Download {
     }
 }
 
-fn classify(reason: String) -> CacheError {
-    if registry::is_unreachable(&reason) {
-        CacheError::Unreachable(reason)
-    } else {
-        CacheError::Failed(reason)
+fn classify(error: RegistryError) -> CacheError {
+    match error {
+        RegistryError::Unreachable(reason) => CacheError::Unreachable(reason),
+        // A stall is told and the daemon pulls instead.
+        RegistryError::Stalled(reason) | RegistryError::Failed(reason) => {
+            CacheError::Failed(reason)
+        }
     }
 }
 
@@ -552,42 +566,9 @@ fn now_rfc3339() -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn is_index(media_type: &str) -> bool {
-    media_type.contains("manifest.list") || media_type.contains("image.index")
-}
-
-/// The architecture as registries name it.
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-fn pick_platform(index: &[u8]) -> Option<String> {
-    let json: serde_json::Value = serde_json::from_slice(index).ok()?;
-    json.get("manifests")?.as_array()?.iter().find_map(|m| {
-        let platform = m.get("platform")?;
-        let matches = platform.get("os")?.as_str()? == "linux"
-            && platform.get("architecture")?.as_str()? == go_arch();
-        matches.then(|| m.get("digest")?.as_str().map(str::to_owned))?
-    })
-}
-
 /// Config, then layers, of an image manifest, with sizes.
 pub fn manifest_blobs(bytes: &[u8]) -> Option<Vec<(String, u64)>> {
-    let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let entry = |v: &serde_json::Value| -> Option<(String, u64)> {
-        let digest = v.get("digest")?.as_str()?;
-        layout::hex_of(digest)?;
-        Some((digest.to_owned(), v.get("size")?.as_u64().unwrap_or(0)))
-    };
-    let mut blobs = vec![entry(json.get("config")?)?];
-    for layer in json.get("layers")?.as_array()? {
-        blobs.push(entry(layer)?);
-    }
-    Some(blobs)
+    registry::manifest::blobs(bytes)
 }
 
 /// Parses a size such as `500MB`, `2GiB`, `1024` (bytes) for `--max-size`.
@@ -674,15 +655,13 @@ mod tests {
         let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
         let manifest = serde_json::json!({
             "schemaVersion": 2,
-            "config": {"digest": d('a'), "size": 10},
-            "layers": [{"digest": d('b'), "size": 20}, {"digest": d('c'), "size": 30}],
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d('a'), "size": 10},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d('b'), "size": 20},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d('c'), "size": 30},
+            ],
         });
         let blobs = manifest_blobs(manifest.to_string().as_bytes()).unwrap();
         assert_eq!(blobs, vec![(d('a'), 10), (d('b'), 20), (d('c'), 30)]);
-        let index = serde_json::json!({"manifests": [
-            {"digest": d('e'), "platform": {"os": "windows", "architecture": go_arch()}},
-            {"digest": d('f'), "platform": {"os": "linux", "architecture": go_arch()}},
-        ]});
-        assert_eq!(pick_platform(index.to_string().as_bytes()), Some(d('f')));
     }
 }
