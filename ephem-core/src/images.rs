@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use ephem_fixtures::image_cache::registry::{RegistrySettings, DEFAULT_IDLE_TIMEOUT};
 use ephem_fixtures::image_cache::{self, layout, ImageCache, Resolve};
 use ephem_fixtures::{DockerBackend, EnvEvent, EphemConfig};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -96,7 +97,10 @@ fn open_cache(
         )
     })?;
     let (tx, rx) = unbounded_channel();
-    let cache = ImageCache::open(&dir, tx).map_err(EphemError::Usage)?;
+    let idle = config.map_or(DEFAULT_IDLE_TIMEOUT, |c| c.images.idle_timeout);
+    let cache = ImageCache::open(&dir, tx)
+        .map_err(EphemError::Usage)?
+        .with_registry(RegistrySettings::from_env(idle));
     Ok((cache, Printer::spawn(rx)))
 }
 

@@ -95,6 +95,8 @@ pub(crate) struct ImageStore {
     /// The loopback registry over the cache, started by the first restore
     /// and stopped with the store (the run).
     server: OnceCell<RegistryServer>,
+    /// A pull that reports nothing for this long is given up.
+    idle_timeout: std::time::Duration,
 }
 
 impl ImageStore {
@@ -117,7 +119,14 @@ impl ImageStore {
             restore: RestorePath::Serve,
             decompressed: decompress::wanted(),
             server: OnceCell::new(),
+            idle_timeout: crate::image_cache::registry::DEFAULT_IDLE_TIMEOUT,
         }
+    }
+
+    /// Gives up a pull that reports no progress for `idle` (`[images]
+    /// idle-timeout`): a stalled registry must not hang the run.
+    pub(crate) fn set_idle_timeout(&mut self, idle: std::time::Duration) {
+        self.idle_timeout = idle;
     }
 
     /// Goes through `cache` for images missing from the daemon.
@@ -433,7 +442,16 @@ impl ImageStore {
         };
         let mut stream = self.docker.create_image(Some(options), None, None);
         let mut layers: HashMap<String, (u64, Option<u64>)> = HashMap::new();
-        while let Some(item) = stream.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(self.idle_timeout, stream.next()).await else {
+                // Dropping the stream closes the request, which ends the
+                // daemon's pull.
+                return Err(pull_error(format!(
+                    "the daemon's pull reported no progress for {} (the [images] idle-timeout): the registry stalled",
+                    humantime::format_duration(self.idle_timeout)
+                )));
+            };
+            let Some(item) = next else { break };
             // Registry errors (unknown manifest, refused connection) arrive in
             // the middle of the progress stream, not as an HTTP status.
             let info = item.map_err(|e| pull_error(pull_reason(&e)))?;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 pub use self::cleanup::DockerCleanup;
 use self::images::ImageStore;
 pub use self::images::{Origin, RestorePath};
+use crate::image_cache::registry::{PlatformSource, RegistrySettings};
 use crate::{
     Backend, Cleanup, EnvError, Environment, EphemConfig, EventSink, RunContext, ShardContext,
 };
@@ -92,11 +93,16 @@ impl DockerBackend {
             events.clone(),
             &config.images(),
         );
+        images.set_idle_timeout(config.images.idle_timeout);
         if let Some(dir) = &config.images.cache {
             // The runner checked the folder before connecting (exit 2); a
             // library caller's unusable folder costs only the cache.
             match crate::image_cache::ImageCache::open(dir, events.clone()) {
                 Ok(cache) => {
+                    let cache = cache.with_registry(RegistrySettings {
+                        platform: PlatformSource::Daemon(conn.docker.clone()),
+                        ..RegistrySettings::from_env(config.images.idle_timeout)
+                    });
                     images = images.with_cache(Arc::new(cache), RestorePath::for_daemon(&conn.host))
                 }
                 Err(message) => {
