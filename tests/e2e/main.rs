@@ -15,6 +15,7 @@ mod list;
 mod partition;
 mod provision;
 mod recipes;
+mod registry;
 mod reliability;
 mod render;
 mod report;
