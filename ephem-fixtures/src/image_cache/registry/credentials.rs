@@ -110,7 +110,7 @@ impl CredentialSource {
             .or_else(|| config.creds_store.as_ref().map(|name| (name, "credsStore")));
         match helper {
             Some((name, field)) if !name.is_empty() => {
-                self.from_helper(name, field, &key, &file, deadline).await
+                self.ask_helper(name, field, &key, &file, deadline).await
             }
             _ => Lookup {
                 credential: config.auth_for(&key).and_then(AuthEntry::credential),
@@ -120,7 +120,7 @@ impl CredentialSource {
     }
 
     /// Runs `docker-credential-<name> get` with the server on stdin.
-    async fn from_helper(
+    async fn ask_helper(
         &self,
         name: &str,
         field: &str,
