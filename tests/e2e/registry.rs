@@ -187,7 +187,8 @@ fn serve(
 }
 
 /// An image of this test in the registry, absent from the daemon; every
-/// name of it is removed from the daemon on drop.
+/// name of it is removed from the daemon, and its tag from the registry,
+/// on drop.
 struct TestImage {
     repository: String,
     names: Mutex<Vec<String>>,
@@ -244,7 +245,37 @@ impl Drop for TestImage {
         for name in self.names.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = docker(&["rmi", "-f", name]);
         }
+        let _ = delete_from_registry(&self.repository);
     }
+}
+
+/// One HTTP/1.0 request to the registry; the answer's text.
+fn registry_request(request: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(UPSTREAM)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Deletes the test's tag `1` from the registry (by its manifest digest).
+fn delete_from_registry(repository: &str) -> std::io::Result<()> {
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+    let head = registry_request(&format!(
+        "HEAD /v2/{repository}/manifests/1 HTTP/1.0\r\nHost: {UPSTREAM}\r\nAccept: {accept}\r\n\r\n"
+    ))?;
+    let digest = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("docker-content-digest")
+            .then(|| value.trim().to_owned())
+    });
+    if let Some(digest) = digest {
+        registry_request(&format!(
+            "DELETE /v2/{repository}/manifests/{digest} HTTP/1.0\r\nHost: {UPSTREAM}\r\n\r\n"
+        ))?;
+    }
+    Ok(())
 }
 
 /// `env-busybox.toml` with `image` and `[images] idle-timeout = idle`.

@@ -444,10 +444,10 @@ impl ImageStore {
         let mut layers: HashMap<String, (u64, Option<u64>)> = HashMap::new();
         loop {
             let Ok(next) = tokio::time::timeout(self.idle_timeout, stream.next()).await else {
-                // Dropping the stream closes the request, which ends the
-                // daemon's pull.
+                // Dropping the stream closes the request; the daemon
+                // cancels a pull whose client went away.
                 return Err(pull_error(format!(
-                    "the daemon's pull reported no progress for {} (the [images] idle-timeout): the registry stalled",
+                    "the daemon's pull reported no progress for {} (the [images] idle-timeout) and was given up",
                     humantime::format_duration(self.idle_timeout)
                 )));
             };
