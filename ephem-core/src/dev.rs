@@ -188,6 +188,9 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
                 ),
                 EnvEvent::Warning { message, .. } => eprintln!("warning: {message}"),
                 EnvEvent::Note { message } => eprintln!("note: {message}"),
+                EnvEvent::Waiting {
+                    service, message, ..
+                } => eprintln!("   WAITING {service}: {message}"),
                 _ => {}
             }
         }
