@@ -356,6 +356,9 @@ pub enum EnvEvent {
         service: String,
         /// One line, e.g. `FailedScheduling: 0/3 nodes are available: ...`.
         message: String,
+        /// Whether it says something is wrong (a Warning event: a pod that
+        /// does not fit, a pull that failed), rather than mere progress.
+        warning: bool,
     },
     /// Something worth a line that is neither progress nor a problem, e.g.
     /// which way an image was restored from the image cache.

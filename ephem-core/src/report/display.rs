@@ -149,8 +149,9 @@ impl Display {
     }
 
     /// What a shard's environment waits for: its bar's message when bars
-    /// are drawn, else a line each time it changes.
-    fn show_waiting(&mut self, shard: u32, service: &str, message: &str) {
+    /// are drawn, else a line each time a warning changes (progress alone
+    /// would flood a CI log).
+    fn show_waiting(&mut self, shard: u32, service: &str, message: &str, warning: bool) {
         let text = format!("{service}: {message}");
         if self.ready.contains(&shard) || self.waiting.get(&shard) == Some(&text) {
             return;
@@ -159,6 +160,9 @@ impl Display {
         if self.mode == DisplayMode::Live && self.planned {
             let bar = self.shard_bars.get(&shard).unwrap_or(&self.overall);
             bar.set_message(format!("waiting for {text}"));
+            return;
+        }
+        if !warning {
             return;
         }
         self.line(&format!(
@@ -288,7 +292,8 @@ impl RunEvents for Display {
                 shard,
                 service,
                 message,
-            } => self.show_waiting(*shard, service, message),
+                warning,
+            } => self.show_waiting(*shard, service, message, *warning),
             EnvEvent::Note { message } => {
                 self.line(&format!("{} {message}", self.paint("36", "      NOTE")));
             }

@@ -296,6 +296,7 @@ async fn create_pod(
                     "the new namespace is not ready for pods yet ({})",
                     status.message
                 ),
+                warning: false,
             });
             sleep(NEW_NAMESPACE_PAUSE).await;
             continue;

@@ -96,10 +96,12 @@ pub(crate) async fn wait_ready(
 
 type Lines = Pin<Box<dyn Stream<Item = std::io::Result<String>> + Send>>;
 
-/// The pod's latest event: when, and `Reason: message`.
+/// The pod's latest event: when, `Reason: message`, and whether it is a
+/// Warning.
 struct Latest {
     at: Option<k8s_openapi::jiff::Timestamp>,
     text: String,
+    warning: bool,
 }
 
 struct Waiter<'a> {
@@ -247,6 +249,7 @@ impl Waiter<'_> {
             self.latest = Some(Latest {
                 at,
                 text: format!("{reason}: {message}"),
+                warning: event.type_.as_deref() == Some("Warning"),
             });
         }
         match self.pod.is_some() {
@@ -285,9 +288,9 @@ impl Waiter<'_> {
     /// The progress line: the latest event, else what the pod waits for;
     /// sent when it changes.
     fn show(&mut self) {
-        let text = match &self.latest {
-            Some(latest) => latest.text.clone(),
-            None => self.last.clone(),
+        let (text, warning) = match &self.latest {
+            Some(latest) => (latest.text.clone(), latest.warning),
+            None => (self.last.clone(), false),
         };
         if text == self.shown {
             return;
@@ -297,6 +300,7 @@ impl Waiter<'_> {
             shard: self.shard,
             service: self.name.to_owned(),
             message: text,
+            warning,
         });
     }
 
