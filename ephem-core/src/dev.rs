@@ -188,6 +188,12 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
                 ),
                 EnvEvent::Warning { message, .. } => eprintln!("warning: {message}"),
                 EnvEvent::Note { message } => eprintln!("note: {message}"),
+                EnvEvent::Waiting {
+                    service,
+                    message,
+                    warning: true,
+                    ..
+                } => eprintln!("   WAITING {service}: {message}"),
                 _ => {}
             }
         }

@@ -174,7 +174,7 @@ fn yaml_stream(
         pid: 0,
         pid_start: None,
         now: clock,
-        mirror: config.effective_mirror(),
+        registry: config.kubernetes.effective_registry(),
     };
     let mut docs = Vec::new();
     if let Some(prepull) = render_prepull(config, &run, &ctx) {

@@ -346,6 +346,20 @@ pub enum EnvEvent {
         /// When the backend noticed.
         at: SystemTime,
     },
+    /// A service is not ready yet, and the latest word on why (its pod's
+    /// latest event: Unschedulable while a node is added, a pull backing
+    /// off): for the shard's progress line. Repeats only when it changes.
+    Waiting {
+        /// 1-based shard number.
+        shard: u32,
+        /// Service name from the configuration.
+        service: String,
+        /// One line, e.g. `FailedScheduling: 0/3 nodes are available: ...`.
+        message: String,
+        /// Whether it says something is wrong (a Warning event: a pod that
+        /// does not fit, a pull that failed), rather than mere progress.
+        warning: bool,
+    },
     /// Something worth a line that is neither progress nor a problem, e.g.
     /// which way an image was restored from the image cache.
     Note {

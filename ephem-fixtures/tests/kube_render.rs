@@ -102,13 +102,13 @@ fn parse(text: &str) -> EphemConfig {
     EphemConfig::parse(text, "ephem.toml").unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn context(mirror: Option<&str>) -> RenderContext {
+fn context(registry: Option<&str>) -> RenderContext {
     RenderContext {
         hostname: "build-7.ci.example".to_owned(),
         pid: 4242,
         pid_start: Some(987_654),
         now: UNIX_EPOCH + Duration::from_secs(CREATED),
-        mirror: mirror.map(str::to_owned),
+        registry: registry.map(str::to_owned),
     }
 }
 
@@ -127,9 +127,9 @@ fn shard(n: u32) -> ShardContext {
     }
 }
 
-fn render(config: &EphemConfig, n: u32, mirror: Option<&str>) -> (ShardObjects, Vec<String>) {
+fn render(config: &EphemConfig, n: u32, registry: Option<&str>) -> (ShardObjects, Vec<String>) {
     let mut secrets = Vec::new();
-    let objects = render_shard(config, &shard(n), &context(mirror), &mut secrets)
+    let objects = render_shard(config, &shard(n), &context(registry), &mut secrets)
         .unwrap_or_else(|e| panic!("{e}"));
     (objects, secrets)
 }
@@ -519,7 +519,7 @@ fn pinned_images_are_pulled_if_not_present_others_always() {
 }
 
 #[test]
-fn docker_hub_images_go_through_the_mirror() {
+fn docker_hub_images_go_through_the_clusters_registry() {
     let (objects, _) = render(&parse(EVERY_KEY), 1, Some("localhost:5000"));
     for (service, image) in [
         ("postgres", "localhost:5000/library/postgres:15-bookworm"),

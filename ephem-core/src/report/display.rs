@@ -61,6 +61,8 @@ pub struct Display {
     with_env: bool,
     /// Shards whose environment is ready (or who need none).
     ready: HashSet<u32>,
+    /// What each shard's environment waits for, as last shown.
+    waiting: HashMap<u32, String>,
     started: Instant,
     /// The tests are known and the bars drawn (in a terminal).
     planned: bool,
@@ -124,6 +126,7 @@ impl Display {
             color: mode == DisplayMode::Live && std::env::var_os("NO_COLOR").is_none(),
             with_env: false,
             ready: HashSet::new(),
+            waiting: HashMap::new(),
             started: Instant::now(),
             planned: false,
         }
@@ -143,6 +146,29 @@ impl Display {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{text}");
         }
+    }
+
+    /// What a shard's environment waits for: its bar's message when bars
+    /// are drawn, else a line each time a warning changes (progress alone
+    /// would flood a CI log).
+    fn show_waiting(&mut self, shard: u32, service: &str, message: &str, warning: bool) {
+        let text = format!("{service}: {message}");
+        if self.ready.contains(&shard) || self.waiting.get(&shard) == Some(&text) {
+            return;
+        }
+        self.waiting.insert(shard, text.clone());
+        if self.mode == DisplayMode::Live && self.planned {
+            let bar = self.shard_bars.get(&shard).unwrap_or(&self.overall);
+            bar.set_message(format!("waiting for {text}"));
+            return;
+        }
+        if !warning {
+            return;
+        }
+        self.line(&format!(
+            "{} shard {shard}: {text}",
+            self.paint("33", "   WAITING")
+        ));
     }
 
     /// Removes the bars before the summary is printed.
@@ -262,6 +288,12 @@ impl RunEvents for Display {
                 let msg = format!("service {service} of shard {shard} exited (code {code})");
                 self.line(&format!("{} {msg}", self.paint("31;1", "  ENV DIED")));
             }
+            EnvEvent::Waiting {
+                shard,
+                service,
+                message,
+                warning,
+            } => self.show_waiting(*shard, service, message, *warning),
             EnvEvent::Note { message } => {
                 self.line(&format!("{} {message}", self.paint("36", "      NOTE")));
             }
@@ -276,6 +308,9 @@ impl RunEvents for Display {
     }
 
     fn shard_ready(&mut self, shard: u32, with_env: bool) {
+        if self.waiting.remove(&shard).is_some() && !self.shard_bars.contains_key(&shard) {
+            self.overall.set_message("");
+        }
         self.ready.insert(shard);
         if let Some(bar) = self.shard_bars.get(&shard) {
             bar.set_message("");

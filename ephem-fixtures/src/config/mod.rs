@@ -18,8 +18,9 @@ use std::time::Duration;
 
 pub use error::ConfigError;
 pub use kubernetes::{
-    HelmConfig, KubernetesConfig, LimitsConfig, QuotaConfig, Reach, DEFAULT_HELM_RELEASE,
-    DEFAULT_HELM_TIMEOUT, DEFAULT_NAMESPACE_PREFIX, MAX_HELM_RELEASE_LEN, MAX_QUOTA_PODS,
+    HelmConfig, KubernetesConfig, LimitsConfig, PodSecurity, QuotaConfig, Reach, ServiceKubernetes,
+    DEFAULT_CLUSTER_DOMAIN, DEFAULT_HELM_RELEASE, DEFAULT_HELM_TIMEOUT, DEFAULT_NAMESPACE_PREFIX,
+    KUBERNETES_REGISTRY_ENV, MAX_HELM_RELEASE_LEN, MAX_QUOTA_PODS,
 };
 pub use wait::{LogPattern, WaitKind, WaitStrategy, DEFAULT_WAIT_INTERVAL};
 
@@ -152,6 +153,8 @@ pub struct ServiceSpec {
     /// `databases = "per-test"`: every test gets its own database, cloned
     /// from the baseline.
     pub per_test_databases: bool,
+    /// `[services.NAME.kubernetes]`: user, groups and restarts on Kubernetes.
+    pub kubernetes: ServiceKubernetes,
 }
 
 /// How a service is restored to its baseline before every test.

@@ -48,6 +48,9 @@ pub(super) struct RawKubernetes {
     pub image_pull_secrets: Option<SpannedList<String>>,
     pub prepull: Option<Spanned<bool>>,
     pub reach: Option<Spanned<String>>,
+    pub pod_security: Option<Spanned<String>>,
+    pub registry: Option<Spanned<String>>,
+    pub cluster_domain: Option<Spanned<String>>,
     pub quota: Option<RawQuota>,
     pub limits: Option<RawLimits>,
     pub helm: Option<Spanned<RawHelm>>,
@@ -101,6 +104,17 @@ pub(super) struct RawService {
     pub setup: Option<Spanned<RawExec>>,
     pub reset: Option<Spanned<RawReset>>,
     pub databases: Option<Spanned<String>>,
+    pub kubernetes: Option<Spanned<RawServiceKubernetes>>,
+}
+
+/// `[services.NAME.kubernetes]`: what only the Kubernetes backend uses.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawServiceKubernetes {
+    pub run_as_user: Option<Spanned<i64>>,
+    pub run_as_group: Option<Spanned<i64>>,
+    pub fs_group: Option<Spanned<i64>>,
+    pub restarts: Option<Spanned<i64>>,
 }
 
 /// `{ exec = ["cmd", "arg"] }`.

@@ -11,7 +11,7 @@ use super::error::Locator;
 use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar};
 use super::{
     ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, Reset, ReuseConfig,
-    ServiceSpec, ShardsConfig, WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT,
+    ServiceKubernetes, ServiceSpec, ShardsConfig, WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
 };
 use crate::image_ref::ImageRef;
@@ -87,7 +87,14 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
     let has_helm = kubernetes.helm.is_some();
     let mut services = Vec::new();
     for (name, svc) in &raw.services {
-        services.push(check_service(&at, name, svc, &env_keys, has_helm)?);
+        let mut spec = check_service(&at, name, svc, &env_keys, has_helm)?;
+        spec.kubernetes = super::kubernetes::check_service(
+            &at,
+            svc.get_ref().kubernetes.as_ref(),
+            &format!("services.{}", name.get_ref()),
+            kubernetes.pod_security,
+        )?;
+        services.push(spec);
     }
     check_dependencies(&at, &raw.services)?;
     check_exports_unique(&at, &raw.services)?;
@@ -300,6 +307,7 @@ impl ServiceChecker<'_, '_> {
             setup,
             reset,
             per_test_databases,
+            kubernetes: ServiceKubernetes::default(),
         })
     }
 

@@ -183,7 +183,7 @@ impl Backend for KubernetesBackend {
 
     /// With `[kubernetes] prepull`, pulls every image on every node once.
     async fn prepare(&self, run: &RunContext) -> Result<(), EnvError> {
-        super::provision::prepull(&self.shared, run).await
+        super::prepull::prepull(&self.shared, run).await
     }
 
     async fn provision(&self, shard: &ShardContext) -> Result<Environment, EnvError> {

@@ -322,6 +322,10 @@ impl<'a> ApiCall<'a> {
 /// permission and [`RBAC_MANIFEST`]; 401 the credentials; a transport failure
 /// is [`EnvError::Unreachable`].
 pub fn api_error(err: &kube::Error, call: ApiCall<'_>, address: &str) -> EnvError {
+    // Admission plugins and webhooks answer 403 too: not a permission.
+    if let Some(line) = status_of(err).and_then(|s| super::denial::explain(s, call, None)) {
+        return EnvError::Other(line);
+    }
     let ApiCall { verb, resource, .. } = call;
     let scope = call.scope();
     match err {

@@ -297,7 +297,9 @@ impl Installed {
         let service_port = u16::try_from(port.port)
             .map_err(|_| format!("Service {name} has port {}", port.port))?;
         if shared.reach == Reach::ClusterDns {
-            let address = format!("{name}.{ns}.svc:{service_port}");
+            let host =
+                super::render::service_host(name, ns, &shared.config.kubernetes.cluster_domain);
+            let address = format!("{host}:{service_port}");
             return Ok((
                 address.clone(),
                 format!(
@@ -359,7 +361,7 @@ async fn ready_pod(
         .into_iter()
         .find(|p| {
             matches!(
-                super::readiness::judge(p),
+                super::readiness::judge(p, Default::default()),
                 super::readiness::PodState::Running { ready: true }
             )
         })

@@ -8,17 +8,22 @@
 //! - [`render`]: the objects of one shard, from the configuration (pure; what
 //!   `cargo ephem render` prints and provisioning applies).
 //! - [`client`]: reaching the cluster (kubeconfig, context, in-cluster).
+//! - [`denial`]: who refused a request (RBAC, Pod Security, a webhook, a
+//!   quota, a LimitRange, ...), from the API server's message.
 //! - [`cleanup`]: the safety nets' side ([`crate::Cleanup`]).
 //! - [`KubernetesBackend`]: the [`crate::Backend`] itself: provisioning
-//!   (`provision`), readiness and service deaths (`readiness`), reaching the
-//!   services (`forward`), the optional chart (`helm`), teardown.
+//!   (`provision`), the run's prepull (`prepull`), readiness and service
+//!   deaths (`readiness`), reaching the services (`forward`), the optional
+//!   chart (`helm`), teardown.
 
 mod backend;
 pub mod cleanup;
 pub mod client;
+pub mod denial;
 mod forward;
 mod helm;
 pub mod labels;
+mod prepull;
 mod provision;
 pub mod quantity;
 mod readiness;

@@ -3,7 +3,8 @@
 //! pull secrets, then each service's Service and pod in dependency order
 //! (independent ones concurrently), each waited for within its startup
 //! timeout; the Helm chart once they are ready; then how the tests reach
-//! them. Also the run's prepull DaemonSet.
+//! them (port-forwards, or Services' full DNS names). The run's prepull
+//! DaemonSet is [`super::prepull`]'s.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
@@ -11,11 +12,10 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::Api;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,22 +24,18 @@ use tokio::time::{sleep, Instant};
 
 use super::backend::{code, within, Shared};
 use super::client::{api_error, status_of, ApiCall};
+use super::denial::{self, Denial};
 use super::forward;
-use super::readiness::{self, NotReady, PodState};
-use super::render::{
-    render_prepull, render_shard, PrepullObjects, RenderContext, ServiceObjects, ShardObjects,
-    PREPULL_LABEL, PREPULL_NAME,
-};
+use super::readiness::{self, NotReady, Subject};
+use super::render::{render_shard, service_host, RenderContext, ServiceObjects, ShardObjects};
 use crate::config::Reach;
 use crate::template::{Bindings, Template, Var};
-use crate::{EnvError, EnvEvent, Environment, ExportedVar, RunContext, ShardContext};
+use crate::{EnvError, EnvEvent, Environment, ExportedVar, ShardContext};
 
-/// Between retries of a pod refused because the quota controller has not
-/// yet counted a new namespace's quota.
-const QUOTA_SYNC_PAUSE: Duration = Duration::from_millis(250);
-
-/// Between looks at the prepull DaemonSet.
-const PREPULL_POLL: Duration = Duration::from_millis(250);
+/// Between retries of a pod refused because a new namespace is not quite
+/// ready: its quota not yet counted, its `default` ServiceAccount not yet
+/// made by the controller.
+const NEW_NAMESPACE_PAUSE: Duration = Duration::from_millis(250);
 
 /// `${host}` with port-forwards.
 const LOOPBACK: &str = "127.0.0.1";
@@ -80,7 +76,10 @@ pub(crate) async fn provision(
 }
 
 /// Creates a namespace; returns its uid.
-async fn create_namespace(shared: &Shared, namespace: &Namespace) -> Result<String, EnvError> {
+pub(super) async fn create_namespace(
+    shared: &Shared,
+    namespace: &Namespace,
+) -> Result<String, EnvError> {
     let name = namespace.metadata.name.as_deref().unwrap_or_default();
     let api: Api<Namespace> = Api::all(shared.cluster.client.clone());
     let created = shared
@@ -98,7 +97,12 @@ async fn create_namespace(shared: &Shared, namespace: &Namespace) -> Result<Stri
 }
 
 /// Creates one object in namespace `ns`; `resource` names it in errors.
-async fn create_in<K>(shared: &Shared, ns: &str, object: &K, resource: &str) -> Result<K, EnvError>
+pub(super) async fn create_in<K>(
+    shared: &Shared,
+    ns: &str,
+    object: &K,
+    resource: &str,
+) -> Result<K, EnvError>
 where
     K: kube::Resource<Scope = NamespaceResourceScope>
         + Clone
@@ -119,7 +123,7 @@ where
 /// Copies each `[kubernetes] image-pull-secrets` Secret from the context's
 /// namespace (the kubeconfig context's, or the runner pod's) into `ns`. One
 /// that is not there is left to the cluster's own policy, with a warning.
-async fn copy_pull_secrets(
+pub(super) async fn copy_pull_secrets(
     shared: &Shared,
     ns: &str,
     labels: &BTreeMap<String, String>,
@@ -230,8 +234,13 @@ async fn start_service(
     }
     let pods: Api<Pod> = Api::namespaced(shared.cluster.client.clone(), ns);
     create_pod(shared, shard, &pods, svc, deadline).await?;
+    let subject = Subject {
+        pods: &pods,
+        name: &svc.name,
+        shard: shard.shard,
+    };
     let outcome = tokio::select! {
-        outcome = readiness::wait_ready(shared, &pods, &svc.name, &svc.wait, deadline) => outcome,
+        outcome = readiness::wait_ready(shared, subject, &svc.wait, deadline) => outcome,
         _ = cancel.wait_for(|cancelled| *cancelled) => {
             return Err(EnvError::Other(format!(
                 "shard {}: {} stopped waiting: another service failed",
@@ -253,8 +262,10 @@ async fn start_service(
     Err(not_ready(shard, ns, svc, why, logs))
 }
 
-/// Creates the service's pod. A refusal by the namespace's quota fails the
-/// service; a quota the controller has not counted yet is waited for.
+/// Creates the service's pod. What a brand-new namespace lacks for a moment
+/// (its `default` ServiceAccount, its quota's first count) is waited for
+/// within the startup timeout; a refusal by admission (Pod Security, a
+/// LimitRange, the quota, a webhook) fails the service, saying who refused.
 async fn create_pod(
     shared: &Shared,
     shard: &ShardContext,
@@ -263,29 +274,45 @@ async fn create_pod(
     deadline: Instant,
 ) -> Result<(), EnvError> {
     let ns = pods.namespace().unwrap_or_default();
+    let call = ApiCall::namespaced("create", "pods", ns);
     loop {
         let err = match within(pods.create(&PostParams::default(), &svc.pod)).await {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
-        let message = status_of(&err)
-            .map(|s| s.message.clone())
-            .unwrap_or_default();
-        if code(&err) == Some(403) && message.contains("exceeded quota") {
-            let why = format!(
-                "the namespace's ResourceQuota refused the pod ({message}); raise the limit in [kubernetes.quota] of ephem.toml"
-            );
-            return Err(not_ready(shard, ns, svc, why, Vec::new()));
+        let Some(status) = status_of(&err) else {
+            return Err(api_error(&err, call, &shared.address));
+        };
+        let denial = denial::classify(&status.message);
+        let lagging = matches!(
+            denial,
+            Denial::ServiceAccountMissing | Denial::QuotaUnsynced
+        );
+        if lagging && Instant::now() + NEW_NAMESPACE_PAUSE < deadline {
+            let _ = shared.events.send(EnvEvent::Waiting {
+                shard: shard.shard,
+                service: svc.name.clone(),
+                message: format!(
+                    "the new namespace is not ready for pods yet ({})",
+                    status.message
+                ),
+                warning: false,
+            });
+            sleep(NEW_NAMESPACE_PAUSE).await;
+            continue;
         }
-        let unsynced = code(&err) == Some(403) && message.contains("status unknown for quota");
-        if !unsynced || Instant::now() + QUOTA_SYNC_PAUSE >= deadline {
-            return Err(api_error(
-                &err,
-                ApiCall::namespaced("create", "pods", ns),
-                &shared.address,
-            ));
-        }
-        sleep(QUOTA_SYNC_PAUSE).await;
+        let refused = matches!(
+            denial,
+            Denial::PodSecurity { .. }
+                | Denial::LimitRange(_)
+                | Denial::Quota(_)
+                | Denial::Webhook { .. }
+        );
+        let level = shared.config.kubernetes.pod_security.name();
+        return match denial::explain(status, call, Some(level)) {
+            Some(why) if refused => Err(not_ready(shard, ns, svc, why, Vec::new())),
+            _ => Err(api_error(&err, call, &shared.address)),
+        };
     }
 }
 
@@ -444,7 +471,7 @@ async fn reach(
         });
     }
     if shared.reach == Reach::ClusterDns {
-        let host = format!("{pod}.{ns}.svc");
+        let host = service_host(pod, ns, &shared.config.kubernetes.cluster_domain);
         let listed = ports
             .iter()
             .map(|p| format!("{host}:{p}"))
@@ -493,181 +520,6 @@ fn forward_hint(shared: &Shared, ns: &str, pod: &str, ports: &HashMap<u16, u16>)
         "{pod}: {local} (port-forward while cargo-ephem runs; afterwards: kubectl {}-n {ns} port-forward pod/{pod} {remote})",
         shared.context_flag()
     )
-}
-
-/// With `[kubernetes] prepull`: the prepull namespace and DaemonSet, waited
-/// for until every node holds every image (bounded by the largest startup
-/// timeout), then deleted, whatever happened.
-pub(crate) async fn prepull(shared: &Shared, run: &RunContext) -> Result<(), EnvError> {
-    let ctx = RenderContext::current(&shared.config);
-    let Some(objects) = render_prepull(&shared.config, run, &ctx) else {
-        return Ok(());
-    };
-    let ns = objects.namespace.metadata.name.clone().unwrap_or_default();
-    let uid = create_namespace(shared, &objects.namespace).await?;
-    let outcome = pull_everywhere(shared, &ns, &objects).await;
-    let removed = shared.delete_namespace(&ns, &uid, None).await;
-    outcome.and(removed)
-}
-
-async fn pull_everywhere(
-    shared: &Shared,
-    ns: &str,
-    objects: &PrepullObjects,
-) -> Result<(), EnvError> {
-    let labels = objects
-        .daemon_set
-        .metadata
-        .labels
-        .clone()
-        .unwrap_or_default();
-    copy_pull_secrets(shared, ns, &labels, None).await?;
-    create_in(shared, ns, &objects.daemon_set, "daemonsets").await?;
-    let budget = shared
-        .config
-        .services
-        .iter()
-        .map(|s| s.startup_timeout)
-        .max()
-        .unwrap_or_default();
-    let deadline = Instant::now() + budget;
-    let sets: Api<DaemonSet> = Api::namespaced(shared.cluster.client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(shared.cluster.client.clone(), ns);
-    let selector = ListParams::default().labels(&format!("{PREPULL_LABEL}=true"));
-    loop {
-        let ds = shared
-            .bounded(
-                sets.get(PREPULL_NAME),
-                ApiCall::namespaced("get", "daemonsets", ns),
-            )
-            .await?;
-        let listed = shared
-            .bounded(
-                pods.list(&selector),
-                ApiCall::namespaced("list", "pods", ns),
-            )
-            .await?;
-        for pod in &listed.items {
-            if let Some(failure) = pull_failure(shared, pod) {
-                return Err(with_pull_event(shared, ns, pod, failure).await);
-            }
-            if let PodState::Failed(why) = readiness::judge(pod) {
-                prepull_gave_up(shared, &format!("a prepull pod cannot finish: {why}"));
-                return Ok(());
-            }
-        }
-        if prepulled(&ds) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let status = ds.status.unwrap_or_default();
-            let why = format!(
-                "{} of {} nodes were done after {}",
-                status.number_ready,
-                status.desired_number_scheduled,
-                humantime::format_duration(budget)
-            );
-            prepull_gave_up(shared, &why);
-            return Ok(());
-        }
-        sleep(PREPULL_POLL).await;
-    }
-}
-
-/// Every node the DaemonSet is for runs its ready pod (every image pulled).
-fn prepulled(ds: &DaemonSet) -> bool {
-    let Some(status) = &ds.status else {
-        return false;
-    };
-    let observed = status.observed_generation.unwrap_or(0) >= ds.metadata.generation.unwrap_or(1);
-    observed && status.number_ready >= status.desired_number_scheduled
-}
-
-/// An image that cannot be pulled, as [`EnvError::Pull`]: the run cannot go on.
-fn pull_failure(shared: &Shared, pod: &Pod) -> Option<EnvError> {
-    let status = pod.status.as_ref()?;
-    let statuses = status
-        .init_container_statuses
-        .iter()
-        .chain(status.container_statuses.iter())
-        .flatten();
-    for c in statuses {
-        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let reason = waiting.reason.as_deref().unwrap_or("");
-        if !matches!(
-            reason,
-            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
-        ) {
-            continue;
-        }
-        // Init containers are pull-1, pull-2, ... in the order of the images.
-        let configured = c
-            .name
-            .strip_prefix("pull-")
-            .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| shared.config.images().get(n.wrapping_sub(1)).copied());
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .unwrap_or("a node");
-        return Some(EnvError::Pull {
-            image: configured.map_or_else(|| c.image.clone(), |i| i.original().to_owned()),
-            registry: configured
-                .map_or("its registry", |i| i.registry())
-                .to_owned(),
-            reason: format!(
-                "{reason} on {node}: {} (prepull, namespace {})",
-                waiting.message.as_deref().unwrap_or("no message"),
-                pod.metadata.namespace.as_deref().unwrap_or("")
-            ),
-        });
-    }
-    None
-}
-
-/// The kubelet's own words about the failed pull (ImagePullBackOff's
-/// message only says it backs off): its latest `Failed to pull image` event.
-async fn with_pull_event(shared: &Shared, ns: &str, pod: &Pod, failure: EnvError) -> EnvError {
-    let EnvError::Pull {
-        image,
-        registry,
-        reason,
-    } = failure
-    else {
-        return failure;
-    };
-    let events: Api<Event> = Api::namespaced(shared.cluster.client.clone(), ns);
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
-    let said = within(events.list(&params)).await.ok().and_then(|list| {
-        list.items
-            .into_iter()
-            .filter_map(|e| e.message)
-            .rfind(|m| m.starts_with("Failed to pull image"))
-    });
-    let reason = match said {
-        Some(said) => format!("{said}; {reason}"),
-        None => reason,
-    };
-    EnvError::Pull {
-        image,
-        registry,
-        reason,
-    }
-}
-
-/// Prepull stops early without failing the run: each shard's pods still
-/// pull what they need, within their own startup timeouts.
-fn prepull_gave_up(shared: &Shared, why: &str) {
-    let _ = shared.events.send(EnvEvent::Warning {
-        shard: None,
-        message: format!(
-            "prepull stopped: {why}; each shard pulls what is missing itself (set [kubernetes] prepull = false to skip it)"
-        ),
-    });
 }
 
 /// `${database}` on Kubernetes: the database the official Postgres image

@@ -23,25 +23,42 @@
 //! answers); `pods/{name}/portforward` over WebSocket (`v4.channel.k8s.io`,
 //! each stream relayed to a local address set with [`StandIn::forward`]);
 //! bearer-token authentication (401), anonymous access to `/version` only,
-//! and RBAC-style denials (403) on demand; the ResourceQuota admission of
-//! the `pods` count (403 `exceeded quota`, with the quota's status kept);
-//! Secrets' `stringData` stored as base64 `data`.
+//! and RBAC-style denials (403) on demand; Secrets' `stringData` stored as
+//! base64 `data`.
+//!
+//! Admission (the `admission` module), in kube-apiserver's order and words, each
+//! refusal a 403 `Forbidden` Status: LimitRanger (defaults, then `min` and
+//! `max` per container), the ServiceAccount plugin (a namespace's `default`
+//! ServiceAccount comes [`StandIn::set_service_account_delay`] after the
+//! namespace), Pod Security (the namespace's `enforce` label, else
+//! [`StandIn::set_pod_security_default`]), validating webhooks
+//! ([`StandIn::deny_with_webhook`]) and the ResourceQuota's `pods` count
+//! (with the quota's status kept).
+//!
+//! Watches replay a history of changes that is short on demand
+//! ([`StandIn::set_watch_history`]): a watch from an older resourceVersion
+//! ends with a 410 `Expired` ERROR event, as after etcd's compaction; with
+//! `allowWatchBookmarks` they get BOOKMARK events every
+//! [`StandIn::set_bookmark_interval`] and on [`StandIn::bookmark_watches`].
 //!
 //! With a [`Lifecycle`] ([`StandIn::set_lifecycle`]) it also plays the
 //! scheduler, the kubelet and the DaemonSet controller: pods created through
-//! the API are scheduled (or stay Unschedulable), pull their images (or go
-//! ErrImagePull, then ImagePullBackOff; InvalidImageName for a bad
-//! reference; CreateContainerConfigError for a missing Secret key), start,
-//! log, become Ready after their readiness probe's delay, or exit (terminated
-//! under `restartPolicy: Never`, CrashLoopBackOff otherwise), each step with
-//! the events the real components record; DaemonSets get a pod per node and
-//! a status that counts the ready ones.
+//! the API are scheduled (or stay Unschedulable, for a while or for good),
+//! pull their images (or go ErrImagePull, then ImagePullBackOff, for good or
+//! for a few tries; InvalidImageName for a bad reference;
+//! CreateContainerConfigError for a missing Secret key or `runAsNonRoot`
+//! with an image that runs as root), start, log, become Ready after their
+//! readiness probe's delay, or exit (terminated under `restartPolicy: Never`,
+//! CrashLoopBackOff otherwise), each step with the events the real
+//! components record; DaemonSets get a pod per node and a status that
+//! counts the ready ones.
 //!
 //! What it does not: TLS, PUT (replace), JSON patch and server-side apply
-//! (415), `deletecollection`, discovery (`/api`, `/apis`), admission beyond
-//! the `pods` quota (limit ranges are stored, not applied), Services that
-//! route anything (port-forward goes to pods), and SPDY.
+//! (415), `deletecollection`, discovery (`/api`, `/apis`), quotas of
+//! anything but the `pods` count, mutating webhooks, Services that route
+//! anything (port-forward goes to pods), and SPDY.
 
+mod admission;
 mod kubeconfig;
 mod kubelet;
 mod portforward;
@@ -61,6 +78,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+pub use admission::{Level as PodSecurityLevel, Webhook};
 pub use status::ApiError;
 pub use store::merge_patch;
 
@@ -125,6 +143,8 @@ pub struct Lifecycle {
     pub nodes: u32,
     /// (text an image contains, what happens to its container), first match wins.
     rules: Vec<(String, Fate)>,
+    /// (text an image contains, the user id it runs as), first match wins.
+    users: Vec<(String, i64)>,
 }
 
 impl Lifecycle {
@@ -136,6 +156,7 @@ impl Lifecycle {
             ready_after,
             nodes: 1,
             rules: Vec::new(),
+            users: Vec::new(),
         }
     }
 
@@ -149,6 +170,14 @@ impl Lifecycle {
     /// tried in the order added; unmatched images [`Fate::Run`]).
     pub fn rule(mut self, image: &str, fate: Fate) -> Lifecycle {
         self.rules.push((image.to_owned(), fate));
+        self
+    }
+
+    /// Images whose reference contains `image` run as `uid` (their USER);
+    /// the others as root (0), as most images do. What `runAsNonRoot`
+    /// checks.
+    pub fn user(mut self, image: &str, uid: i64) -> Lifecycle {
+        self.users.push((image.to_owned(), uid));
         self
     }
 }
@@ -171,6 +200,17 @@ pub enum Fate {
         /// What the registry said, e.g. `... not found`.
         message: String,
     },
+    /// The pull fails `failures` times (ErrImagePull, ImagePullBackOff),
+    /// then succeeds: the container starts, logs and becomes ready, as after
+    /// a registry's rate limit (429) or a timeout.
+    PullFailsThen {
+        /// What the registry said each time, e.g. `... 429 Too Many Requests`.
+        message: String,
+        /// How many pulls fail before one succeeds.
+        failures: u32,
+        /// Lines written to its log when it starts.
+        log: Vec<String>,
+    },
     /// Starts, logs, then exits with `code`: terminated under
     /// `restartPolicy: Never`, CrashLoopBackOff under `Always`.
     Exit {
@@ -183,6 +223,14 @@ pub enum Fate {
     Unschedulable {
         /// The scheduler's message, e.g. `0/3 nodes are available: ...`.
         message: String,
+    },
+    /// Unschedulable for `duration` (until the cluster autoscaler's node
+    /// joins), then scheduled: it starts and becomes ready.
+    UnschedulableFor {
+        /// The scheduler's message meanwhile.
+        message: String,
+        /// How long no node fits.
+        duration: Duration,
     },
 }
 
@@ -248,6 +296,8 @@ impl RecordedRequest {
 pub(crate) struct Shared {
     state: Mutex<store::State>,
     tick: tokio::sync::watch::Sender<u64>,
+    /// Raised to make every watch that allows bookmarks send one now.
+    bookmark: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -255,6 +305,7 @@ impl Shared {
         Shared {
             state: Mutex::new(store::State::new(token)),
             tick: tokio::sync::watch::Sender::new(0),
+            bookmark: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -489,6 +540,47 @@ impl StandIn {
     /// resume from their last resourceVersion.
     pub fn end_watches(&self) {
         self.shared.write(|s| s.watch_epoch += 1);
+    }
+
+    /// Keeps only the last `changes` changes for watches to resume from (etcd
+    /// compacts; the watch cache is bounded): a watch from an older
+    /// resourceVersion ends with a 410 `Expired` ERROR event, and its client
+    /// must list again.
+    pub fn set_watch_history(&self, changes: usize) {
+        self.shared.write(|s| s.history_limit = changes.max(1));
+    }
+
+    /// Watches that allow bookmarks get one every `interval` (the API server
+    /// sends them about once a minute, the default); None: only on
+    /// [`bookmark_watches`](Self::bookmark_watches). Applies to watches
+    /// started from now on.
+    pub fn set_bookmark_interval(&self, interval: Option<Duration>) {
+        self.shared.write(|s| s.bookmark_interval = interval);
+    }
+
+    /// Makes every open watch that allows bookmarks send one now, carrying
+    /// the resourceVersion it has reached.
+    pub fn bookmark_watches(&self) {
+        self.shared.bookmark.send_modify(|b| *b += 1);
+    }
+
+    /// The Pod Security level of namespaces without an `enforce` label, as a
+    /// cluster's admission configuration sets it (default: `privileged`).
+    pub fn set_pod_security_default(&self, level: PodSecurityLevel) {
+        self.shared.write(|s| s.admission.default_level = level);
+    }
+
+    /// Plays a validating admission webhook that denies every matching create.
+    pub fn deny_with_webhook(&self, webhook: Webhook) {
+        self.shared.write(|s| s.admission.webhooks.push(webhook));
+    }
+
+    /// Namespaces created through the API from now on get their `default`
+    /// ServiceAccount `delay` after their creation (default: at once); pods
+    /// created before are refused, as the ServiceAccount plugin refuses them.
+    pub fn set_service_account_delay(&self, delay: Duration) {
+        self.shared
+            .write(|s| s.admission.service_account_delay = delay);
     }
 
     /// Removes a namespace and everything in it at once, as the end of its

@@ -51,6 +51,7 @@ pub static RESOURCES: &[Resource] = &[
     core("resourcequotas", "ResourceQuota", true),
     core("limitranges", "LimitRange", true),
     core("events", "Event", true),
+    core("serviceaccounts", "ServiceAccount", true),
     Resource {
         group: "apps",
         version: "v1",

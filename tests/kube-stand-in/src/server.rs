@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::admission;
 use crate::kubelet;
 use crate::portforward::{self, Upgrade};
 use crate::resources::{self, Resource};
@@ -219,6 +220,7 @@ fn collection(
             let body = json_body(call)?;
             let created = shared.write(|s| s.create(res, ns, body))?;
             match (res.plural, ns) {
+                ("namespaces", None) => admission::namespace_created(shared, &created),
                 ("pods", Some(ns)) => kubelet::pod_created(shared, ns, &created),
                 ("daemonsets", Some(ns)) => kubelet::daemon_set_created(shared, ns, &created),
                 _ => {}
@@ -369,6 +371,10 @@ fn watch(
         send_initial_events: call
             .query
             .get("sendInitialEvents")
+            .is_some_and(|v| v == "true"),
+        allow_bookmarks: call
+            .query
+            .get("allowWatchBookmarks")
             .is_some_and(|v| v == "true"),
     };
     let body = stream::watch(shared.clone(), request).boxed();

@@ -138,6 +138,20 @@ impl ApiError {
         )
     }
 
+    /// 403 from an admission plugin or webhook: `pods "db" is forbidden:
+    /// <why>`, as `admission.NewForbidden` writes it.
+    pub fn admission(resource: &str, group: &str, name: &str, why: &str) -> ApiError {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: {why}",
+                qualified(resource, group)
+            ),
+            Some(details(name, group, resource)),
+        )
+    }
+
     /// 400 for a log request of a container that has not started.
     pub fn waiting_to_start(container: &str, pod: &str, reason: &str) -> ApiError {
         ApiError::bad_request(format!(

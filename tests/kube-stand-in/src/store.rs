@@ -13,7 +13,8 @@ use crate::status::ApiError;
 use crate::validate;
 use crate::{Lifecycle, NamespaceDeletion, RecordedRequest};
 
-/// How many changes a watch can resume from; older resourceVersions get 410.
+/// How many changes a watch can resume from by default; older
+/// resourceVersions get 410 (see [`State::history_limit`]).
 const HISTORY: usize = 10_000;
 
 /// An object's place: resource, namespace (empty for cluster-scoped) and name.
@@ -94,6 +95,13 @@ pub struct State {
     /// Raised to end every open watch (as an API server restart would).
     pub watch_epoch: u64,
     next_event: u64,
+    /// How many changes are kept for watches to resume from (etcd's
+    /// compaction and the watch cache's size on a cluster).
+    pub history_limit: usize,
+    /// Admission: Pod Security's default, webhooks, ServiceAccounts.
+    pub admission: crate::admission::Policy,
+    /// How often watches that allow bookmarks get one; None: never by time.
+    pub bookmark_interval: Option<Duration>,
 }
 
 /// Where a port-forward to a pod's port is relayed.
@@ -126,6 +134,9 @@ impl State {
             forwards: Vec::new(),
             watch_epoch: 0,
             next_event: 1,
+            history_limit: HISTORY,
+            admission: crate::admission::Policy::default(),
+            bookmark_interval: Some(Duration::from_secs(60)),
         }
     }
 
@@ -168,9 +179,7 @@ impl State {
                 terminating,
             ));
         }
-        if let (Some(ns), "pods") = (ns, res.plural) {
-            self.admit_pod(ns, &name)?;
-        }
+        crate::admission::admit(self, res, ns, &name, &mut object)?;
         self.server_fields(&mut object, res, ns);
         self.defaults(&mut object, res);
         let created = self.store(key, object, "ADDED");
@@ -180,27 +189,8 @@ impl State {
         Ok(created)
     }
 
-    /// The ResourceQuota admission plugin for the `pods` count: a pod that
-    /// would exceed a quota's `hard.pods` is refused with its words.
-    fn admit_pod(&self, ns: &str, name: &str) -> Result<(), ApiError> {
-        let used = self.pods_counted(ns);
-        for quota in self.all(quotas(), Some(ns)) {
-            let Some(limit) = quota["spec"]["hard"]["pods"]
-                .as_str()
-                .and_then(|p| p.parse::<usize>().ok())
-            else {
-                continue;
-            };
-            if used + 1 > limit {
-                let quota_name = quota["metadata"]["name"].as_str().unwrap_or("");
-                return Err(ApiError::quota_exceeded(name, quota_name, used, limit));
-            }
-        }
-        Ok(())
-    }
-
     /// Pods that count against a quota: those not Succeeded or Failed.
-    fn pods_counted(&self, ns: &str) -> usize {
+    pub(crate) fn pods_counted(&self, ns: &str) -> usize {
         let pods = resources::by_plural("pods").expect("pods are served");
         self.select(pods, Some(ns), &Selection::default())
             .filter(|(_, p)| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
@@ -546,7 +536,7 @@ impl State {
     /// `rv` is older than the history.
     pub fn changes_since(&self, rv: u64) -> Result<Vec<Change>, u64> {
         let oldest = self.history.front().map_or(self.rv, |c| c.rv);
-        if rv + 1 < oldest && self.history.len() == HISTORY {
+        if rv + 1 < oldest && self.history.len() >= self.history_limit {
             return Err(oldest);
         }
         Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
@@ -650,7 +640,7 @@ impl State {
     }
 
     fn record(&mut self, key: Key, kind: &'static str, object: Value) {
-        if self.history.len() == HISTORY {
+        while self.history.len() >= self.history_limit.max(1) {
             self.history.pop_front();
         }
         self.history.push_back(Change {

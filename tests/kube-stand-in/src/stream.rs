@@ -1,6 +1,8 @@
-//! Streaming answers: watches (newline-delimited WatchEvents) and followed
-//! pod logs. Each runs as a task that writes into a channel the response
-//! body reads; a client that hangs up closes the channel and ends the task.
+//! Streaming answers: watches (newline-delimited WatchEvents, BOOKMARKs for
+//! clients that allow them, a 410 `Expired` ERROR for a resourceVersion
+//! older than the kept history) and followed pod logs. Each runs as a task
+//! that writes into a channel the response body reads; a client that hangs
+//! up closes the channel and ends the task.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -53,6 +55,8 @@ pub struct WatchRequest {
     pub timeout: Duration,
     /// `sendInitialEvents=true`: a BOOKMARK marks the end of the initial ADDEDs.
     pub send_initial_events: bool,
+    /// `allowWatchBookmarks=true`: BOOKMARK events now and then.
+    pub allow_bookmarks: bool,
 }
 
 /// Starts a watch; the body streams its events.
@@ -60,32 +64,57 @@ pub fn watch(shared: Arc<Shared>, request: WatchRequest) -> ChannelBody {
     let (tx, rx) = mpsc::channel(64);
     // Subscribe before reading the state, so no change falls in between.
     let mut ticks = shared.tick.subscribe();
-    let (initial, mut position, epoch) = shared.read(|s| {
+    let mut asked = shared.bookmark.subscribe();
+    let (initial, mut position, epoch, interval) = shared.read(|s| {
         let (events, position) = initial_events(s, &request);
-        (events, position, s.watch_epoch)
+        (events, position, s.watch_epoch, s.bookmark_interval)
     });
+    let interval = interval.filter(|_| request.allow_bookmarks);
     tokio::spawn(async move {
         if !send_all(&tx, initial).await {
             return;
         }
         let deadline = Instant::now() + request.timeout;
+        let mut next_bookmark = interval.map(|i| Instant::now() + i);
         loop {
+            let mut bookmark = false;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tx.closed() => return,
                 changed = ticks.changed() => if changed.is_err() { return },
+                changed = asked.changed() => {
+                    if changed.is_err() { return }
+                    bookmark = request.allow_bookmarks;
+                }
+                _ = tokio::time::sleep_until(next_bookmark.unwrap_or(deadline)), if next_bookmark.is_some() => {
+                    bookmark = true;
+                    next_bookmark = interval.map(|i| Instant::now() + i);
+                }
             }
             if shared.read(|s| s.watch_epoch) != epoch {
                 return;
             }
-            let (events, next) = shared.read(|s| events_since(s, &request, position));
+            // Changes first: a bookmark promises everything before it was sent.
+            let (mut events, next) = shared.read(|s| events_since(s, &request, position));
             position = next;
+            if bookmark && position != u64::MAX {
+                events.push(bookmark_event(request.res, position));
+            }
             if !send_all(&tx, events).await {
                 return;
             }
         }
     });
     ChannelBody { rx }
+}
+
+/// A BOOKMARK: only the kind and the resourceVersion the watch has reached.
+fn bookmark_event(res: &Resource, rv: u64) -> Value {
+    json!({"type": "BOOKMARK", "object": {
+        "apiVersion": res.api_version(),
+        "kind": res.kind,
+        "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null},
+    }})
 }
 
 /// The events a watch starts with, and the resourceVersion it continues from.

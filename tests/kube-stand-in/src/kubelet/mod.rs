@@ -1,9 +1,13 @@
 //! What a cluster's scheduler, kubelet and DaemonSet controller would do to
 //! the pods the API creates, when a [`Lifecycle`] is set: scheduling (or
-//! not), image pulls that fail, containers that start, log, pass their
-//! readiness probe, exit or crash-loop, and the events each step records,
-//! all in the shapes the real components write. Without a lifecycle, pods
-//! stay as created (Pending) and tests drive them by hand.
+//! not yet, or never), image pulls that fail (for good, or a few times
+//! before they succeed), containers that start, log, pass their readiness
+//! probe, exit or crash-loop, and the events each step records, all in the
+//! shapes the real components write. Without a lifecycle, pods stay as
+//! created (Pending) and tests drive them by hand.
+
+mod daemonset;
+mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +15,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::resources::{self, Resource};
-use crate::store::{now, State};
+use crate::store::now;
 use crate::{Fate, Lifecycle, Shared};
+
+pub use daemonset::{daemon_set_created, refresh_daemon_set};
+use status::{invalid_image, pod_status, running, terminated, waiting};
 
 /// The node every pod is scheduled onto (DaemonSet pods: `node-1`, `node-2`...).
 const NODE: &str = "node-1";
@@ -23,10 +30,6 @@ const PULL_BACKOFF: Duration = Duration::from_millis(50);
 
 fn pods() -> &'static Resource {
     resources::by_plural("pods").expect("pods are served")
-}
-
-fn daemonsets() -> &'static Resource {
-    resources::by_plural("daemonsets").expect("daemonsets are served")
 }
 
 /// A pod was created through the API: run it by the lifecycle, if any.
@@ -44,86 +47,6 @@ pub fn pod_created(shared: &Arc<Shared>, ns: &str, pod: &Value) {
         lifecycle,
     };
     tokio::spawn(kubelet.run());
-}
-
-/// A DaemonSet was created through the API: one pod per node, as the
-/// controller makes them, when a lifecycle is set.
-pub fn daemon_set_created(shared: &Arc<Shared>, ns: &str, ds: &Value) {
-    let Some(lifecycle) = shared.read(|s| s.lifecycle.clone()) else {
-        return;
-    };
-    let name = ds["metadata"]["name"].as_str().unwrap_or("").to_owned();
-    let created: Vec<Value> = shared.write(|s| {
-        (1..=lifecycle.nodes)
-            .filter_map(|node| {
-                let pod = daemon_pod(ds, node);
-                s.create(pods(), Some(ns), pod).ok()
-            })
-            .collect()
-    });
-    shared.write(|s| refresh_daemon_set(s, ns, &name));
-    for pod in created {
-        pod_created(shared, ns, &pod);
-    }
-}
-
-/// A pod of the DaemonSet's template, bound to `node-<n>`.
-fn daemon_pod(ds: &Value, node: u32) -> Value {
-    let name = ds["metadata"]["name"].as_str().unwrap_or("ds");
-    let template = &ds["spec"]["template"];
-    let mut spec = template["spec"].clone();
-    spec["nodeName"] = json!(format!("node-{node}"));
-    json!({
-        "metadata": {
-            "generateName": format!("{name}-"),
-            "labels": template["metadata"]["labels"].clone(),
-            "ownerReferences": [{
-                "apiVersion": "apps/v1",
-                "kind": "DaemonSet",
-                "name": name,
-                "uid": ds["metadata"]["uid"].clone(),
-                "controller": true,
-                "blockOwnerDeletion": true,
-            }],
-        },
-        "spec": spec,
-    })
-}
-
-/// The DaemonSet's status from its pods, as its controller counts them.
-pub fn refresh_daemon_set(state: &mut State, ns: &str, name: &str) {
-    let Ok(ds) = state.get(daemonsets(), Some(ns), name) else {
-        return;
-    };
-    let uid = ds["metadata"]["uid"].clone();
-    let owned: Vec<Value> = state
-        .all(pods(), Some(ns))
-        .into_iter()
-        .filter(|p| p["metadata"]["ownerReferences"][0]["uid"] == uid)
-        .collect();
-    let desired = owned.len();
-    let ready = owned.iter().filter(|p| is_ready(p)).count();
-    let status = json!({
-        "currentNumberScheduled": desired,
-        "desiredNumberScheduled": desired,
-        "numberMisscheduled": 0,
-        "numberReady": ready,
-        "numberAvailable": ready,
-        "numberUnavailable": desired - ready,
-        "updatedNumberScheduled": desired,
-        "observedGeneration": ds["metadata"]["generation"].clone(),
-    });
-    if ds["status"] != status {
-        state.update(daemonsets(), Some(ns), name, |d| d["status"] = status);
-    }
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 /// One container as the kubelet reports it.
@@ -151,11 +74,8 @@ impl Kubelet {
         let restart_always = pod["spec"]["restartPolicy"].as_str() != Some("Never");
         let mut init = self.containers(&pod["spec"]["initContainers"]);
         let mut main = self.containers(&pod["spec"]["containers"]);
-        if let Some(message) = init.iter().chain(&main).find_map(|c| match &c.fate {
-            Fate::Unschedulable { message } => Some(message.clone()),
-            _ => None,
-        }) {
-            return self.unschedulable(&message);
+        if !self.schedule(&init, &main).await {
+            return;
         }
         let node = pod["spec"]["nodeName"].as_str().unwrap_or(NODE).to_owned();
         for c in init.iter_mut().chain(main.iter_mut()) {
@@ -175,9 +95,8 @@ impl Kubelet {
         if !self.write(&node, &init, &main, "Pending") {
             return;
         }
-        if let Some(problem) = self.config_problem(&pod) {
-            let target = main.first_mut().expect("a pod has a container");
-            target.status = waiting(target, "CreateContainerConfigError", Some(&problem));
+        if let Some((i, problem)) = self.config_problem(&pod, &main) {
+            main[i].status = waiting(&main[i], "CreateContainerConfigError", Some(&problem));
             self.event("Warning", "Failed", &format!("Error: {problem}"), "kubelet");
             self.write(&node, &init, &main, "Pending");
             return;
@@ -225,7 +144,11 @@ impl Kubelet {
             );
         }
         for c in &main {
-            if let Fate::Run { log } | Fate::NeverReady { log } | Fate::Exit { log, .. } = &c.fate {
+            if let Fate::Run { log }
+            | Fate::NeverReady { log }
+            | Fate::Exit { log, .. }
+            | Fate::PullFailsThen { log, .. } = &c.fate
+            {
                 self.append_log(log);
             }
         }
@@ -255,23 +178,22 @@ impl Kubelet {
             self.exited(node, init, main, i, code, restart_always, false);
             return;
         }
-        if !main
-            .iter()
-            .any(|c| c.probe && matches!(c.fate, Fate::Run { .. }))
-        {
+        if !main.iter().any(|c| c.probe && c.fate.becomes_ready()) {
             return;
         }
         tokio::time::sleep(self.lifecycle.ready_after).await;
         for c in main.iter_mut() {
-            if matches!(c.fate, Fate::Run { .. }) {
+            if c.fate.becomes_ready() {
                 c.status["ready"] = json!(true);
             }
         }
         self.write(node, init, main, "Running");
     }
 
-    /// Pulls container `i`'s image; false when the pull failed (the pod
-    /// then stays Pending in ImagePullBackOff) or the pod is gone.
+    /// Pulls container `i`'s image; false when the pull failed for good
+    /// (the pod then stays Pending in ImagePullBackOff) or the pod is gone.
+    /// A pull that fails a few times backs off between tries, as the
+    /// kubelet does, and then succeeds.
     async fn pull(
         &self,
         node: &str,
@@ -291,36 +213,67 @@ impl Kubelet {
             self.write(node, &init, &main, "Pending");
             return false;
         }
-        let Fate::PullFails { message } = &c.fate else {
+        let (message, failures) = match &c.fate {
+            Fate::PullFails { message } => (message.clone(), u32::MAX),
+            Fate::PullFailsThen {
+                message, failures, ..
+            } => (message.clone(), *failures),
+            _ => {
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    &format!("Container image \"{}\" already present on machine", c.image),
+                    "kubelet",
+                );
+                return true;
+            }
+        };
+        let mut failed = 0;
+        loop {
             self.event(
                 "Normal",
-                "Pulled",
-                &format!("Container image \"{}\" already present on machine", c.image),
+                "Pulling",
+                &format!("Pulling image \"{}\"", c.image),
                 "kubelet",
             );
-            return true;
-        };
-        let failed = format!("Failed to pull image \"{}\": {message}", c.image);
-        self.event(
-            "Normal",
-            "Pulling",
-            &format!("Pulling image \"{}\"", c.image),
-            "kubelet",
-        );
-        self.event("Warning", "Failed", &failed, "kubelet");
-        self.event("Warning", "Failed", "Error: ErrImagePull", "kubelet");
-        list[i].status = waiting(&c, "ErrImagePull", Some(&failed));
-        if !self.write(node, &init, &main, "Pending") {
-            return false;
+            if failed == failures {
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    &format!(
+                        "Successfully pulled image \"{}\" in 812ms (812ms including waiting). Image size: 45127783 bytes.",
+                        c.image
+                    ),
+                    "kubelet",
+                );
+                return true;
+            }
+            failed += 1;
+            // The kubelet's words: the event names the image, the status
+            // carries the runtime's error, the back-off repeats it (1.32+).
+            let event = format!("Failed to pull image \"{}\": {message}", c.image);
+            self.event("Warning", "Failed", &event, "kubelet");
+            self.event("Warning", "Failed", "Error: ErrImagePull", "kubelet");
+            let list = if is_init { &mut init } else { &mut main };
+            list[i].status = waiting(&c, "ErrImagePull", Some(&message));
+            if !self.write(node, &init, &main, "Pending") {
+                return false;
+            }
+            tokio::time::sleep(PULL_BACKOFF).await;
+            let backoff = format!("Back-off pulling image \"{}\"", c.image);
+            let list = if is_init { &mut init } else { &mut main };
+            list[i].status = waiting(
+                &c,
+                "ImagePullBackOff",
+                Some(&format!("{backoff}: ErrImagePull: {message}")),
+            );
+            self.event("Normal", "BackOff", &backoff, "kubelet");
+            self.event("Warning", "Failed", "Error: ImagePullBackOff", "kubelet");
+            if !self.write(node, &init, &main, "Pending") || failures == u32::MAX {
+                return false;
+            }
+            tokio::time::sleep(PULL_BACKOFF).await;
         }
-        tokio::time::sleep(PULL_BACKOFF).await;
-        let list = if is_init { &mut init } else { &mut main };
-        let backoff = format!("Back-off pulling image \"{}\"", c.image);
-        list[i].status = waiting(&c, "ImagePullBackOff", Some(&backoff));
-        self.event("Normal", "BackOff", &backoff, "kubelet");
-        self.event("Warning", "Failed", "Error: ImagePullBackOff", "kubelet");
-        self.write(node, &init, &main, "Pending");
-        false
     }
 
     /// Container `i` exited with `code`: terminated for `restartPolicy:
@@ -377,8 +330,21 @@ impl Kubelet {
         self.write(node, init, main, phase);
     }
 
-    fn unschedulable(&self, message: &str) {
-        self.event("Warning", "FailedScheduling", message, "default-scheduler");
+    /// Schedules the pod: at once, after an Unschedulable spell (as when a
+    /// cluster autoscaler adds a node), or never; false when it stays
+    /// unscheduled or is gone.
+    async fn schedule(&self, init: &[Container], main: &[Container]) -> bool {
+        let spell = init.iter().chain(main).find_map(|c| match &c.fate {
+            Fate::Unschedulable { message } => Some((message.clone(), None)),
+            Fate::UnschedulableFor { message, duration } => {
+                Some((message.clone(), Some(*duration)))
+            }
+            _ => None,
+        });
+        let Some((message, duration)) = spell else {
+            return true;
+        };
+        self.event("Warning", "FailedScheduling", &message, "default-scheduler");
         let status = json!({
             "phase": "Pending",
             "conditions": [{
@@ -391,34 +357,73 @@ impl Kubelet {
             }],
             "qosClass": "Burstable",
         });
-        self.update(|p| p["status"] = status);
+        if !self.update(|p| p["status"] = status) {
+            return false;
+        }
+        let Some(duration) = duration else {
+            return false;
+        };
+        tokio::time::sleep(duration).await;
+        self.event(
+            "Normal",
+            "TriggeredScaleUp",
+            "pod triggered scale-up: [{node-group-1 1->2 (max: 5)}]",
+            "cluster-autoscaler",
+        );
+        self.current().is_some()
     }
 
-    /// `CreateContainerConfigError`'s message when an env var names a
-    /// Secret or key that does not exist.
-    fn config_problem(&self, pod: &Value) -> Option<String> {
+    /// The first main container the kubelet cannot create, and its
+    /// `CreateContainerConfigError` message: an env var naming a Secret or
+    /// key that does not exist, or `runAsNonRoot` with an image that would
+    /// run as root.
+    fn config_problem(&self, pod: &Value, main: &[Container]) -> Option<(usize, String)> {
         let secrets = resources::by_plural("secrets").expect("secrets are served");
-        let refs = pod["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|c| c["env"].as_array().into_iter().flatten())
-            .filter_map(|e| e["valueFrom"]["secretKeyRef"].as_object());
-        for r in refs {
-            let name = r.get("name").and_then(Value::as_str).unwrap_or("");
-            let key = r.get("key").and_then(Value::as_str).unwrap_or("");
-            let found = self
-                .shared
-                .read(|s| s.get(secrets, Some(&self.ns), name).ok());
-            match found {
-                None => return Some(format!("secret \"{name}\" not found")),
-                Some(secret) if secret["data"][key].is_null() => {
-                    return Some(format!(
-                        "couldn't find key {key} in Secret {}/{name}",
-                        self.ns
-                    ))
+        let specs = pod["spec"]["containers"].as_array()?;
+        for (i, c) in specs.iter().enumerate() {
+            let refs = c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["valueFrom"]["secretKeyRef"].as_object());
+            for r in refs {
+                let name = r.get("name").and_then(Value::as_str).unwrap_or("");
+                let key = r.get("key").and_then(Value::as_str).unwrap_or("");
+                let found = self
+                    .shared
+                    .read(|s| s.get(secrets, Some(&self.ns), name).ok());
+                match found {
+                    None => return Some((i, format!("secret \"{name}\" not found"))),
+                    Some(secret) if secret["data"][key].is_null() => {
+                        return Some((
+                            i,
+                            format!("couldn't find key {key} in Secret {}/{name}", self.ns),
+                        ))
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
+            }
+            let context = |field: &str| {
+                let own = &c["securityContext"][field];
+                if own.is_null() {
+                    pod["spec"]["securityContext"][field].clone()
+                } else {
+                    own.clone()
+                }
+            };
+            let image_user = main.get(i).map_or(0, |m| self.lifecycle.user_of(&m.image));
+            let user = context("runAsUser").as_i64().unwrap_or(image_user);
+            if context("runAsNonRoot") == true && user == 0 {
+                return Some((
+                    i,
+                    format!(
+                        "container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {})",
+                        self.name,
+                        self.ns,
+                        self.uid,
+                        c["name"].as_str().unwrap_or("")
+                    ),
+                ));
             }
         }
         None
@@ -511,151 +516,14 @@ impl Kubelet {
     }
 }
 
-/// `Reason` of an image reference the kubelet cannot parse, as it words it.
-fn invalid_image(image: &str) -> Option<String> {
-    let repository = image.split(['@']).next().unwrap_or(image);
-    let repository = match repository.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => repo,
-        _ => repository,
-    };
-    let bad = image.is_empty()
-        || repository
-            .chars()
-            .any(|c| c.is_ascii_uppercase() || c == ' ');
-    bad.then(|| {
-        format!(
-            "Failed to apply default image tag \"{image}\": couldn't parse image name \"{image}\": invalid reference format: repository name must be lowercase"
+impl Fate {
+    /// Whether a running container of this fate passes its readiness probe.
+    fn becomes_ready(&self) -> bool {
+        matches!(
+            self,
+            Fate::Run { .. } | Fate::PullFailsThen { .. } | Fate::UnschedulableFor { .. }
         )
-    })
-}
-
-fn base_status(c: &Container) -> Value {
-    json!({
-        "name": c.name,
-        "image": c.image,
-        "imageID": "",
-        "ready": false,
-        "restartCount": 0,
-        "started": false,
-    })
-}
-
-fn waiting(c: &Container, reason: &str, message: Option<&str>) -> Value {
-    let mut status = base_status(c);
-    status["restartCount"] = c.status["restartCount"].clone();
-    if status["restartCount"].is_null() {
-        status["restartCount"] = json!(0);
     }
-    let mut waiting = json!({"reason": reason});
-    if let Some(message) = message {
-        waiting["message"] = json!(message);
-    }
-    status["state"] = json!({"waiting": waiting});
-    status
-}
-
-fn running(c: &Container, started: &str, ready: bool) -> Value {
-    let mut status = base_status(c);
-    status["imageID"] = json!(image_id(&c.image));
-    status["containerID"] = json!(container_id(&c.name));
-    status["ready"] = json!(ready);
-    status["started"] = json!(true);
-    status["state"] = json!({"running": {"startedAt": started}});
-    status
-}
-
-fn terminated(
-    c: &Container,
-    code: i32,
-    reason: &str,
-    started: &str,
-    finished: Option<&str>,
-) -> Value {
-    let mut status = base_status(c);
-    status["imageID"] = json!(image_id(&c.image));
-    status["containerID"] = json!(container_id(&c.name));
-    status["state"] = json!({"terminated": {
-        "exitCode": code,
-        "reason": reason,
-        "startedAt": started,
-        "finishedAt": finished.map_or_else(now, str::to_owned),
-        "containerID": container_id(&c.name),
-    }});
-    status
-}
-
-fn image_id(image: &str) -> String {
-    format!("docker.io/library/{image}@sha256:{:064x}", image.len())
-}
-
-fn container_id(name: &str) -> String {
-    format!("containerd://{:064x}", name.len() as u64 * 7919)
-}
-
-/// The pod's status: phase, the conditions the kubelet derives from its
-/// containers, and each container's status.
-fn pod_status(init: &[Container], main: &[Container], phase: &str, start_time: &str) -> Value {
-    let initialized = init
-        .iter()
-        .all(|c| !c.status["state"]["terminated"].is_null());
-    let not_ready: Vec<&str> = main
-        .iter()
-        .filter(|c| c.status["ready"] != true)
-        .map(|c| c.name.as_str())
-        .collect();
-    let at = now();
-    let condition = |type_: &str, ok: bool, reason: Option<String>, message: Option<String>| {
-        let mut c = json!({"type": type_, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": at});
-        if let (false, Some(reason)) = (ok, reason) {
-            c["reason"] = json!(reason);
-        }
-        if let (false, Some(message)) = (ok, message) {
-            c["message"] = json!(message);
-        }
-        c
-    };
-    let unready = format!("containers with unready status: [{}]", not_ready.join(" "));
-    let mut conditions = vec![
-        condition("PodReadyToStartContainers", true, None, None),
-        condition(
-            "Initialized",
-            initialized,
-            Some("ContainersNotInitialized".into()),
-            Some("containers with incomplete status: [init]".into()),
-        ),
-        condition(
-            "Ready",
-            not_ready.is_empty(),
-            Some("ContainersNotReady".into()),
-            Some(unready.clone()),
-        ),
-        condition(
-            "ContainersReady",
-            not_ready.is_empty(),
-            Some("ContainersNotReady".into()),
-            Some(unready),
-        ),
-        condition("PodScheduled", true, None, None),
-    ];
-    if phase == "Failed" || phase == "Succeeded" {
-        conditions[2]["reason"] = json!("PodCompleted");
-    }
-    let mut status = json!({
-        "phase": phase,
-        "conditions": conditions,
-        "hostIP": "10.0.0.11",
-        "hostIPs": [{"ip": "10.0.0.11"}],
-        "podIP": "10.244.0.17",
-        "podIPs": [{"ip": "10.244.0.17"}],
-        "startTime": start_time,
-        "qosClass": "Burstable",
-        "containerStatuses": main.iter().map(|c| c.status.clone()).collect::<Vec<_>>(),
-    });
-    if !init.is_empty() {
-        status["initContainerStatuses"] =
-            json!(init.iter().map(|c| c.status.clone()).collect::<Vec<_>>());
-    }
-    status
 }
 
 impl Lifecycle {
@@ -666,5 +534,14 @@ impl Lifecycle {
             .iter()
             .find(|(text, _)| image.contains(text.as_str()))
             .map_or(Fate::Run { log: Vec::new() }, |(_, fate)| fate.clone())
+    }
+
+    /// The user id `image` runs as (its USER): the first [`Lifecycle::user`]
+    /// rule whose text the image contains, else 0 (root, like most images).
+    pub fn user_of(&self, image: &str) -> i64 {
+        self.users
+            .iter()
+            .find(|(text, _)| image.contains(text.as_str()))
+            .map_or(0, |(_, uid)| *uid)
     }
 }

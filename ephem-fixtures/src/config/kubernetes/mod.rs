@@ -1,23 +1,28 @@
-//! The `[kubernetes]` table: how the Kubernetes backend names, bounds and
-//! reaches each shard's namespace, and the optional Helm chart per shard.
+//! The `[kubernetes]` table: how the Kubernetes backend names, bounds,
+//! secures and reaches each shard's namespace, and the optional Helm chart
+//! per shard; and each service's `[services.NAME.kubernetes]` table.
 //!
 //! Every key has a default, so a file without the table works on a cluster
 //! as it is; the table is validated whatever the backend, like the rest of
 //! the file.
 
-use std::cmp::Ordering;
+mod bounds;
+mod security;
+
 use std::fmt;
-use std::ops::Range;
 use std::str::FromStr;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::error::Locator;
-use super::raw::{RawHelm, RawKubernetes, RawLimits, RawQuota, Scalar, SpannedList};
+use super::raw::{RawHelm, RawKubernetes, SpannedList};
 use super::ConfigError;
 use crate::kubernetes::labels;
-use crate::kubernetes::quantity::Quantity;
+
+pub use bounds::{LimitsConfig, QuotaConfig};
+pub(super) use security::check_service;
+pub use security::{PodSecurity, ServiceKubernetes};
 
 /// Default `namespace-prefix`: namespaces are `ephem-<run8>-<shard>`.
 pub const DEFAULT_NAMESPACE_PREFIX: &str = "ephem";
@@ -30,6 +35,10 @@ pub const MAX_HELM_RELEASE_LEN: usize = 53;
 /// The largest `[kubernetes.quota] pods`: far beyond any test environment,
 /// and Kubernetes' own guidance is 150,000 pods for a whole cluster.
 pub const MAX_QUOTA_PODS: u32 = 10_000;
+/// Default `cluster-domain`: kubeadm's, kind's, k3s' and most managed clusters'.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Environment variable that overrides `[kubernetes] registry`.
+pub const KUBERNETES_REGISTRY_ENV: &str = "EPHEM_KUBERNETES_REGISTRY";
 
 /// The `[kubernetes]` table.
 #[derive(Clone, Debug)]
@@ -46,6 +55,17 @@ pub struct KubernetesConfig {
     pub prepull: bool,
     /// `reach`: how tests reach the services.
     pub reach: Reach,
+    /// `pod-security`: the Pod Security Standard every pod meets and every
+    /// namespace enforces.
+    pub pod_security: PodSecurity,
+    /// `registry`: the registry the cluster pulls Docker Hub images through
+    /// (`EPHEM_KUBERNETES_REGISTRY` overrides it; see
+    /// [`effective_registry`](Self::effective_registry)). Never the Docker
+    /// daemon's `[images] mirror`.
+    pub registry: Option<String>,
+    /// `cluster-domain`: the cluster's DNS domain, in Services' full names
+    /// (`NAME.NAMESPACE.svc.<domain>`).
+    pub cluster_domain: String,
     /// `[kubernetes.quota]`: the ResourceQuota of every shard's namespace.
     pub quota: QuotaConfig,
     /// `[kubernetes.limits]`: the LimitRange (per-container defaults) of every shard's namespace.
@@ -62,9 +82,27 @@ impl Default for KubernetesConfig {
             image_pull_secrets: Vec::new(),
             prepull: false,
             reach: Reach::default(),
+            pod_security: PodSecurity::default(),
+            registry: None,
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
             quota: QuotaConfig::default(),
             limits: LimitsConfig::default(),
             helm: None,
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// The registry pods pull Docker Hub images through:
+    /// `EPHEM_KUBERNETES_REGISTRY` when set and not empty, else `registry`.
+    /// `EPHEM_REGISTRY_MIRROR` is the Docker daemon's and is never used here:
+    /// `localhost:5000` on the runner means nothing to a node.
+    pub fn effective_registry(&self) -> Option<String> {
+        match std::env::var(KUBERNETES_REGISTRY_ENV) {
+            Ok(value) if !value.trim().is_empty() => {
+                Some(value.trim().trim_end_matches('/').to_owned())
+            }
+            _ => self.registry.clone(),
         }
     }
 }
@@ -115,59 +153,6 @@ impl FromStr for Reach {
     }
 }
 
-/// `[kubernetes.quota]`: what one shard's namespace may use in all, so that
-/// no shard can starve the cluster.
-#[derive(Clone, Debug)]
-pub struct QuotaConfig {
-    /// `requests-cpu` (`"4"`): CPU requested by all pods together.
-    pub requests_cpu: Quantity,
-    /// `requests-memory` (`"8Gi"`).
-    pub requests_memory: Quantity,
-    /// `limits-cpu` (`"8"`): CPU limits of all pods together.
-    pub limits_cpu: Quantity,
-    /// `limits-memory` (`"16Gi"`).
-    pub limits_memory: Quantity,
-    /// `pods` (20): pods in the namespace.
-    pub pods: u32,
-}
-
-impl Default for QuotaConfig {
-    fn default() -> Self {
-        QuotaConfig {
-            requests_cpu: known("4"),
-            requests_memory: known("8Gi"),
-            limits_cpu: known("8"),
-            limits_memory: known("16Gi"),
-            pods: 20,
-        }
-    }
-}
-
-/// `[kubernetes.limits]`: defaults for containers that say nothing about
-/// resources (the quota makes the API server reject those otherwise).
-#[derive(Clone, Debug)]
-pub struct LimitsConfig {
-    /// `default-request-cpu` (`"100m"`).
-    pub default_request_cpu: Quantity,
-    /// `default-request-memory` (`"128Mi"`).
-    pub default_request_memory: Quantity,
-    /// `default-cpu` (`"1"`): the default CPU limit.
-    pub default_cpu: Quantity,
-    /// `default-memory` (`"1Gi"`): the default memory limit.
-    pub default_memory: Quantity,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            default_request_cpu: known("100m"),
-            default_request_memory: known("128Mi"),
-            default_cpu: known("1"),
-            default_memory: known("1Gi"),
-        }
-    }
-}
-
 /// `[kubernetes.helm]`: a chart installed in every shard's namespace after
 /// its services are ready.
 #[derive(Clone, Debug)]
@@ -184,11 +169,6 @@ pub struct HelmConfig {
     pub timeout: Duration,
 }
 
-/// A default that is a valid quantity by construction (unit-tested).
-fn known(text: &str) -> Quantity {
-    Quantity::parse(text).unwrap_or_else(|e| unreachable!("default quantity {text}: {e}"))
-}
-
 /// Checks the `[kubernetes]` table; its absence gives every default.
 pub(super) fn check(
     at: &Locator<'_>,
@@ -198,8 +178,8 @@ pub(super) fn check(
         return Ok(KubernetesConfig::default());
     };
     let defaults = KubernetesConfig::default();
-    let quota = check_quota(at, raw.quota.as_ref())?;
-    let limits = check_limits(at, raw.limits.as_ref(), &quota, raw.quota.as_ref())?;
+    let quota = bounds::check_quota(at, raw.quota.as_ref())?;
+    let limits = bounds::check_limits(at, raw.limits.as_ref(), &quota, raw.quota.as_ref())?;
     Ok(KubernetesConfig {
         context: raw
             .context
@@ -222,6 +202,22 @@ pub(super) fn check(
                 .map_err(|e| at.error(reach.span(), "kubernetes.reach", e))?,
             None => Reach::default(),
         },
+        pod_security: match &raw.pod_security {
+            Some(level) => level
+                .get_ref()
+                .parse()
+                .map_err(|e| at.error(level.span(), "kubernetes.pod-security", e))?,
+            None => PodSecurity::default(),
+        },
+        registry: raw
+            .registry
+            .as_ref()
+            .map(|r| check_registry(at, r))
+            .transpose()?,
+        cluster_domain: match &raw.cluster_domain {
+            Some(domain) => check_cluster_domain(at, domain)?,
+            None => defaults.cluster_domain,
+        },
         quota,
         limits,
         helm: raw.helm.as_ref().map(|h| check_helm(at, h)).transpose()?,
@@ -243,6 +239,32 @@ fn non_empty(
         ));
     }
     Ok(text.to_owned())
+}
+
+/// `registry`: `host[:port][/path]`, as `[images] mirror` is written.
+fn check_registry(at: &Locator<'_>, registry: &Spanned<String>) -> Result<String, ConfigError> {
+    let value = registry.get_ref().trim().trim_end_matches('/');
+    if value.is_empty() || value.contains("://") || value.contains(char::is_whitespace) {
+        return Err(at.error(
+            registry.span(),
+            "kubernetes.registry",
+            format!("{value:?} is not a registry address; write host[:port][/path] without a scheme, as the cluster's nodes reach it, e.g. \"mirror.example:5000\""),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// `cluster-domain`: a DNS-1123 subdomain (a trailing dot is dropped).
+fn check_cluster_domain(at: &Locator<'_>, domain: &Spanned<String>) -> Result<String, ConfigError> {
+    let value = domain.get_ref().trim().trim_end_matches('.');
+    if !is_dns1123_subdomain(value) {
+        return Err(at.error(
+            domain.span(),
+            "kubernetes.cluster-domain",
+            format!("{value:?} is not a DNS domain: dot-separated labels of lowercase letters, digits and -; the cluster's is in any pod's /etc/resolv.conf (search NS.svc.DOMAIN), usually \"{DEFAULT_CLUSTER_DOMAIN}\""),
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 fn check_prefix(at: &Locator<'_>, prefix: &Spanned<String>) -> Result<String, ConfigError> {
@@ -285,235 +307,6 @@ fn check_pull_secrets(
         names.push(value.clone());
     }
     Ok(names)
-}
-
-fn check_quota(at: &Locator<'_>, raw: Option<&RawQuota>) -> Result<QuotaConfig, ConfigError> {
-    let defaults = QuotaConfig::default();
-    let Some(raw) = raw else {
-        return Ok(defaults);
-    };
-    let q = |value: &Option<Spanned<Scalar>>, name: &str, default: Quantity| {
-        quantity(at, value, &format!("kubernetes.quota.{name}"), default)
-    };
-    Ok(QuotaConfig {
-        requests_cpu: q(&raw.requests_cpu, "requests-cpu", defaults.requests_cpu)?,
-        requests_memory: q(
-            &raw.requests_memory,
-            "requests-memory",
-            defaults.requests_memory,
-        )?,
-        limits_cpu: q(&raw.limits_cpu, "limits-cpu", defaults.limits_cpu)?,
-        limits_memory: q(&raw.limits_memory, "limits-memory", defaults.limits_memory)?,
-        pods: match &raw.pods {
-            Some(pods) => check_pods(at, pods)?,
-            None => defaults.pods,
-        },
-    })
-}
-
-fn check_pods(at: &Locator<'_>, pods: &Spanned<i64>) -> Result<u32, ConfigError> {
-    let value = *pods.get_ref();
-    match u32::try_from(value) {
-        Ok(n) if (1..=MAX_QUOTA_PODS).contains(&n) => Ok(n),
-        _ => Err(at.error(
-            pods.span(),
-            "kubernetes.quota.pods",
-            format!("{value} is out of range: a shard's namespace holds 1 to {MAX_QUOTA_PODS} pods (one per service)"),
-        )),
-    }
-}
-
-/// A positive quantity, or the default when the key is absent.
-fn quantity(
-    at: &Locator<'_>,
-    value: &Option<Spanned<Scalar>>,
-    key: &str,
-    default: Quantity,
-) -> Result<Quantity, ConfigError> {
-    let Some(value) = value else {
-        return Ok(default);
-    };
-    let Scalar(text) = value.get_ref();
-    let q = Quantity::parse(text).map_err(|e| at.error(value.span(), key, e))?;
-    if !q.is_positive() {
-        return Err(at.error(
-            value.span(),
-            key,
-            format!(
-                "{text:?} must be greater than zero; leave the key out for the default ({default})"
-            ),
-        ));
-    }
-    Ok(q)
-}
-
-fn check_limits(
-    at: &Locator<'_>,
-    raw: Option<&RawLimits>,
-    quota: &QuotaConfig,
-    raw_quota: Option<&RawQuota>,
-) -> Result<LimitsConfig, ConfigError> {
-    let defaults = LimitsConfig::default();
-    let limits = match raw {
-        None => defaults,
-        Some(raw) => {
-            let q = |value: &Option<Spanned<Scalar>>, name: &str, default: Quantity| {
-                quantity(at, value, &format!("kubernetes.limits.{name}"), default)
-            };
-            LimitsConfig {
-                default_request_cpu: q(
-                    &raw.default_request_cpu,
-                    "default-request-cpu",
-                    defaults.default_request_cpu,
-                )?,
-                default_request_memory: q(
-                    &raw.default_request_memory,
-                    "default-request-memory",
-                    defaults.default_request_memory,
-                )?,
-                default_cpu: q(&raw.default_cpu, "default-cpu", defaults.default_cpu)?,
-                default_memory: q(
-                    &raw.default_memory,
-                    "default-memory",
-                    defaults.default_memory,
-                )?,
-            }
-        }
-    };
-    for bound in bounds(&limits, quota, raw, raw_quota) {
-        bound.check(at)?;
-    }
-    Ok(limits)
-}
-
-/// One value of the namespace's bounds, with where it was written (if it was).
-struct Bounded<'a> {
-    key: &'static str,
-    value: &'a Quantity,
-    span: Option<Range<usize>>,
-}
-
-/// `small` must not exceed `large`, or `why`.
-struct Bound<'a> {
-    small: Bounded<'a>,
-    large: Bounded<'a>,
-    why: &'static str,
-}
-
-impl Bound<'_> {
-    /// An error at whichever of the two the user wrote (the smaller first).
-    fn check(&self, at: &Locator<'_>) -> Result<(), ConfigError> {
-        if self.small.value.compare(self.large.value) != Some(Ordering::Greater) {
-            return Ok(());
-        }
-        let Some((span, key)) = [&self.small, &self.large]
-            .into_iter()
-            .find_map(|b| b.span.clone().map(|s| (s, b.key)))
-        else {
-            return Ok(());
-        };
-        Err(at.error(
-            span,
-            format!("kubernetes.{key}"),
-            format!(
-                "{} = {} is more than {} = {}: {}; lower the first or raise the second",
-                self.small.key, self.small.value, self.large.key, self.large.value, self.why
-            ),
-        ))
-    }
-}
-
-/// The pairs that make a LimitRange the API server accepts and a quota a
-/// defaulted container fits in.
-fn bounds<'a>(
-    limits: &'a LimitsConfig,
-    quota: &'a QuotaConfig,
-    raw: Option<&RawLimits>,
-    raw_quota: Option<&RawQuota>,
-) -> Vec<Bound<'a>> {
-    let span = |v: Option<&Option<Spanned<Scalar>>>| v.and_then(|v| v.as_ref().map(Spanned::span));
-    let b = |key, value, span| Bounded { key, value, span };
-    let l = |f: fn(&RawLimits) -> &Option<Spanned<Scalar>>| span(raw.map(f));
-    let q = |f: fn(&RawQuota) -> &Option<Spanned<Scalar>>| span(raw_quota.map(f));
-    let request_over_limit =
-        "a container's default request cannot exceed its default limit (the API server rejects the LimitRange)";
-    let over_quota = "a container with the defaults would not fit in the namespace's quota";
-    vec![
-        Bound {
-            small: b(
-                "limits.default-request-cpu",
-                &limits.default_request_cpu,
-                l(|r| &r.default_request_cpu),
-            ),
-            large: b(
-                "limits.default-cpu",
-                &limits.default_cpu,
-                l(|r| &r.default_cpu),
-            ),
-            why: request_over_limit,
-        },
-        Bound {
-            small: b(
-                "limits.default-request-memory",
-                &limits.default_request_memory,
-                l(|r| &r.default_request_memory),
-            ),
-            large: b(
-                "limits.default-memory",
-                &limits.default_memory,
-                l(|r| &r.default_memory),
-            ),
-            why: request_over_limit,
-        },
-        Bound {
-            small: b(
-                "limits.default-request-cpu",
-                &limits.default_request_cpu,
-                l(|r| &r.default_request_cpu),
-            ),
-            large: b(
-                "quota.requests-cpu",
-                &quota.requests_cpu,
-                q(|r| &r.requests_cpu),
-            ),
-            why: over_quota,
-        },
-        Bound {
-            small: b(
-                "limits.default-request-memory",
-                &limits.default_request_memory,
-                l(|r| &r.default_request_memory),
-            ),
-            large: b(
-                "quota.requests-memory",
-                &quota.requests_memory,
-                q(|r| &r.requests_memory),
-            ),
-            why: over_quota,
-        },
-        Bound {
-            small: b(
-                "limits.default-cpu",
-                &limits.default_cpu,
-                l(|r| &r.default_cpu),
-            ),
-            large: b("quota.limits-cpu", &quota.limits_cpu, q(|r| &r.limits_cpu)),
-            why: over_quota,
-        },
-        Bound {
-            small: b(
-                "limits.default-memory",
-                &limits.default_memory,
-                l(|r| &r.default_memory),
-            ),
-            large: b(
-                "quota.limits-memory",
-                &quota.limits_memory,
-                q(|r| &r.limits_memory),
-            ),
-            why: over_quota,
-        },
-    ]
 }
 
 fn check_helm(at: &Locator<'_>, helm: &Spanned<RawHelm>) -> Result<HelmConfig, ConfigError> {
