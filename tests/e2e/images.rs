@@ -27,16 +27,31 @@ fn docker(args: &[&str]) -> std::process::Output {
 struct TestImage {
     name: String,
     _dir: tempfile::TempDir,
+    /// Other names it may have in the daemon (through a proxy).
+    aliases: std::sync::Mutex<Vec<String>>,
+}
+
+/// `ephem-cache-test-<random>`, a repository of this test alone.
+fn test_repository() -> String {
+    let mut bytes = [0u8; 4];
+    getrandom_fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("ephem-cache-test-{hex}")
 }
 
 impl TestImage {
     fn push() -> TestImage {
-        let mut bytes = [0u8; 4];
-        getrandom_fill(&mut bytes);
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("127.0.0.1:5000/ephem-cache-test-{hex}/e2e:1");
+        TestImage::push_as(format!("127.0.0.1:5000/{}/e2e:1", test_repository()))
+    }
+
+    /// Builds `busybox:1.36` plus a file and pushes it as `name`.
+    fn push_as(name: String) -> TestImage {
         let dir = tempfile::tempdir().expect("temp dir");
-        let image = TestImage { name, _dir: dir };
+        let image = TestImage {
+            name,
+            _dir: dir,
+            aliases: Default::default(),
+        };
         let context = image._dir.path();
         std::fs::write(context.join("marker"), &image.name).expect("marker");
         std::fs::write(
@@ -67,6 +82,24 @@ impl TestImage {
 
     fn remove_local(&self) {
         let _ = docker(&["rmi", "-f", &self.name]);
+        for alias in self.aliases.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = docker(&["rmi", "-f", alias]);
+        }
+    }
+
+    /// Its name with `host` (a proxy) as registry, removed on drop too.
+    fn at(&self, host: &str) -> String {
+        let path = self.name.split_once('/').map_or("", |(_, p)| p);
+        let name = format!("{host}/{path}");
+        self.aliases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+        name
+    }
+
+    fn present(name: &str) -> bool {
+        docker(&["image", "inspect", name]).status.success()
     }
 }
 
@@ -86,12 +119,17 @@ fn getrandom_fill(buf: &mut [u8]) {
 
 /// `env-busybox.toml` with the test's image instead of busybox:1.36.
 fn config_with(image: &TestImage, dir: &Path) -> PathBuf {
+    config_naming(&image.name, dir)
+}
+
+/// `env-busybox.toml` with `name` instead of busybox:1.36.
+fn config_naming(name: &str, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(config("env-busybox.toml")).expect("fixture config");
     let text = text.replace(
         "image = \"busybox:1.36\"",
-        &format!("image = \"{}\"", image.name),
+        &format!("image = \"{name}\""),
     );
-    assert!(text.contains(&image.name));
+    assert!(text.contains(name));
     let path = dir.join("ephem.toml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -269,4 +307,427 @@ fn cargo_ephem_test_restores_through_the_image_cache() {
         "{}",
         describe(&out)
     );
+}
+
+/// A loopback TCP proxy to the registry on 127.0.0.1:5000, optionally
+/// slowed (the registry's replies trickle in small chunks), so that a fill
+/// through it is still running while another process acts. Stopped, its
+/// open connections cut, on drop.
+struct Proxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    /// `slow`: replies pass 8 KiB at a time, 50 ms apart (160 KiB/s).
+    fn start(slow: bool) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("proxy address").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stopped, tracked) = (stop.clone(), open.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let inbound = match listener.accept() {
+                    Ok((inbound, _)) => inbound,
+                    Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = inbound.set_nonblocking(false);
+                let Ok(outbound) = std::net::TcpStream::connect("127.0.0.1:5000") else {
+                    continue;
+                };
+                let mut list = tracked.lock().unwrap_or_else(|p| p.into_inner());
+                for s in [&inbound, &outbound] {
+                    if let Ok(clone) = s.try_clone() {
+                        list.push(clone);
+                    }
+                }
+                drop(list);
+                let (up_in, up_out) = (inbound.try_clone(), outbound.try_clone());
+                if let (Ok(mut from), Ok(mut to)) = (up_in, up_out) {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                let (mut from, mut to) = (outbound, inbound);
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; if slow { 8 * 1024 } else { 64 * 1024 }];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if slow {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Proxy { port, stop, open }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// `sha256:<hex>` of a file, by coreutils.
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    format!("sha256:{}", text.split_whitespace().next().unwrap_or_default())
+}
+
+/// The cache is whole: every blob hashes to its name, no temporary file
+/// is left, and every index entry's manifest, config and layers are there.
+/// Returns the references of the index.
+fn assert_cache_whole(cache: &Path) -> Vec<String> {
+    let blobs = cache.join("blobs/sha256");
+    for entry in std::fs::read_dir(&blobs).expect("blobs folder").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.contains(".tmp-"), "temporary file left: {name}");
+        assert_eq!(
+            sha256_of(&entry.path()),
+            format!("sha256:{name}"),
+            "blob {name} does not match its digest"
+        );
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("index.json")).expect("index.json"))
+            .expect("index.json parses");
+    let mut refs = Vec::new();
+    for entry in index["manifests"].as_array().expect("manifests") {
+        let digest = entry["digest"].as_str().expect("digest");
+        let path = blobs.join(digest.trim_start_matches("sha256:"));
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&path).unwrap_or_else(|e| panic!("manifest {digest}: {e}")),
+        )
+        .expect("manifest parses");
+        let mut needed = vec![manifest["config"]["digest"].clone()];
+        needed.extend(manifest["layers"].as_array().cloned().unwrap_or_default());
+        for blob in needed {
+            let d = blob.as_str().or_else(|| blob["digest"].as_str()).unwrap_or("");
+            assert!(
+                blobs.join(d.trim_start_matches("sha256:")).exists(),
+                "blob {d} of {digest} is missing"
+            );
+        }
+        let reference = &entry["annotations"]["org.opencontainers.image.ref.name"];
+        refs.push(reference.as_str().unwrap_or_default().to_owned());
+    }
+    refs
+}
+
+fn warnings(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("warning:") || l.contains(" WARN "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_new_image_cache_folder_is_private_and_an_existing_one_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fresh = dir.path().join("new/cache");
+    let out = run(&mut images_cmd(&["ls"], &config("env-busybox.toml"), &fresh));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let mode = |p: &Path| std::fs::metadata(p).expect("folder").permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700, "a new cache folder is its owner's alone");
+
+    // A folder the user made (and perhaps shares on purpose) keeps its mode.
+    let existing = dir.path().join("shared");
+    std::fs::create_dir(&existing).expect("folder");
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o775)).expect("chmod");
+    let out = run(&mut images_cmd(
+        &["ls"],
+        &config("env-busybox.toml"),
+        &existing,
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(mode(&existing), 0o775);
+}
+
+#[test]
+fn two_images_pull_processes_fill_one_cache_at_once() {
+    let _daemon = shared_daemon();
+    let image = TestImage::push();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config_with(&image, dir.path());
+    for round in 0..4 {
+        image.remove_local();
+        let cache = dir.path().join(format!("cache-{round}"));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let both: Vec<_> = (0..2)
+            .map(|_| {
+                let (start, cfg, cache) = (start.clone(), cfg.clone(), cache.clone());
+                std::thread::spawn(move || {
+                    let mut cmd = images_cmd(&["pull"], &cfg, &cache);
+                    start.wait();
+                    run(&mut cmd)
+                })
+            })
+            .collect();
+        for out in both.into_iter().map(|t| t.join().expect("runner thread")) {
+            assert_eq!(out.status.code(), Some(0), "round {round}: {}", describe(&out));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let (origin, name) = stdout.trim().split_once(' ').unwrap_or_default();
+            assert_eq!(name.trim(), image.name, "round {round}: {}", describe(&out));
+            assert!(
+                ["registry", "cache", "daemon"].contains(&origin),
+                "round {round}: {}",
+                describe(&out)
+            );
+            assert!(
+                warnings(&out.stderr).is_empty(),
+                "round {round}: {}",
+                describe(&out)
+            );
+        }
+        assert!(TestImage::present(&image.name), "round {round}");
+        assert_eq!(assert_cache_whole(&cache), vec![image.name.clone()]);
+    }
+}
+
+#[test]
+fn a_prune_during_a_fill_waits_for_it_and_the_fill_completes() {
+    let _daemon = shared_daemon();
+    let image = TestImage::push();
+    // Slowed, so the prune below runs while layers are still arriving.
+    let proxy = Proxy::start(true);
+    let name = image.at(&proxy.host());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config_naming(&name, dir.path());
+    let cache = dir.path().join("cache");
+    let mut pull = crate::support::Background::spawn(&mut images_cmd(&["pull"], &cfg, &cache));
+    // The manifest is stored first; layers follow through the slow proxy.
+    let blobs = cache.join("blobs/sha256");
+    let stored = crate::support::wait_for(120, || {
+        std::fs::read_dir(&blobs).is_ok_and(|list| {
+            list.flatten()
+                .any(|e| !e.file_name().to_string_lossy().contains(".tmp-"))
+        })
+    });
+    assert!(stored, "the fill stored nothing");
+    // The configuration names the image: its entry is kept, and the blobs
+    // of the fill under way (not yet in index.json) must be too.
+    let out = run(&mut images_cmd(&["prune"], &cfg, &cache));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let code = pull.wait(300);
+    assert_eq!(code, Some(0), "{}", pull.stderr);
+    assert!(
+        !pull.stderr.contains("warning:"),
+        "the fill was cut short: {}",
+        pull.stderr
+    );
+    assert!(TestImage::present(&name));
+    assert_eq!(assert_cache_whole(&cache), vec![name.clone()]);
+}
+
+#[test]
+fn prune_waits_for_a_process_using_the_cache_and_spares_young_unindexed_blobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    let cfg = config("env-busybox.toml");
+    let out = run(&mut images_cmd(&["ls"], &cfg, &cache));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let blobs = cache.join("blobs/sha256");
+    // Blobs no entry names: a fill under way wrote one a moment ago, a
+    // fill that died long ago left the other; likewise temporary files.
+    let age = |path: &Path, hours_ago: u32| {
+        if hours_ago > 0 {
+            let touched = Command::new("touch")
+                .arg("-d")
+                .arg(format!("{hours_ago} hours ago"))
+                .arg(path)
+                .status()
+                .expect("touch runs");
+            assert!(touched.success());
+        }
+    };
+    let plant = |content: &str, hours_ago: u32| -> PathBuf {
+        let tmp = dir.path().join("plant");
+        std::fs::write(&tmp, content).expect("write");
+        let digest = sha256_of(&tmp);
+        let path = blobs.join(digest.trim_start_matches("sha256:"));
+        std::fs::rename(&tmp, &path).expect("plant blob");
+        age(&path, hours_ago);
+        path
+    };
+    let young = plant("in flight", 0);
+    let old = plant("abandoned", 2);
+    let young_tmp = blobs.join("abc.tmp-1-000000");
+    let old_tmp = blobs.join("def.tmp-1-000000");
+    std::fs::write(&young_tmp, b"half").expect("write");
+    std::fs::write(&old_tmp, b"half").expect("write");
+    age(&old_tmp, 2);
+
+    // Another process restoring from the cache holds it shared, as every
+    // fill and restore does (README: the image cache, concurrency).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache.join("cache.lock"))
+        .expect("cache.lock");
+    lock.lock_shared().expect("shared lock");
+    let mut prune = crate::support::Background::spawn(&mut images_cmd(
+        &["prune", "--all"],
+        &cfg,
+        &cache,
+    ));
+    assert!(
+        prune.wait_for_line(60, "waiting for"),
+        "prune did not wait: {}",
+        prune.stderr
+    );
+    assert!(old.exists() && old_tmp.exists(), "prune deleted while waiting");
+    lock.unlock().expect("unlock");
+    assert_eq!(prune.wait(60), Some(0), "{}", prune.stderr);
+    assert!(young.exists(), "a young unindexed blob was deleted");
+    assert!(young_tmp.exists(), "a young temporary file was deleted");
+    assert!(!old.exists(), "an abandoned blob was kept");
+    assert!(!old_tmp.exists(), "an abandoned temporary file was kept");
+
+    // --grace 0s: everything no entry names goes.
+    let out = run(&mut images_cmd(&["prune", "--grace", "0s"], &cfg, &cache));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!young.exists() && !young_tmp.exists(), "{}", describe(&out));
+}
+
+/// Pushes, with the registry's HTTP API, an image whose config is not
+/// JSON: the registry and the cache's fill take it (the bytes match their
+/// digests), the daemon refuses it however it arrives.
+fn push_broken_image(repository: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upload = |bytes: &[u8]| -> (String, usize) {
+        let file = dir.path().join("blob");
+        std::fs::write(&file, bytes).expect("write");
+        let digest = sha256_of(&file);
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "-D", "-", "-o", "/dev/null", "-X", "POST"])
+            .arg(format!("http://127.0.0.1:5000/v2/{repository}/blobs/uploads/"))
+            .output()
+            .expect("curl runs");
+        let headers = String::from_utf8_lossy(&out.stdout);
+        let location = headers
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("location:")
+                    .then(|| l[9..].trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no upload location: {headers}"));
+        let location = if location.starts_with("http") {
+            location
+        } else {
+            format!("http://127.0.0.1:5000{location}")
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = Command::new("curl")
+            .args(["-sS", "-f", "-X", "PUT", "-H"])
+            .arg("Content-Type: application/octet-stream")
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{location}{sep}digest={digest}"))
+            .output()
+            .expect("curl runs");
+        assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+        (digest, bytes.len())
+    };
+    let (config, config_len) = upload(b"this is not an image config");
+    // One real (empty) layer: a gzip of an empty tar.
+    let tar_gz = Command::new("sh")
+        .args(["-c", "tar -cf - -T /dev/null | gzip -n"])
+        .output()
+        .expect("tar runs")
+        .stdout;
+    let (layer, layer_len) = upload(&tar_gz);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_len},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layer_len}],
+    });
+    let put = Command::new("curl")
+        .args(["-sS", "-f", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
+        .arg("--data-binary")
+        .arg(manifest.to_string())
+        .arg(format!("http://127.0.0.1:5000/v2/{repository}/manifests/1"))
+        .output()
+        .expect("curl runs");
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+}
+
+#[test]
+fn a_restore_that_fails_both_ways_falls_back_to_a_direct_pull() {
+    let _daemon = shared_daemon();
+    let repository = format!("{}/e2e", test_repository());
+    let name = format!("127.0.0.1:5000/{repository}:1");
+    push_broken_image(&repository);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config_naming(&name, dir.path());
+    let cache = dir.path().join("cache");
+
+    // The cache takes the image; neither restore path nor the registry's
+    // own image works: exit 102, naming the image, after one warning.
+    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
+    assert_eq!(out.status.code(), Some(102), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("error") && last.contains(&name),
+        "{}",
+        describe(&out)
+    );
+    let warned = warnings(&out.stderr);
+    assert_eq!(warned.len(), 1, "one warning: {}", describe(&out));
+    assert!(
+        warned[0].contains(&name) && warned[0].contains("pulling it directly"),
+        "{}",
+        describe(&out)
+    );
+
+    // The tag now names a good image; the cache still holds the broken
+    // one: one warning, then the direct pull brings the good one.
+    let good = TestImage::push_as(name.clone());
+    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("registry {name}"),
+        "{}",
+        describe(&out)
+    );
+    let warned = warnings(&out.stderr);
+    assert_eq!(warned.len(), 1, "one warning: {}", describe(&out));
+    assert!(
+        warned[0].contains(&name) && warned[0].contains("served") && warned[0].contains("load"),
+        "the warning says why both ways failed: {}",
+        describe(&out)
+    );
+    assert!(TestImage::present(&good.name));
 }
