@@ -274,6 +274,10 @@ pub enum ImagesCommand {
         /// Also the images the configuration references.
         #[arg(long)]
         all: bool,
+        /// Keep blobs no entry names, and temporary files, younger than
+        /// this (a fill may be writing them; default 1h, 0s for none).
+        #[arg(long, value_name = "DURATION", value_parser = ephem_core::images::parse_grace)]
+        grace: Option<Duration>,
     },
     /// Ask the registry what each tag points at now, and refill changed images.
     Update,
@@ -295,10 +299,12 @@ impl ImagesArgs {
                     older_than,
                     max_size,
                     all,
+                    grace,
                 } => ImagesAction::Prune {
                     older_than,
                     max_size,
                     all,
+                    grace,
                 },
                 ImagesCommand::Update => ImagesAction::Update,
             },
@@ -926,6 +932,7 @@ mod tests {
                 older_than: Some(Duration::from_secs(7 * 24 * 3600)),
                 max_size: Some(2 << 30),
                 all: false,
+                grace: None,
             }
         );
         let err = parse(&["images", "prune", "--max-size", "2 parsecs"]).unwrap_err();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ephem_fixtures::docker::{Origin, RestorePath};
 use ephem_fixtures::image_cache::layout::{BlobState, Layout};
-use ephem_fixtures::image_cache::{ImageCache, Resolve};
+use ephem_fixtures::image_cache::{ImageCache, PruneRules, Resolve};
 use ephem_fixtures::{DockerBackend, EnvEvent, EphemConfig, ImageRef};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -399,9 +399,11 @@ async fn shared_layers_are_stored_once_and_prune_keeps_referenced_images() {
     assert_cache_verifies(cache.path());
 
     // Prune with only `a` referenced: b's own blobs go, the shared one stays.
-    let (removed, freed) = store
-        .prune(std::slice::from_ref(&a), false, None, None)
-        .expect("prune");
+    let keep_a = PruneRules {
+        keep: vec![a.clone()],
+        ..Default::default()
+    };
+    let (removed, freed) = store.prune(&keep_a).await.expect("prune");
     assert_eq!(removed, vec![b.clone()]);
     assert!(freed > 0);
     let left: Vec<String> = blob_files(cache.path())
@@ -425,9 +427,11 @@ async fn shared_layers_are_stored_once_and_prune_keeps_referenced_images() {
     assert_cache_verifies(cache.path());
 
     // --all removes the referenced one too.
-    let (removed, _) = store
-        .prune(std::slice::from_ref(&a), true, None, None)
-        .expect("prune");
+    let all = PruneRules {
+        all: true,
+        ..keep_a
+    };
+    let (removed, _) = store.prune(&all).await.expect("prune");
     assert_eq!(removed, vec![a]);
     assert!(blob_files(cache.path()).is_empty());
 }
