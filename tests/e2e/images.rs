@@ -767,3 +767,48 @@ fn a_restore_that_fails_both_ways_falls_back_to_a_direct_pull() {
     );
     assert!(TestImage::present(&good.name));
 }
+
+#[test]
+fn a_prune_racing_a_restore_never_takes_its_blobs() {
+    let _daemon = shared_daemon();
+    let image = TestImage::push();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config_with(&image, dir.path());
+    let cache = dir.path().join("cache");
+    for round in 0..6 {
+        // The image in the cache, not in the daemon.
+        let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", describe(&out));
+        image.remove_local();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let spawn = |sub: &'static [&'static str]| {
+            let (start, cfg, cache) = (start.clone(), cfg.clone(), cache.clone());
+            std::thread::spawn(move || {
+                let mut cmd = images_cmd(sub, &cfg, &cache);
+                start.wait();
+                run(&mut cmd)
+            })
+        };
+        let restore = spawn(&["pull"]);
+        let prune = spawn(&["prune", "--all"]);
+        let (restore, prune) = (
+            restore.join().expect("runner thread"),
+            prune.join().expect("runner thread"),
+        );
+        assert_eq!(prune.status.code(), Some(0), "round {round}: {}", describe(&prune));
+        // Whichever went first, the restore neither failed nor fell back.
+        assert_eq!(
+            restore.status.code(),
+            Some(0),
+            "round {round}: {}",
+            describe(&restore)
+        );
+        assert!(
+            warnings(&restore.stderr).is_empty(),
+            "round {round}: {}",
+            describe(&restore)
+        );
+        assert!(TestImage::present(&image.name), "round {round}");
+        assert_cache_whole(&cache);
+    }
+}
