@@ -775,10 +775,15 @@ fn a_prune_racing_a_restore_never_takes_its_blobs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = config_with(&image, dir.path());
     let cache = dir.path().join("cache");
-    for round in 0..6 {
+    for round in 0..10 {
         // The image in the cache, not in the daemon.
         let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
-        assert_eq!(out.status.code(), Some(0), "round {round}: {}", describe(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}",
+            describe(&out)
+        );
         image.remove_local();
         let start = std::sync::Arc::new(std::sync::Barrier::new(2));
         let spawn = |sub: &'static [&'static str]| {
@@ -795,7 +800,12 @@ fn a_prune_racing_a_restore_never_takes_its_blobs() {
             restore.join().expect("runner thread"),
             prune.join().expect("runner thread"),
         );
-        assert_eq!(prune.status.code(), Some(0), "round {round}: {}", describe(&prune));
+        assert_eq!(
+            prune.status.code(),
+            Some(0),
+            "round {round}: {}",
+            describe(&prune)
+        );
         // Whichever went first, the restore neither failed nor fell back.
         assert_eq!(
             restore.status.code(),

@@ -139,11 +139,19 @@ impl ImageCache {
     /// runs.
     pub async fn in_use(&self) -> Result<InUse, CacheError> {
         let path = self.layout.use_lock_path();
+        let locked = |e| self.io_error("cannot lock cache.lock", e);
+        if let Some(lock) = FileLock::try_acquire(&path, Mode::Shared).map_err(locked)? {
+            return Ok(InUse { _lock: lock });
+        }
+        self.note(format!(
+            "image cache {}: waiting for `cargo ephem images prune` to finish with it",
+            self.root().display()
+        ));
         tokio::task::spawn_blocking(move || FileLock::acquire(&path, Mode::Shared))
             .await
             .map_err(|e| CacheError::Failed(format!("waiting for cache.lock stopped: {e}")))?
             .map(|lock| InUse { _lock: lock })
-            .map_err(|e| self.io_error("cannot lock cache.lock", e))
+            .map_err(locked)
     }
 
     fn warn(&self, message: String) {
