@@ -490,9 +490,12 @@ fn a_new_image_cache_folder_is_private_and_an_existing_one_keeps_its_mode() {
 fn two_images_pull_processes_fill_one_cache_at_once() {
     let _daemon = shared_daemon();
     let image = TestImage::push();
+    // Slowed, so that both processes download the same blobs at once.
+    let proxy = Proxy::start(true);
+    let name = image.at(&proxy.host());
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_with(&image, dir.path());
-    for round in 0..4 {
+    let cfg = config_naming(&name, dir.path());
+    for round in 0..3 {
         image.remove_local();
         let cache = dir.path().join(format!("cache-{round}"));
         let start = std::sync::Arc::new(std::sync::Barrier::new(2));
@@ -514,8 +517,8 @@ fn two_images_pull_processes_fill_one_cache_at_once() {
                 describe(&out)
             );
             let stdout = String::from_utf8_lossy(&out.stdout);
-            let (origin, name) = stdout.trim().split_once(' ').unwrap_or_default();
-            assert_eq!(name.trim(), image.name, "round {round}: {}", describe(&out));
+            let (origin, pulled) = stdout.trim().split_once(' ').unwrap_or_default();
+            assert_eq!(pulled.trim(), name, "round {round}: {}", describe(&out));
             assert!(
                 ["registry", "cache", "daemon"].contains(&origin),
                 "round {round}: {}",
@@ -527,9 +530,48 @@ fn two_images_pull_processes_fill_one_cache_at_once() {
                 describe(&out)
             );
         }
-        assert!(TestImage::present(&image.name), "round {round}");
-        assert_eq!(assert_cache_whole(&cache), vec![image.name.clone()]);
+        assert!(TestImage::present(&name), "round {round}");
+        assert_eq!(assert_cache_whole(&cache), vec![name.clone()]);
     }
+}
+
+#[test]
+fn a_cached_image_missing_a_blob_with_its_registry_gone_warns_then_fails_naming_it() {
+    let _daemon = shared_daemon();
+    let image = TestImage::push();
+    let proxy = Proxy::start(false);
+    let name = image.at(&proxy.host());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config_naming(&name, dir.path());
+    let cache = dir.path().join("cache");
+    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    image.remove_local();
+    drop(proxy);
+    // The largest blob (a layer) is lost.
+    let largest = std::fs::read_dir(cache.join("blobs/sha256"))
+        .expect("blobs")
+        .flatten()
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .expect("a blob");
+    std::fs::remove_file(largest.path()).expect("remove blob");
+
+    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
+    assert_eq!(out.status.code(), Some(102), "{}", describe(&out));
+    let warned = warnings(&out.stderr);
+    assert_eq!(warned.len(), 1, "one warning: {}", describe(&out));
+    assert!(
+        warned[0].contains(&name) && warned[0].contains("incomplete"),
+        "{}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error:") && last.contains(&name),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]

@@ -215,12 +215,18 @@ impl ImageStore {
             return Ok(None);
         }
         let directly = |reason: String| {
-            let _ = self.events.send(EnvEvent::Warning {
-                shard: None,
-                message: format!(
+            // Most reasons from the cache name it already.
+            let message = if reason.starts_with("image cache ") {
+                format!("{reason}; pulling {image} directly")
+            } else {
+                format!(
                     "image cache {}: {reason}; pulling {image} directly",
                     cache.root().display()
-                ),
+                )
+            };
+            let _ = self.events.send(EnvEvent::Warning {
+                shard: None,
+                message,
             });
             Ok(None)
         };
