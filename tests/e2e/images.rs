@@ -1,6 +1,8 @@
 //! The warm image cache through the binary: `--image-cache` and
 //! `EPHEM_IMAGE_CACHE` reach `test`, `up` and `images`; an unwritable
-//! folder is a usage error naming it; `images pull`, `ls`, `prune`.
+//! folder is a usage error naming it; a new folder is made 0700;
+//! `images pull`, `ls`, `prune`. Several processes at once in
+//! `concurrency`, faults in `faults`; the helpers they share are here.
 //!
 //! Images are built here (`FROM busybox:1.36` plus a file, under a random
 //! repository), pushed to the registry, and removed from the daemon on
@@ -8,6 +10,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod concurrency;
+mod faults;
 
 use crate::support::{
     config, describe, ephem, ephem_test, fixture_manifest, run, run_id_of, shared_daemon, Cleanup,
@@ -311,6 +316,37 @@ fn cargo_ephem_test_restores_through_the_image_cache() {
     );
 }
 
+#[test]
+fn a_new_image_cache_folder_is_private_and_an_existing_one_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fresh = dir.path().join("new/cache");
+    let out = run(&mut images_cmd(
+        &["ls"],
+        &config("env-busybox.toml"),
+        &fresh,
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let mode = |p: &Path| std::fs::metadata(p).expect("folder").permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&fresh),
+        0o700,
+        "a new cache folder is its owner's alone"
+    );
+
+    // A folder the user made (and perhaps shares on purpose) keeps its mode.
+    let existing = dir.path().join("shared");
+    std::fs::create_dir(&existing).expect("folder");
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o775)).expect("chmod");
+    let out = run(&mut images_cmd(
+        &["ls"],
+        &config("env-busybox.toml"),
+        &existing,
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(mode(&existing), 0o775);
+}
+
 /// A loopback TCP proxy to the registry on 127.0.0.1:5000, optionally
 /// slowed (the registry's replies trickle in small chunks), so that a fill
 /// through it is still running while another process acts. Stopped, its
@@ -453,414 +489,4 @@ fn warnings(stderr: &[u8]) -> Vec<String> {
         .filter(|l| l.trim_start().starts_with("warning:") || l.contains(" WARN "))
         .map(str::to_owned)
         .collect()
-}
-
-#[test]
-fn a_new_image_cache_folder_is_private_and_an_existing_one_keeps_its_mode() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let fresh = dir.path().join("new/cache");
-    let out = run(&mut images_cmd(
-        &["ls"],
-        &config("env-busybox.toml"),
-        &fresh,
-    ));
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let mode = |p: &Path| std::fs::metadata(p).expect("folder").permissions().mode() & 0o777;
-    assert_eq!(
-        mode(&fresh),
-        0o700,
-        "a new cache folder is its owner's alone"
-    );
-
-    // A folder the user made (and perhaps shares on purpose) keeps its mode.
-    let existing = dir.path().join("shared");
-    std::fs::create_dir(&existing).expect("folder");
-    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o775)).expect("chmod");
-    let out = run(&mut images_cmd(
-        &["ls"],
-        &config("env-busybox.toml"),
-        &existing,
-    ));
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(mode(&existing), 0o775);
-}
-
-#[test]
-fn two_images_pull_processes_fill_one_cache_at_once() {
-    let _daemon = shared_daemon();
-    let image = TestImage::push();
-    // Slowed, so that both processes download the same blobs at once.
-    let proxy = Proxy::start(true);
-    let name = image.at(&proxy.host());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_naming(&name, dir.path());
-    for round in 0..3 {
-        image.remove_local();
-        let cache = dir.path().join(format!("cache-{round}"));
-        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let both: Vec<_> = (0..2)
-            .map(|_| {
-                let (start, cfg, cache) = (start.clone(), cfg.clone(), cache.clone());
-                std::thread::spawn(move || {
-                    let mut cmd = images_cmd(&["pull"], &cfg, &cache);
-                    start.wait();
-                    run(&mut cmd)
-                })
-            })
-            .collect();
-        for out in both.into_iter().map(|t| t.join().expect("runner thread")) {
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "round {round}: {}",
-                describe(&out)
-            );
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let (origin, pulled) = stdout.trim().split_once(' ').unwrap_or_default();
-            assert_eq!(pulled.trim(), name, "round {round}: {}", describe(&out));
-            assert!(
-                ["registry", "cache", "daemon"].contains(&origin),
-                "round {round}: {}",
-                describe(&out)
-            );
-            assert!(
-                warnings(&out.stderr).is_empty(),
-                "round {round}: {}",
-                describe(&out)
-            );
-        }
-        assert!(TestImage::present(&name), "round {round}");
-        assert_eq!(assert_cache_whole(&cache), vec![name.clone()]);
-    }
-}
-
-#[test]
-fn a_cached_image_missing_a_blob_with_its_registry_gone_warns_then_fails_naming_it() {
-    let _daemon = shared_daemon();
-    let image = TestImage::push();
-    let proxy = Proxy::start(false);
-    let name = image.at(&proxy.host());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_naming(&name, dir.path());
-    let cache = dir.path().join("cache");
-    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    image.remove_local();
-    drop(proxy);
-    // The largest blob (a layer) is lost.
-    let largest = std::fs::read_dir(cache.join("blobs/sha256"))
-        .expect("blobs")
-        .flatten()
-        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-        .expect("a blob");
-    std::fs::remove_file(largest.path()).expect("remove blob");
-
-    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
-    assert_eq!(out.status.code(), Some(102), "{}", describe(&out));
-    let warned = warnings(&out.stderr);
-    assert_eq!(warned.len(), 1, "one warning: {}", describe(&out));
-    assert!(
-        warned[0].contains(&name) && warned[0].contains("incomplete"),
-        "{}",
-        describe(&out)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.trim().lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error:") && last.contains(&name),
-        "{}",
-        describe(&out)
-    );
-}
-
-#[test]
-fn a_prune_during_a_fill_waits_for_it_and_the_fill_completes() {
-    let _daemon = shared_daemon();
-    let image = TestImage::push();
-    // Slowed, so the prune below runs while layers are still arriving.
-    let proxy = Proxy::start(true);
-    let name = image.at(&proxy.host());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_naming(&name, dir.path());
-    let cache = dir.path().join("cache");
-    let mut pull = crate::support::Background::spawn(&mut images_cmd(&["pull"], &cfg, &cache));
-    // The manifest is stored first; layers follow through the slow proxy.
-    let blobs = cache.join("blobs/sha256");
-    let stored = crate::support::wait_for(120, || {
-        std::fs::read_dir(&blobs).is_ok_and(|list| {
-            list.flatten()
-                .any(|e| !e.file_name().to_string_lossy().contains(".tmp-"))
-        })
-    });
-    assert!(stored, "the fill stored nothing");
-    // The configuration names the image: its entry is kept, and the blobs
-    // of the fill under way (not yet in index.json) must be too.
-    let out = run(&mut images_cmd(&["prune"], &cfg, &cache));
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("waiting for another cargo-ephem process"),
-        "the prune did not overlap the fill: {}",
-        describe(&out)
-    );
-    let code = pull.wait(300);
-    assert_eq!(code, Some(0), "{}", pull.stderr);
-    assert!(
-        !pull.stderr.contains("warning:"),
-        "the fill was cut short: {}",
-        pull.stderr
-    );
-    assert!(TestImage::present(&name));
-    assert_eq!(assert_cache_whole(&cache), vec![name.clone()]);
-}
-
-#[test]
-fn prune_waits_for_a_process_using_the_cache_and_spares_young_unindexed_blobs() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cache = dir.path().join("cache");
-    let cfg = config("env-busybox.toml");
-    let out = run(&mut images_cmd(&["ls"], &cfg, &cache));
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let blobs = cache.join("blobs/sha256");
-    // Blobs no entry names: a fill under way wrote one a moment ago, a
-    // fill that died long ago left the other; likewise temporary files.
-    let age = |path: &Path, hours_ago: u32| {
-        if hours_ago > 0 {
-            let touched = Command::new("touch")
-                .arg("-d")
-                .arg(format!("{hours_ago} hours ago"))
-                .arg(path)
-                .status()
-                .expect("touch runs");
-            assert!(touched.success());
-        }
-    };
-    let plant = |content: &str, hours_ago: u32| -> PathBuf {
-        let tmp = dir.path().join("plant");
-        std::fs::write(&tmp, content).expect("write");
-        let digest = sha256_of(&tmp);
-        let path = blobs.join(digest.trim_start_matches("sha256:"));
-        std::fs::rename(&tmp, &path).expect("plant blob");
-        age(&path, hours_ago);
-        path
-    };
-    let young = plant("in flight", 0);
-    let old = plant("abandoned", 2);
-    let young_tmp = blobs.join("abc.tmp-1-000000");
-    let old_tmp = blobs.join("def.tmp-1-000000");
-    std::fs::write(&young_tmp, b"half").expect("write");
-    std::fs::write(&old_tmp, b"half").expect("write");
-    age(&old_tmp, 2);
-
-    // Another process restoring from the cache holds it shared, as every
-    // fill and restore does (README: the image cache, concurrency).
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(cache.join("cache.lock"))
-        .expect("cache.lock");
-    lock.lock_shared().expect("shared lock");
-    let mut prune =
-        crate::support::Background::spawn(&mut images_cmd(&["prune", "--all"], &cfg, &cache));
-    assert!(
-        prune.wait_for_line(60, "waiting for"),
-        "prune did not wait: {}",
-        prune.stderr
-    );
-    assert!(
-        old.exists() && old_tmp.exists(),
-        "prune deleted while waiting"
-    );
-    lock.unlock().expect("unlock");
-    assert_eq!(prune.wait(60), Some(0), "{}", prune.stderr);
-    assert!(young.exists(), "a young unindexed blob was deleted");
-    assert!(young_tmp.exists(), "a young temporary file was deleted");
-    assert!(!old.exists(), "an abandoned blob was kept");
-    assert!(!old_tmp.exists(), "an abandoned temporary file was kept");
-
-    // --grace 0s: everything no entry names goes.
-    let out = run(&mut images_cmd(&["prune", "--grace", "0s"], &cfg, &cache));
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert!(!young.exists() && !young_tmp.exists(), "{}", describe(&out));
-}
-
-/// Pushes, with the registry's HTTP API, an image whose config is not
-/// JSON: the registry and the cache's fill take it (the bytes match their
-/// digests), the daemon refuses it however it arrives.
-fn push_broken_image(repository: &str) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let upload = |bytes: &[u8]| -> (String, usize) {
-        let file = dir.path().join("blob");
-        std::fs::write(&file, bytes).expect("write");
-        let digest = sha256_of(&file);
-        let out = Command::new("curl")
-            .args(["-sS", "-f", "-D", "-", "-o", "/dev/null", "-X", "POST"])
-            .arg(format!(
-                "http://127.0.0.1:5000/v2/{repository}/blobs/uploads/"
-            ))
-            .output()
-            .expect("curl runs");
-        let headers = String::from_utf8_lossy(&out.stdout);
-        let location = headers
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("location:")
-                    .then(|| l[9..].trim().to_owned())
-            })
-            .unwrap_or_else(|| panic!("no upload location: {headers}"));
-        let location = if location.starts_with("http") {
-            location
-        } else {
-            format!("http://127.0.0.1:5000{location}")
-        };
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let put = Command::new("curl")
-            .args(["-sS", "-f", "-X", "PUT", "-H"])
-            .arg("Content-Type: application/octet-stream")
-            .arg("--data-binary")
-            .arg(format!("@{}", file.display()))
-            .arg(format!("{location}{sep}digest={digest}"))
-            .output()
-            .expect("curl runs");
-        assert!(
-            put.status.success(),
-            "{}",
-            String::from_utf8_lossy(&put.stderr)
-        );
-        (digest, bytes.len())
-    };
-    let (config, config_len) = upload(b"this is not an image config");
-    // One real (empty) layer: a gzip of an empty tar.
-    let tar_gz = Command::new("sh")
-        .args(["-c", "tar -cf - -T /dev/null | gzip -n"])
-        .output()
-        .expect("tar runs")
-        .stdout;
-    let (layer, layer_len) = upload(&tar_gz);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_len},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layer_len}],
-    });
-    let put = Command::new("curl")
-        .args(["-sS", "-f", "-X", "PUT", "-H"])
-        .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
-        .arg("--data-binary")
-        .arg(manifest.to_string())
-        .arg(format!("http://127.0.0.1:5000/v2/{repository}/manifests/1"))
-        .output()
-        .expect("curl runs");
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
-}
-
-#[test]
-fn a_restore_that_fails_both_ways_falls_back_to_a_direct_pull() {
-    let _daemon = shared_daemon();
-    let repository = format!("{}/e2e", test_repository());
-    let name = format!("127.0.0.1:5000/{repository}:1");
-    push_broken_image(&repository);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_naming(&name, dir.path());
-    let cache = dir.path().join("cache");
-
-    // The cache takes the image; neither restore path nor the registry's
-    // own image works: exit 102, naming the image, after one warning.
-    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
-    assert_eq!(out.status.code(), Some(102), "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.trim().lines().last().unwrap_or_default();
-    assert!(
-        last.contains("error") && last.contains(&name),
-        "{}",
-        describe(&out)
-    );
-    let warned = warnings(&out.stderr);
-    assert_eq!(warned.len(), 1, "one warning: {}", describe(&out));
-    assert!(
-        warned[0].contains(&name) && warned[0].contains("directly"),
-        "{}",
-        describe(&out)
-    );
-
-    // The tag now names a good image; the cache still holds the broken
-    // one: one warning, then the direct pull brings the good one.
-    let good = TestImage::push_as(name.clone());
-    let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("registry {name}"),
-        "{}",
-        describe(&out)
-    );
-    let warned = warnings(&out.stderr);
-    assert_eq!(warned.len(), 1, "one warning: {}", describe(&out));
-    assert!(
-        warned[0].contains(&name) && warned[0].contains("served") && warned[0].contains("load"),
-        "the warning says why both ways failed: {}",
-        describe(&out)
-    );
-    assert!(TestImage::present(&good.name));
-}
-
-#[test]
-fn a_prune_racing_a_restore_never_takes_its_blobs() {
-    let _daemon = shared_daemon();
-    let image = TestImage::push();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_with(&image, dir.path());
-    let cache = dir.path().join("cache");
-    for round in 0..10 {
-        // The image in the cache, not in the daemon.
-        let out = run(&mut images_cmd(&["pull"], &cfg, &cache));
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "round {round}: {}",
-            describe(&out)
-        );
-        image.remove_local();
-        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let spawn = |sub: &'static [&'static str]| {
-            let (start, cfg, cache) = (start.clone(), cfg.clone(), cache.clone());
-            std::thread::spawn(move || {
-                let mut cmd = images_cmd(sub, &cfg, &cache);
-                start.wait();
-                run(&mut cmd)
-            })
-        };
-        let restore = spawn(&["pull"]);
-        let prune = spawn(&["prune", "--all"]);
-        let (restore, prune) = (
-            restore.join().expect("runner thread"),
-            prune.join().expect("runner thread"),
-        );
-        assert_eq!(
-            prune.status.code(),
-            Some(0),
-            "round {round}: {}",
-            describe(&prune)
-        );
-        // Whichever went first, the restore neither failed nor fell back.
-        assert_eq!(
-            restore.status.code(),
-            Some(0),
-            "round {round}: {}",
-            describe(&restore)
-        );
-        assert!(
-            warnings(&restore.stderr).is_empty(),
-            "round {round}: {}",
-            describe(&restore)
-        );
-        assert!(TestImage::present(&image.name), "round {round}");
-        assert_cache_whole(&cache);
-    }
 }
