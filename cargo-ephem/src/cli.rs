@@ -263,7 +263,8 @@ pub enum ImagesCommand {
     /// List the cache's images: reference, digest, size, last used.
     Ls,
     /// Remove cache entries, then every blob no entry references; keeps the
-    /// configuration's images unless --all.
+    /// configuration's images unless --all. Waits for processes filling or
+    /// restoring from the cache.
     Prune {
         /// Only entries unused for this long (e.g. 7days).
         #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]

@@ -5,8 +5,8 @@
 //! `concurrency`, faults in `faults`; the helpers they share are here.
 //!
 //! Images are built here (`FROM busybox:1.36` plus a file, under a random
-//! repository), pushed to the registry, and removed from the daemon on
-//! drop, so tests beside these never lose an image.
+//! repository), pushed to the registry, and removed from the daemon and
+//! the registry on drop, so tests beside these never lose an image.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,7 +116,45 @@ impl TestImage {
 impl Drop for TestImage {
     fn drop(&mut self) {
         self.remove_local();
+        remove_from_registry(&self.name);
     }
+}
+
+/// Deletes the manifest `name` (`127.0.0.1:5000/<repository>:<tag>`, or
+/// `@<digest>`) names from the test registry, so tests leave no image there.
+fn remove_from_registry(name: &str) {
+    let Some(path) = name.strip_prefix("127.0.0.1:5000/") else {
+        return;
+    };
+    let (repository, reference) = match path.rsplit_once('@') {
+        Some(split) => split,
+        None => path.rsplit_once(':').unwrap_or((path, "latest")),
+    };
+    let url = |r: &str| format!("http://127.0.0.1:5000/v2/{repository}/manifests/{r}");
+    let digest = if reference.starts_with("sha256:") {
+        reference.to_owned()
+    } else {
+        let head = Command::new("curl")
+            .args(["-sSI", "-H"])
+            .arg("Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json")
+            .arg(url(reference))
+            .output();
+        let Ok(head) = head else { return };
+        let headers = String::from_utf8_lossy(&head.stdout).into_owned();
+        let found = headers.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| value.trim().to_owned())
+        });
+        match found {
+            Some(digest) => digest,
+            None => return,
+        }
+    };
+    let _ = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-X", "DELETE"])
+        .arg(url(&digest))
+        .output();
 }
 
 /// Random bytes without another dependency: the kernel's.

@@ -5,13 +5,17 @@
 
 use std::process::Command;
 
-use super::{config_naming, images_cmd, sha256_of, test_repository, warnings, Proxy, TestImage};
+use super::{
+    config_naming, images_cmd, remove_from_registry, sha256_of, test_repository, warnings, Proxy,
+    TestImage,
+};
 use crate::support::{describe, run, shared_daemon};
 
 /// Pushes, with the registry's HTTP API, an image whose config is not
 /// JSON: the registry and the cache's fill take it (the bytes match their
-/// digests), the daemon refuses it however it arrives.
-fn push_broken_image(repository: &str) {
+/// digests), the daemon refuses it however it arrives. Returns its name
+/// by digest, which the caller removes from the registry.
+fn push_broken_image(repository: &str) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let upload = |bytes: &[u8]| -> (String, usize) {
         let file = dir.path().join("blob");
@@ -81,6 +85,18 @@ fn push_broken_image(repository: &str) {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
+    let file = dir.path().join("manifest");
+    std::fs::write(&file, manifest.to_string()).expect("write");
+    format!("127.0.0.1:5000/{repository}@{}", sha256_of(&file))
+}
+
+/// Removes a manifest from the test registry on drop.
+struct InRegistry(String);
+
+impl Drop for InRegistry {
+    fn drop(&mut self) {
+        remove_from_registry(&self.0);
+    }
 }
 
 #[test]
@@ -88,7 +104,7 @@ fn a_restore_that_fails_both_ways_falls_back_to_a_direct_pull() {
     let _daemon = shared_daemon();
     let repository = format!("{}/e2e", test_repository());
     let name = format!("127.0.0.1:5000/{repository}:1");
-    push_broken_image(&repository);
+    let _broken = InRegistry(push_broken_image(&repository));
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = config_naming(&name, dir.path());
     let cache = dir.path().join("cache");
