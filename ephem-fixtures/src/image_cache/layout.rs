@@ -367,12 +367,17 @@ impl FileLock {
     }
 }
 
+/// Opens the lock file read-only when it exists (`flock` needs no write
+/// access, and in a cache a group shares another member may own it).
 fn open_lock_file(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
+    match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path),
+        opened => opened,
+    }
 }
 
 #[cfg(test)]
@@ -414,6 +419,24 @@ mod tests {
         assert!(hex_of(&digest).is_some());
         let oci = std::fs::read_to_string(dir.path().join("oci-layout")).unwrap();
         assert_eq!(oci, OCI_LAYOUT);
+    }
+
+    #[test]
+    fn shared_holders_keep_the_exclusive_one_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.lock");
+        let first = FileLock::try_acquire(&path, Mode::Shared).unwrap();
+        let second = FileLock::try_acquire(&path, Mode::Shared).unwrap();
+        assert!(first.is_some() && second.is_some());
+        assert!(FileLock::try_acquire(&path, Mode::Exclusive)
+            .unwrap()
+            .is_none());
+        drop((first, second));
+        let exclusive = FileLock::try_acquire(&path, Mode::Exclusive).unwrap();
+        assert!(exclusive.is_some());
+        assert!(FileLock::try_acquire(&path, Mode::Shared)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
