@@ -263,7 +263,8 @@ pub enum ImagesCommand {
     /// List the cache's images: reference, digest, size, last used.
     Ls,
     /// Remove cache entries, then every blob no entry references; keeps the
-    /// configuration's images unless --all.
+    /// configuration's images unless --all. Waits for processes filling or
+    /// restoring from the cache.
     Prune {
         /// Only entries unused for this long (e.g. 7days).
         #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
@@ -274,6 +275,10 @@ pub enum ImagesCommand {
         /// Also the images the configuration references.
         #[arg(long)]
         all: bool,
+        /// Keep blobs no entry names, and temporary files, younger than
+        /// this (a fill may be writing them; default 1h, 0s for none).
+        #[arg(long, value_name = "DURATION", value_parser = ephem_core::images::parse_grace)]
+        grace: Option<Duration>,
     },
     /// Ask the registry what each tag points at now, and refill changed images.
     Update,
@@ -295,10 +300,12 @@ impl ImagesArgs {
                     older_than,
                     max_size,
                     all,
+                    grace,
                 } => ImagesAction::Prune {
                     older_than,
                     max_size,
                     all,
+                    grace,
                 },
                 ImagesCommand::Update => ImagesAction::Update,
             },
@@ -926,6 +933,7 @@ mod tests {
                 older_than: Some(Duration::from_secs(7 * 24 * 3600)),
                 max_size: Some(2 << 30),
                 all: false,
+                grace: None,
             }
         );
         let err = parse(&["images", "prune", "--max-size", "2 parsecs"]).unwrap_err();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use ephem_fixtures::image_cache::registry::{RegistrySettings, DEFAULT_IDLE_TIMEOUT};
-use ephem_fixtures::image_cache::{self, layout, ImageCache, Resolve};
+use ephem_fixtures::image_cache::{self, layout, ImageCache, PruneRules, Resolve};
 use ephem_fixtures::{DockerBackend, EnvEvent, EphemConfig};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -17,6 +17,11 @@ use crate::error::{exit_codes, EphemError, Result};
 use crate::options::{ImagesAction, ImagesOptions};
 
 pub use ephem_fixtures::image_cache::parse_size;
+
+/// `--grace DURATION` of `images prune`: zero allowed (no grace).
+pub fn parse_grace(text: &str) -> std::result::Result<Duration, String> {
+    ephem_fixtures::config::parse_duration(text, true)
+}
 
 /// Runs one `cargo ephem images` subcommand.
 pub fn images(options: &ImagesOptions) -> Result<i32> {
@@ -48,13 +53,20 @@ async fn run(
             older_than,
             max_size,
             all,
+            grace,
         } => {
-            let keep: Vec<String> = config
-                .as_ref()
-                .map(|c| c.images().iter().map(|i| i.local_name()).collect())
-                .unwrap_or_default();
+            let rules = PruneRules {
+                keep: config
+                    .as_ref()
+                    .map(|c| c.images().iter().map(|i| i.local_name()).collect())
+                    .unwrap_or_default(),
+                all: *all,
+                older_than: *older_than,
+                max_size: *max_size,
+                grace: *grace,
+            };
             let (cache, printer) = open_cache(&options.env, config.as_ref())?;
-            let result = cache.prune(&keep, *all, *older_than, *max_size);
+            let result = cache.prune(&rules).await;
             drop(cache);
             printer.finish().await;
             let (removed, freed) = result.map_err(|e| EphemError::Usage(e.to_string()))?;

@@ -281,6 +281,9 @@ pub enum ImagesAction {
         max_size: Option<u64>,
         /// Also the images the configuration references.
         all: bool,
+        /// Age below which blobs no entry names, and temporary files, are
+        /// kept (an hour when `None`).
+        grace: Option<Duration>,
     },
     /// Re-resolve tags at the registry and refill changed images.
     Update,

@@ -4,7 +4,7 @@
 //!
 //! Every test builds images of its own (`FROM busybox:1.36` plus a file,
 //! under a random repository), pushes them, and removes them from the daemon
-//! on drop, so tests beside it never lose an image. The registry is reached
+//! and the registry on drop, so tests beside it never lose an image. The registry is reached
 //! through a counting loopback proxy, which proves how many connections a
 //! run made, and which can be stopped to make the registry unreachable.
 
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ephem_fixtures::docker::{Origin, RestorePath};
 use ephem_fixtures::image_cache::layout::{BlobState, Layout};
-use ephem_fixtures::image_cache::{ImageCache, Resolve};
+use ephem_fixtures::image_cache::{ImageCache, PruneRules, Resolve};
 use ephem_fixtures::{DockerBackend, EnvEvent, EphemConfig, ImageRef};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -117,7 +117,40 @@ impl Drop for TestImages {
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for name in names {
             self.remove_local(&name);
+            remove_from_registry(&name);
         }
+    }
+}
+
+/// Deletes the manifest `name` (`127.0.0.1:5000/<repository>:<tag>`) names
+/// from the test registry, so tests leave no image there.
+fn remove_from_registry(name: &str) {
+    let Some((repository, tag)) = name
+        .strip_prefix(&format!("{REGISTRY}/"))
+        .and_then(|p| p.rsplit_once(':'))
+    else {
+        return;
+    };
+    let url = |r: &str| format!("http://{REGISTRY}/v2/{repository}/manifests/{r}");
+    let Ok(head) = Command::new("curl")
+        .args(["-sSI", "-H"])
+        .arg("Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+        .arg(url(tag))
+        .output()
+    else {
+        return;
+    };
+    let headers = String::from_utf8_lossy(&head.stdout).into_owned();
+    let digest = headers.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        key.eq_ignore_ascii_case("docker-content-digest")
+            .then(|| value.trim().to_owned())
+    });
+    if let Some(digest) = digest {
+        let _ = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-X", "DELETE"])
+            .arg(url(&digest))
+            .output();
     }
 }
 
@@ -399,9 +432,11 @@ async fn shared_layers_are_stored_once_and_prune_keeps_referenced_images() {
     assert_cache_verifies(cache.path());
 
     // Prune with only `a` referenced: b's own blobs go, the shared one stays.
-    let (removed, freed) = store
-        .prune(std::slice::from_ref(&a), false, None, None)
-        .expect("prune");
+    let keep_a = PruneRules {
+        keep: vec![a.clone()],
+        ..Default::default()
+    };
+    let (removed, freed) = store.prune(&keep_a).await.expect("prune");
     assert_eq!(removed, vec![b.clone()]);
     assert!(freed > 0);
     let left: Vec<String> = blob_files(cache.path())
@@ -425,9 +460,11 @@ async fn shared_layers_are_stored_once_and_prune_keeps_referenced_images() {
     assert_cache_verifies(cache.path());
 
     // --all removes the referenced one too.
-    let (removed, _) = store
-        .prune(std::slice::from_ref(&a), true, None, None)
-        .expect("prune");
+    let all = PruneRules {
+        all: true,
+        ..keep_a
+    };
+    let (removed, _) = store.prune(&all).await.expect("prune");
     assert_eq!(removed, vec![a]);
     assert!(blob_files(cache.path()).is_empty());
 }

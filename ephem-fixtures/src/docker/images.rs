@@ -211,7 +211,9 @@ impl ImageStore {
     /// Fills `image` into the cache (from the registry only what is
     /// missing) and restores it into the daemon under its local name.
     /// `None`: no cache, or it cannot help (disk full, a pinned digest, a
-    /// failed fill): the caller pulls directly.
+    /// failed fill, a failed restore): the caller pulls directly. Any
+    /// failure but a full disk or a cold fill's unreachable registry is
+    /// told in one warning naming the image and why.
     async fn through_cache(&self, image: &ImageRef) -> Result<Option<Origin>, EnvError> {
         let Some(cache) = &self.cache else {
             return Ok(None);
@@ -221,6 +223,27 @@ impl ImageStore {
             // pulls those itself (see the README).
             return Ok(None);
         }
+        let directly = |reason: String| {
+            // Most reasons from the cache name it already.
+            let message = if reason.starts_with("image cache ") {
+                format!("{reason}; pulling {image} directly")
+            } else {
+                format!(
+                    "image cache {}: {reason}; pulling {image} directly",
+                    cache.root().display()
+                )
+            };
+            let _ = self.events.send(EnvEvent::Warning {
+                shard: None,
+                message,
+            });
+            Ok(None)
+        };
+        // Held until the daemon has the image: prune waits for it.
+        let _in_use = match cache.in_use().await {
+            Ok(held) => held,
+            Err(e) => return directly(e.to_string()),
+        };
         let filled = match cache
             .fill(image, self.mirror.as_deref(), Resolve::Recorded)
             .await
@@ -230,30 +253,24 @@ impl ImageStore {
                 cache.warn_full(&reason);
                 return Ok(None);
             }
-            // The direct pull says what is wrong with the registry.
-            Err(CacheError::Unreachable(_)) => return Ok(None),
-            Err(CacheError::Failed(reason)) => {
-                let _ = self.events.send(EnvEvent::Warning {
-                    shard: None,
-                    message: format!("image cache: {reason}; pulling {image} directly"),
-                });
-                return Ok(None);
-            }
-        };
-        let how = match self.restore {
-            RestorePath::Serve => match self.restore_served(cache, image, &filled).await {
-                Ok(how) => how,
-                // A daemon in a VM behind a local socket cannot reach our
-                // loopback either: loading still works.
-                Err(e) => {
-                    let _ = self.events.send(EnvEvent::Warning {
-                        shard: None,
-                        message: format!("{e}; loading {image} with `docker load` instead"),
-                    });
-                    self.restore_loaded(cache, image, &filled).await?
+            Err(CacheError::Unreachable(reason)) => {
+                let cached = cache
+                    .entries()
+                    .iter()
+                    .any(|d| d.reference() == Some(image.local_name().as_str()));
+                if !cached {
+                    // A cold fill: the direct pull says what is wrong.
+                    return Ok(None);
                 }
-            },
-            RestorePath::Load => self.restore_loaded(cache, image, &filled).await?,
+                return directly(format!(
+                    "{image} is incomplete there and its registry cannot be reached ({reason})"
+                ));
+            }
+            Err(CacheError::Failed(reason)) => return directly(reason),
+        };
+        let how = match self.restore(cache, image, &filled).await {
+            Ok(how) => how,
+            Err(reason) => return directly(format!("cannot restore {image} ({reason})")),
         };
         let origin = match filled.source {
             FillSource::Cache => Origin::Cache,
@@ -273,6 +290,43 @@ impl ImageStore {
         Ok(Some(origin))
     }
 
+    /// Puts the filled image into the daemon: served, then loaded when the
+    /// served pull fails (one warning); `Err` says why every path tried
+    /// failed.
+    async fn restore(
+        &self,
+        cache: &ImageCache,
+        image: &ImageRef,
+        filled: &Filled,
+    ) -> Result<String, String> {
+        if self.restore == RestorePath::Load {
+            return self
+                .restore_loaded(cache, filled, image)
+                .await
+                .map_err(|e| format!("`docker load`: {e}"));
+        }
+        let served = match self.restore_served(cache, image, filled).await {
+            Ok(how) => return Ok(how),
+            Err(reason) => reason,
+        };
+        // A daemon in a VM behind a local socket cannot reach our loopback
+        // either: loading still works.
+        match self.restore_loaded(cache, filled, image).await {
+            Ok(how) => {
+                let _ = self.events.send(EnvEvent::Warning {
+                    shard: None,
+                    message: format!(
+                        "{image}: the daemon could not pull it from the image cache's loopback registry ({served}); loaded it with `docker load` instead"
+                    ),
+                });
+                Ok(how)
+            }
+            Err(loaded) => Err(format!(
+                "served from loopback: {served}; `docker load`: {loaded}"
+            )),
+        }
+    }
+
     /// The daemon pulls the image from our loopback registry, by digest;
     /// it is tagged with its local name and the temporary name removed.
     async fn restore_served(
@@ -280,16 +334,12 @@ impl ImageStore {
         cache: &ImageCache,
         image: &ImageRef,
         filled: &Filled,
-    ) -> Result<String, EnvError> {
+    ) -> Result<String, String> {
         let server = self
             .server
             .get_or_try_init(|| RegistryServer::start(cache.layout().clone()))
             .await
-            .map_err(|e| {
-                EnvError::Other(format!(
-                    "cannot serve the image cache on 127.0.0.1: {e}; unset EPHEM_IMAGE_CACHE / --image-cache to pull directly"
-                ))
-            })?;
+            .map_err(|e| format!("cannot serve the image cache on 127.0.0.1: {e}"))?;
         let host = server.host();
         let repository = format!("{host}/{}", cache_repository(image));
         let mut digest = filled.descriptor.digest.clone();
@@ -320,14 +370,7 @@ impl ImageStore {
             }
         }
         let digest = &digest;
-        self.pull_from(
-            image,
-            &repository,
-            digest,
-            &host,
-            "the daemon could not pull from the image cache's loopback registry",
-        )
-        .await?;
+        self.pull_from(image, &repository, digest).await?;
         let temporary = format!("{repository}@{digest}");
         let tag = TagImageOptions {
             repo: Some(image.local_repository()),
@@ -337,10 +380,10 @@ impl ImageStore {
             .tag_image(&temporary, Some(tag))
             .await
             .map_err(|e| {
-                EnvError::Other(format!(
-                    "restored {temporary} from the image cache but cannot tag it {}: {e}",
+                format!(
+                    "pulled {temporary} but cannot tag it {}: {e}",
                     image.local_name()
-                ))
+                )
             })?;
         let untag = RemoveImageOptions {
             noprune: true,
@@ -357,20 +400,14 @@ impl ImageStore {
     async fn restore_loaded(
         &self,
         cache: &ImageCache,
-        image: &ImageRef,
         filled: &Filled,
-    ) -> Result<String, EnvError> {
-        let failed = |reason: String| {
-            EnvError::Other(format!(
-                "cannot load {image} from the image cache {}: {reason}",
-                cache.root().display()
-            ))
-        };
+        image: &ImageRef,
+    ) -> Result<String, String> {
         let blobs = cache
             .manifest_blobs(&filled.descriptor.digest)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let Some(((config, _), layers)) = blobs.split_first() else {
-            return Err(failed("the manifest names no config".into()));
+            return Err("the manifest names no config".into());
         };
         let layers = layers.iter().map(|(d, _)| d.clone()).collect();
         let archive = archive::docker_archive(
@@ -385,7 +422,7 @@ impl ImageStore {
         };
         let mut stream = self.docker.import_image_stream(options, archive, None);
         while let Some(item) = stream.next().await {
-            item.map_err(|e| failed(pull_reason(&e)))?;
+            item.map_err(|e| pull_reason(&e))?;
         }
         Ok("streamed into `docker load` (loaded: EPHEM_IMAGE_RESTORE=load, or a daemon that cannot reach this machine's loopback)".to_owned())
     }
@@ -413,27 +450,15 @@ impl ImageStore {
             image,
             &image.pull_repository(mirror),
             image.digest().unwrap_or(image.tag()),
-            &registry,
-            hint,
         )
-        .await?;
+        .await
+        .map_err(&pull_error)?;
         self.tag_pulled(image, via_mirror, pull_error).await
     }
 
-    /// Pulls `repository:tag` (or `@digest`), reporting byte progress as `image`'s.
-    async fn pull_from(
-        &self,
-        image: &ImageRef,
-        repository: &str,
-        tag: &str,
-        registry: &str,
-        hint: &str,
-    ) -> Result<(), EnvError> {
-        let pull_error = |reason: String| EnvError::Pull {
-            image: image.original().to_owned(),
-            registry: registry.to_owned(),
-            reason: format!("{reason}; {hint}"),
-        };
+    /// Pulls `repository:tag` (or `@digest`), reporting byte progress as
+    /// `image`'s; `Err` is what the daemon or registry said.
+    async fn pull_from(&self, image: &ImageRef, repository: &str, tag: &str) -> Result<(), String> {
         // An explicit tag (or digest): an empty tag would pull every tag.
         let options = CreateImageOptions {
             from_image: Some(repository.to_owned()),
@@ -446,15 +471,15 @@ impl ImageStore {
             let Ok(next) = tokio::time::timeout(self.idle_timeout, stream.next()).await else {
                 // Dropping the stream closes the request; the daemon
                 // cancels a pull whose client went away.
-                return Err(pull_error(format!(
+                return Err(format!(
                     "the daemon's pull reported no progress for {} (the [images] idle-timeout) and was given up",
                     humantime::format_duration(self.idle_timeout)
-                )));
+                ));
             };
             let Some(item) = next else { break };
             // Registry errors (unknown manifest, refused connection) arrive in
             // the middle of the progress stream, not as an HTTP status.
-            let info = item.map_err(|e| pull_error(pull_reason(&e)))?;
+            let info = item.map_err(|e| pull_reason(&e))?;
             let (Some(id), Some(status)) = (info.id, info.status) else {
                 continue;
             };

@@ -131,8 +131,17 @@ pub struct Layout {
 
 impl Layout {
     /// Creates the layout's files if missing; fails when the folder cannot
-    /// be created or written.
+    /// be created or written. A folder created here (and any missing
+    /// parent) is its owner's alone (0700): images pulled with private
+    /// credentials land in it. An existing folder's mode is left alone.
     pub fn create(root: &Path) -> io::Result<Layout> {
+        if !root.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)?;
+        }
         std::fs::create_dir_all(root.join("blobs/sha256"))?;
         let layout = Layout {
             root: root.to_owned(),
@@ -151,6 +160,12 @@ impl Layout {
     /// The cache's folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `cache.lock`: held shared by every run while it fills or restores,
+    /// and exclusively by prune while it reads the index and deletes.
+    pub fn use_lock_path(&self) -> PathBuf {
+        self.root.join("cache.lock")
     }
 
     /// Where the blob with `digest` lives, `None` for a malformed digest.
@@ -195,7 +210,23 @@ impl Layout {
         warn: impl FnOnce(String),
         change: impl FnOnce(&mut Index) -> T,
     ) -> io::Result<T> {
-        let _lock = IndexLock::acquire(&self.root)?;
+        let lock = self.lock_index()?;
+        self.update_index_locked(&lock, warn, change)
+    }
+
+    /// The exclusive lock on `index.lock` that [`update_index`](Self::update_index)
+    /// takes, for a caller that must keep the index still for longer (prune).
+    pub fn lock_index(&self) -> io::Result<FileLock> {
+        FileLock::acquire(&self.root.join("index.lock"), Mode::Exclusive)
+    }
+
+    /// [`update_index`](Self::update_index) under a lock the caller holds.
+    pub fn update_index_locked<T>(
+        &self,
+        _lock: &FileLock,
+        warn: impl FnOnce(String),
+        change: impl FnOnce(&mut Index) -> T,
+    ) -> io::Result<T> {
         let mut index = match self.read_index() {
             Ok(index) => index,
             Err(reason) => {
@@ -230,11 +261,19 @@ impl Layout {
             }
         }
         if hasher.finish() == digest {
-            BlobState::Good
-        } else {
-            let _ = std::fs::remove_file(&path);
-            BlobState::Corrupt
+            return BlobState::Good;
         }
+        // Only the file hashed: another run may have renamed a good copy
+        // over it meanwhile, and that one stays.
+        use std::os::unix::fs::MetadataExt;
+        let same =
+            |a: &std::fs::Metadata, b: &std::fs::Metadata| a.ino() == b.ino() && a.dev() == b.dev();
+        if let (Ok(hashed), Ok(now)) = (file.metadata(), std::fs::metadata(&path)) {
+            if same(&hashed, &now) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        BlobState::Corrupt
     }
 
     /// Stores `bytes` (already verified against `digest`) unless present.
@@ -286,30 +325,58 @@ fn write_atomic(layout: &Layout, path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-/// An exclusive `flock` on `<cache>/index.lock`, released on drop.
-struct IndexLock(File);
+/// How a [`FileLock`] is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Many holders at once (runs filling or restoring).
+    Shared,
+    /// One holder, no shared ones (prune).
+    Exclusive,
+}
 
-impl IndexLock {
-    fn acquire(root: &Path) -> io::Result<IndexLock> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(root.join("index.lock"))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this struct owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
+/// A `flock` on a file of the cache (std's `File::lock`), released when
+/// the file closes on drop.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Waits for the lock on `path`, creating the file if needed.
+    pub fn acquire(path: &Path, mode: Mode) -> io::Result<FileLock> {
+        let file = open_lock_file(path)?;
+        match mode {
+            Mode::Shared => file.lock_shared()?,
+            Mode::Exclusive => file.lock()?,
         }
-        Ok(IndexLock(file))
+        Ok(FileLock { _file: file })
+    }
+
+    /// The lock if it is free now, `None` when another holder has it.
+    pub fn try_acquire(path: &Path, mode: Mode) -> io::Result<Option<FileLock>> {
+        let file = open_lock_file(path)?;
+        let attempt = match mode {
+            Mode::Shared => file.try_lock_shared(),
+            Mode::Exclusive => file.try_lock(),
+        };
+        match attempt {
+            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 }
 
-impl Drop for IndexLock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above; closing the file would release it too.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+/// Opens the lock file read-only when it exists (`flock` needs no write
+/// access, and in a cache a group shares another member may own it).
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path),
+        opened => opened,
     }
 }
 
@@ -352,6 +419,24 @@ mod tests {
         assert!(hex_of(&digest).is_some());
         let oci = std::fs::read_to_string(dir.path().join("oci-layout")).unwrap();
         assert_eq!(oci, OCI_LAYOUT);
+    }
+
+    #[test]
+    fn shared_holders_keep_the_exclusive_one_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.lock");
+        let first = FileLock::try_acquire(&path, Mode::Shared).unwrap();
+        let second = FileLock::try_acquire(&path, Mode::Shared).unwrap();
+        assert!(first.is_some() && second.is_some());
+        assert!(FileLock::try_acquire(&path, Mode::Exclusive)
+            .unwrap()
+            .is_none());
+        drop((first, second));
+        let exclusive = FileLock::try_acquire(&path, Mode::Exclusive).unwrap();
+        assert!(exclusive.is_some());
+        assert!(FileLock::try_acquire(&path, Mode::Shared)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

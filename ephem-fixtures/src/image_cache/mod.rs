@@ -10,19 +10,22 @@
 pub mod archive;
 pub mod decompress;
 pub mod layout;
+mod prune;
 pub mod registry;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::io::AsyncWriteExt;
 
 use self::layout::{
-    BlobState, Descriptor, Hasher, Layout, LAST_USED, REF_NAME, TAG_DIGEST, TOTAL_SIZE,
+    BlobState, Descriptor, FileLock, Hasher, Layout, Mode, LAST_USED, REF_NAME, TAG_DIGEST,
+    TOTAL_SIZE,
 };
+pub use self::prune::{PruneRules, DEFAULT_GRACE};
 use self::registry::{Endpoint, RegistryClient, RegistryError, RegistrySettings};
 use crate::image_ref::ImageRef;
 use crate::{EnvEvent, EventSink};
@@ -80,6 +83,13 @@ pub struct Filled {
     pub downloaded: u64,
 }
 
+/// A run's shared hold on the cache (see [`ImageCache::in_use`]); released
+/// on drop.
+#[derive(Debug)]
+pub struct InUse {
+    _lock: FileLock,
+}
+
 /// One cache folder, shared by every image of a run.
 pub struct ImageCache {
     layout: Layout,
@@ -128,6 +138,27 @@ impl ImageCache {
     /// Registry requests made so far by this cache.
     pub fn registry_requests(&self) -> u64 {
         self.client.get().map_or(0, |c| c.requests())
+    }
+
+    /// Holds the cache shared while a fill or restore reads and writes
+    /// blobs (`cache.lock`): prune waits for every holder, so no blob a
+    /// run is writing or serving vanishes under it. Waits while a prune
+    /// runs.
+    pub async fn in_use(&self) -> Result<InUse, CacheError> {
+        let path = self.layout.use_lock_path();
+        let locked = |e| self.io_error("cannot lock cache.lock", e);
+        if let Some(lock) = FileLock::try_acquire(&path, Mode::Shared).map_err(locked)? {
+            return Ok(InUse { _lock: lock });
+        }
+        self.note(format!(
+            "image cache {}: waiting for `cargo ephem images prune` to finish with it",
+            self.root().display()
+        ));
+        tokio::task::spawn_blocking(move || FileLock::acquire(&path, Mode::Shared))
+            .await
+            .map_err(|e| CacheError::Failed(format!("waiting for cache.lock stopped: {e}")))?
+            .map(|lock| InUse { _lock: lock })
+            .map_err(locked)
     }
 
     fn warn(&self, message: String) {
@@ -181,6 +212,7 @@ impl ImageCache {
         mirror: Option<&str>,
         resolve: Resolve,
     ) -> Result<Filled, CacheError> {
+        let _in_use = self.in_use().await?;
         let reference = image.local_name();
         let recorded = self
             .layout
@@ -357,107 +389,6 @@ impl ImageCache {
 
     fn io_error(&self, what: &str, e: std::io::Error) -> CacheError {
         io_error(self.root(), what, e)
-    }
-
-    /// Removes index entries (those `keep` does not name, unless `all`;
-    /// only those unused for `older_than` when given), then entries oldest
-    /// first until the cache fits `max_size`, then every blob no remaining
-    /// entry references. Returns the references removed and bytes freed.
-    pub fn prune(
-        &self,
-        keep: &[String],
-        all: bool,
-        older_than: Option<Duration>,
-        max_size: Option<u64>,
-    ) -> Result<(Vec<String>, u64), CacheError> {
-        let now = SystemTime::now();
-        let removed = self
-            .layout
-            .update_index(
-                |w| self.warn(w),
-                |index| {
-                    let mut removed = Vec::new();
-                    let mut entries: Vec<Descriptor> = std::mem::take(&mut index.manifests);
-                    // Oldest first, so a size limit drops the least recently used.
-                    entries.sort_by_key(last_used);
-                    let kept_by_config = |d: &Descriptor| {
-                        !all && d.reference().is_some_and(|r| keep.iter().any(|k| k == r))
-                    };
-                    let old = |d: &Descriptor| match older_than {
-                        Some(age) => last_used(d)
-                            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= age),
-                        None => max_size.is_none(),
-                    };
-                    let mut remaining = Vec::new();
-                    for d in entries {
-                        if !kept_by_config(&d) && old(&d) {
-                            removed.push(d.reference().unwrap_or(&d.digest).to_owned());
-                        } else {
-                            remaining.push(d);
-                        }
-                    }
-                    if let Some(limit) = max_size {
-                        let size = |d: &Descriptor| {
-                            d.annotations
-                                .get(TOTAL_SIZE)
-                                .and_then(|s| s.parse::<u64>().ok())
-                                .unwrap_or(d.size)
-                        };
-                        let mut total: u64 = remaining.iter().map(size).sum();
-                        let mut i = 0;
-                        while total > limit && i < remaining.len() {
-                            if kept_by_config(&remaining[i]) {
-                                i += 1;
-                                continue;
-                            }
-                            let d = remaining.remove(i);
-                            total = total.saturating_sub(size(&d));
-                            removed.push(d.reference().unwrap_or(&d.digest).to_owned());
-                        }
-                    }
-                    index.manifests = remaining;
-                    removed
-                },
-            )
-            .map_err(|e| self.io_error("cannot write index.json", e))?;
-        let freed = self.remove_unreferenced()?;
-        Ok((removed, freed))
-    }
-
-    /// Deletes blobs no index entry reaches, and temporary files of fills
-    /// that died (older than an hour); returns the bytes freed.
-    fn remove_unreferenced(&self) -> Result<u64, CacheError> {
-        let index = self.layout.read_index().map_err(CacheError::Failed)?;
-        let mut referenced = std::collections::HashSet::new();
-        for d in &index.manifests {
-            referenced.insert(d.digest.clone());
-            if let Some(tag) = d.annotations.get(TAG_DIGEST) {
-                referenced.insert(tag.clone());
-            }
-            if let Ok(blobs) = self.manifest_blobs(&d.digest) {
-                referenced.extend(blobs.into_iter().map(|(b, _)| b));
-            }
-        }
-        let dir = self.root().join("blobs/sha256");
-        let mut freed = 0;
-        let listing = std::fs::read_dir(&dir)
-            .map_err(|e| CacheError::Failed(format!("cannot list {}: {e}", dir.display())))?;
-        for entry in listing.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = entry.metadata().ok();
-            let stale_tmp = name.contains(".tmp-")
-                && meta
-                    .as_ref()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > Duration::from_secs(3600));
-            let unreferenced =
-                !name.contains(".tmp-") && !referenced.contains(&format!("sha256:{name}"));
-            if (stale_tmp || unreferenced) && std::fs::remove_file(entry.path()).is_ok() {
-                freed += meta.map_or(0, |m| m.len());
-            }
-        }
-        Ok(freed)
     }
 }
 
