@@ -260,3 +260,185 @@ fn a_kept_environment_unused_past_its_ttl_is_swept() {
     assert_eq!(gc.status.code(), Some(0), "{}", describe(&gc));
     assert_nothing_left(&kept);
 }
+
+/// The basic fixture's busybox web service (tests/fixtures/env-busybox.toml)
+/// with `marker` in its environment, so that a test's runs have keys of
+/// their own; `extra` is appended (a `[reuse]` table).
+fn write_busybox_config(dir: &Path, marker: &str, extra: &str) -> PathBuf {
+    let base = std::fs::read_to_string(config("env-busybox.toml")).unwrap();
+    let text = base.replace(
+        r#"env = { TOKEN = "${random}" }"#,
+        &format!(r#"env = {{ TOKEN = "${{random}}", REUSE_TEST = "{marker}" }}"#),
+    );
+    assert_ne!(text, base, "env-busybox.toml changed: update this test");
+    let path = dir.join(format!("ephem-{marker}.toml"));
+    std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
+    path
+}
+
+/// The basic fixture's tests matching `filters`, with `--reuse`, recording
+/// what they see in `out`.
+fn busybox_reuse(config: &Path, out: &Path, filters: &[&str]) -> Command {
+    std::fs::create_dir_all(out).unwrap();
+    let mut cmd = ephem_test();
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--reuse", "-j", "2"])
+        .args(filters)
+        .env("FIXTURE_OUT", out);
+    cmd
+}
+
+/// A run that holds its environment until [`let_go`]: one test records the
+/// environment while the other waits for the marker file.
+const HOLDING: [&str; 2] = ["env_integration", "svc_a_waits_for_marker"];
+
+fn let_go(out: &Path) {
+    std::fs::write(out.join("killed"), "").unwrap();
+}
+
+/// The environment a run's test used, once it has recorded it: the run
+/// that made it (`SHARD_TAG` names it) and its service's address.
+fn env_seen(out: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(out.join("env_integration.env")).ok()?;
+    // Written at once, but read as it may be being written: the last line.
+    if !text.contains("WEB_BODY=") {
+        return None;
+    }
+    let env = read_env_file(&out.join("env_integration.env"));
+    let made_by = env.get("SHARD_TAG")?.rsplit("-of-run-").next()?.to_owned();
+    Some((made_by, env.get("WEB_URL")?.clone()))
+}
+
+/// Claim objects (containers or volumes labelled `cargo-ephem.claim`) that
+/// also carry `label`.
+fn claims_with(label: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for what in [&["ps", "-aq"][..], &["volume", "ls", "-q"][..]] {
+        let out = Command::new("docker")
+            .args(what)
+            .args(["--filter", "label=cargo-ephem.claim", "--filter"])
+            .arg(format!("label={label}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        found.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| format!("{}:{l}", what[0])),
+        );
+    }
+    found
+}
+
+/// How many runs wait at the claim barrier in `dir` (`go.PID` files).
+fn arrivals(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("go."))
+        .count()
+}
+
+/// How many rounds the race below runs: against the unfixed claim (delete a
+/// dead holder's claim by name, then create one's own), two runs held the
+/// same environment in 15 of 30 rounds.
+const RACE_ROUNDS: usize = 10;
+
+/// A run killed with SIGKILL while it holds a kept environment leaves its
+/// claim naming a dead process; four runs started at the same moment then
+/// all go for that environment first. Exactly one may take it over: each
+/// run holds its environment until all four have recorded theirs, so two
+/// runs naming the same one held it at the same time.
+#[test]
+fn runs_started_together_never_share_a_kept_environment_whose_holder_was_killed() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_busybox_config(dir.path(), &format!("race{}", std::process::id()), "");
+    let mut guard = RemoveKept(Vec::new());
+
+    let first = run(&mut busybox_reuse(
+        &config,
+        &dir.path().join("first"),
+        &["env_integration"],
+    ));
+    guard
+        .0
+        .extend(run_id_of(&String::from_utf8_lossy(&first.stderr)));
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+
+    for round in 0..RACE_ROUNDS {
+        let round_dir = dir.path().join(format!("round{round}"));
+        // The keeper takes the oldest kept environment over and is killed
+        // as soon as its claim exists.
+        let mut keeper = Background::spawn(&mut busybox_reuse(
+            &config,
+            &round_dir.join("keeper"),
+            &["svc_a_waits_for_marker"],
+        ));
+        let pid = keeper.child.id();
+        let claimed = wait_for(120, || {
+            !claims_with(&format!("cargo-ephem.pid={pid}")).is_empty()
+                || keeper.child.try_wait().unwrap().is_some()
+        });
+        let _ = keeper.child.kill();
+        let _ = keeper.child.wait();
+        keeper.wait(10);
+        guard.0.extend(run_id_of(&keeper.stderr));
+        assert!(
+            claimed && !claims_with(&format!("cargo-ephem.pid={pid}")).is_empty(),
+            "round {round}: the keeper claimed nothing\n{}",
+            keeper.stderr
+        );
+
+        let outs: Vec<PathBuf> = (0..4).map(|i| round_dir.join(format!("run{i}"))).collect();
+        let barrier = round_dir.join("go");
+        let mut runs: Vec<Background> = outs
+            .iter()
+            .map(|out| {
+                Background::spawn(
+                    busybox_reuse(&config, out, &HOLDING)
+                        .env("CARGO_EPHEM_TEST_CLAIM_BARRIER", &barrier),
+                )
+            })
+            .collect();
+        // Released together once all four wait at the barrier (each says
+        // so with a file `go.PID`).
+        let arrived = wait_for(120, || arrivals(&round_dir) == runs.len());
+        std::fs::write(&barrier, "").unwrap();
+        let all_seen = wait_for(120, || outs.iter().all(|o| env_seen(o).is_some()));
+        outs.iter().for_each(|o| let_go(o));
+        for r in &mut runs {
+            let code = r.wait(120);
+            guard.0.extend(run_id_of(&r.stderr));
+            assert_eq!(code, Some(0), "round {round}: a run failed\n{}", r.stderr);
+            assert!(r.stderr.contains("2 tests run: 2 passed"), "{}", r.stderr);
+        }
+        assert!(
+            arrived,
+            "round {round}: not every run reached the claim barrier"
+        );
+        assert!(
+            all_seen,
+            "round {round}: not every run recorded its environment"
+        );
+        let seen: Vec<(String, String)> = outs.iter().map(|o| env_seen(o).unwrap()).collect();
+        let made_by: BTreeSet<&String> = seen.iter().map(|(run, _)| run).collect();
+        let urls: BTreeSet<&String> = seen.iter().map(|(_, url)| url).collect();
+        assert!(
+            made_by.len() == 4 && urls.len() == 4,
+            "round {round}: two runs held one environment at the same time: {seen:?}"
+        );
+        for run in &made_by {
+            let left = claims_with(&format!("cargo-ephem.run={run}"));
+            assert!(
+                left.is_empty(),
+                "round {round}: claims left behind: {left:?}"
+            );
+        }
+    }
+    for run in &guard.0 {
+        remove_by_label(&format!("cargo-ephem.run={run}"));
+        assert_nothing_left(run);
+    }
+}

@@ -315,6 +315,7 @@ impl DockerBackend {
         key: &str,
     ) -> Result<Option<Environment>, EnvError> {
         let docker = &self.shared.docker;
+        reuse::claim_barrier().await;
         for kept in reuse::find(docker, key).await? {
             let until = shard.run.expires_at;
             if !reuse::claim(docker, &self.shared.owner, &kept.run, shard.shard, until).await? {

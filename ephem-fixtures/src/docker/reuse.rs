@@ -103,6 +103,27 @@ pub(crate) async fn find(docker: &Docker, key: &str) -> Result<Vec<Kept>, EnvErr
         .collect())
 }
 
+/// Test-only: the file whose existence releases runs waiting to take kept
+/// environments over, so that a race test's runs claim at the same moment
+/// (process start-up alone spreads them over ~100 ms).
+pub const CLAIM_BARRIER_VAR: &str = "CARGO_EPHEM_TEST_CLAIM_BARRIER";
+
+/// With [`CLAIM_BARRIER_VAR`] set: says it arrived (`FILE.PID`), then waits
+/// at most 60 s for FILE. Without it, returns at once.
+pub(crate) async fn claim_barrier() {
+    let Some(path) = std::env::var_os(CLAIM_BARRIER_VAR) else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let mut arrived = path.clone().into_os_string();
+    arrived.push(format!(".{}", std::process::id()));
+    let _ = std::fs::write(&arrived, "");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// The claim volume of a kept environment (one per run and shard).
 fn claim_name(run: &str, shard: u32) -> String {
     format!("ephem-claim-{}-s{shard}", labels::short_run(run))
