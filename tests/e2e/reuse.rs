@@ -442,3 +442,252 @@ fn runs_started_together_never_share_a_kept_environment_whose_holder_was_killed(
         assert_nothing_left(run);
     }
 }
+
+/// A workspace of one test that writes the environment it got
+/// (`SHARD_TAG`, `WEB_URL`) to `$FIXTURE_OUT/seen`, and with `HOLD` set
+/// keeps its shard until `$FIXTURE_OUT/go` exists; returns its manifest.
+fn tiny_workspace(dir: &Path, name: &str) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::create_dir_all(root.join("tests")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[package]\nname = \"reuse-ws\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        root.join("tests/seen.rs"),
+        r#"use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[test]
+fn seen() {
+    let out = PathBuf::from(std::env::var("FIXTURE_OUT").unwrap());
+    let tag = std::env::var("SHARD_TAG").unwrap();
+    let url = std::env::var("WEB_URL").unwrap();
+    std::fs::write(out.join("seen.tmp"), format!("{tag}\n{url}\n")).unwrap();
+    std::fs::rename(out.join("seen.tmp"), out.join("seen")).unwrap();
+    if std::env::var_os("HOLD").is_some() {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !out.join("go").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+"#,
+    )
+    .unwrap();
+    root.join("Cargo.toml")
+}
+
+/// `--reuse` in a tiny workspace, recording in `out`.
+fn tiny_reuse(manifest: &Path, config: &Path, out: &Path) -> Command {
+    std::fs::create_dir_all(out).unwrap();
+    let mut cmd = ephem();
+    cmd.arg("test")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--config")
+        .arg(config)
+        .arg("--reuse")
+        .env("FIXTURE_OUT", out);
+    cmd
+}
+
+/// The run that made the environment a tiny workspace's test saw, once seen.
+fn tiny_seen(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join("seen")).ok()?;
+    let tag = text.lines().next()?;
+    Some(tag.rsplit("-of-run-").next()?.to_owned())
+}
+
+fn tiny_down(manifest: &Path) -> Output {
+    run(ephem().arg("down").arg("--manifest-path").arg(manifest))
+}
+
+/// A tiny workspace's plain `--reuse` run: passes, returns its run id and
+/// the run whose environment it used.
+fn tiny_run(
+    manifest: &Path,
+    config: &Path,
+    out: &Path,
+    guard: &mut RemoveKept,
+) -> (String, String) {
+    let done = run(&mut tiny_reuse(manifest, config, out));
+    let stderr = String::from_utf8_lossy(&done.stderr).into_owned();
+    let run_id = run_id_of(&stderr).expect("a run id");
+    guard.0.push(run_id.clone());
+    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    (
+        run_id,
+        tiny_seen(out).expect("the test saw its environment"),
+    )
+}
+
+#[test]
+fn another_workspace_with_the_same_configuration_gets_its_own_environments() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_busybox_config(dir.path(), &format!("ws{}", std::process::id()), "");
+    let a = tiny_workspace(dir.path(), "a");
+    let b = tiny_workspace(dir.path(), "b");
+    let mut guard = RemoveKept(Vec::new());
+
+    let (kept_a, made_a) = tiny_run(&a, &config, &dir.path().join("a1"), &mut guard);
+    assert_eq!(made_a, kept_a);
+    // The same ephem.toml from another workspace: a fresh environment.
+    let (kept_b, made_b) = tiny_run(&b, &config, &dir.path().join("b1"), &mut guard);
+    assert_eq!(
+        made_b, kept_b,
+        "workspace b took over the environment workspace a kept"
+    );
+    // Each workspace takes its own over.
+    let (_, again_a) = tiny_run(&a, &config, &dir.path().join("a2"), &mut guard);
+    assert_eq!(again_a, kept_a);
+    let (_, again_b) = tiny_run(&b, &config, &dir.path().join("b2"), &mut guard);
+    assert_eq!(again_b, kept_b);
+
+    // `down` removes its own workspace's only.
+    let out = tiny_down(&b);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_nothing_left(&kept_b);
+    assert_eq!(containers_of(&kept_a).len(), 1, "{}", describe(&out));
+    let out = tiny_down(&a);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for run in &guard.0 {
+        assert_nothing_left(run);
+    }
+}
+
+/// While a run holds a kept environment, neither `gc` (even past the
+/// environment's TTL) nor `down` removes it; `down` says so and exits 2.
+/// Once the run has ended, `down` removes it, claims included.
+#[test]
+fn down_and_gc_leave_a_kept_environment_a_live_run_holds() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_busybox_config(
+        dir.path(),
+        &format!("held{}", std::process::id()),
+        "[reuse]\nttl = \"8s\"\n",
+    );
+    let ws = tiny_workspace(dir.path(), "ws");
+    let mut guard = RemoveKept(Vec::new());
+    let (kept, _) = tiny_run(&ws, &config, &dir.path().join("first"), &mut guard);
+    let kept_at = std::time::Instant::now();
+
+    let held_out = dir.path().join("held");
+    let mut holder = Background::spawn(tiny_reuse(&ws, &config, &held_out).env("HOLD", "1"));
+    assert!(
+        wait_for(120, || tiny_seen(&held_out).is_some()),
+        "{}",
+        holder.stderr
+    );
+    assert_eq!(
+        tiny_seen(&held_out).unwrap(),
+        kept,
+        "the kept one was not taken over"
+    );
+    let pid = holder.child.id();
+    assert_eq!(claims_with(&format!("cargo-ephem.pid={pid}")).len(), 1);
+
+    // Past the TTL of its lease, a held environment is still live to `gc`.
+    std::thread::sleep(std::time::Duration::from_secs(10).saturating_sub(kept_at.elapsed()));
+    let gc = run(ephem().arg("gc"));
+    assert_eq!(gc.status.code(), Some(0), "{}", describe(&gc));
+    assert_eq!(
+        containers_of(&kept).len(),
+        1,
+        "gc removed a held environment\n{}",
+        describe(&gc)
+    );
+
+    let out = tiny_down(&ws);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr.contains(&format!("run {kept}")) && stderr.contains(&format!("pid {pid}")),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        containers_of(&kept).len(),
+        1,
+        "down removed a held environment"
+    );
+
+    std::fs::write(held_out.join("go"), "").unwrap();
+    assert_eq!(holder.wait(120), Some(0), "{}", holder.stderr);
+    guard.0.extend(run_id_of(&holder.stderr));
+    assert!(claims_with(&format!("cargo-ephem.run={kept}")).is_empty());
+
+    let out = tiny_down(&ws);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "removed the environment kept by --reuse (run {kept}"
+        )),
+        "{}",
+        describe(&out)
+    );
+    for run in &guard.0 {
+        assert_nothing_left(run);
+    }
+}
+
+/// `down` started at the same moment as a run: whatever the run took over
+/// is still there when `down` has finished (down claims before it removes,
+/// and leaves what a run holds), and the run passes.
+#[test]
+fn down_never_removes_what_a_run_took_over_meanwhile() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_busybox_config(dir.path(), &format!("down{}", std::process::id()), "");
+    let ws = tiny_workspace(dir.path(), "ws");
+    let mut guard = RemoveKept(Vec::new());
+    for round in 0..2 {
+        let round_dir = dir.path().join(format!("round{round}"));
+        // Three environments kept at once: three runs holding together.
+        let outs: Vec<PathBuf> = (0..3).map(|i| round_dir.join(format!("keep{i}"))).collect();
+        let mut keepers: Vec<Background> = outs
+            .iter()
+            .map(|out| Background::spawn(tiny_reuse(&ws, &config, out).env("HOLD", "1")))
+            .collect();
+        let all = wait_for(120, || outs.iter().all(|o| tiny_seen(o).is_some()));
+        outs.iter()
+            .for_each(|o| std::fs::write(o.join("go"), "").unwrap());
+        for k in &mut keepers {
+            assert_eq!(k.wait(120), Some(0), "{}", k.stderr);
+            guard.0.extend(run_id_of(&k.stderr));
+        }
+        assert!(all, "round {round}: the keepers did not all start");
+
+        let out = round_dir.join("run");
+        let mut taker = Background::spawn(tiny_reuse(&ws, &config, &out).env("HOLD", "1"));
+        let down = tiny_down(&ws);
+        assert!(
+            wait_for(120, || tiny_seen(&out).is_some()),
+            "{}",
+            taker.stderr
+        );
+        let used = tiny_seen(&out).unwrap();
+        let still_there = containers_of(&used).len();
+        std::fs::write(out.join("go"), "").unwrap();
+        assert_eq!(taker.wait(120), Some(0), "{}", taker.stderr);
+        let taker_run = run_id_of(&taker.stderr).unwrap();
+        guard.0.push(taker_run.clone());
+        assert_eq!(
+            still_there,
+            1,
+            "round {round}: down removed the environment of run {used} while run {taker_run} used it\n{}",
+            describe(&down)
+        );
+        // Whatever `down` left (in use, or kept since) goes now.
+        let out = tiny_down(&ws);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        for run in &guard.0 {
+            assert_nothing_left(run);
+        }
+    }
+}
