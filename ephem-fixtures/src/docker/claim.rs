@@ -62,13 +62,6 @@ pub(crate) struct Held {
     id: String,
 }
 
-impl Held {
-    /// The claim container's id.
-    pub(crate) fn id(&self) -> &str {
-        &self.id
-    }
-}
-
 /// Who holds a claim, as its labels say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Holder {

@@ -6,7 +6,8 @@
 //! it, plus a lease volume marked `keep` that spares it from sweeps until
 //! its idle TTL passes. Whoever uses or removes it (a run taking it over, a
 //! run removing an outdated one, `cargo ephem down`) first claims it (see
-//! [`claim`](super::claim)) and removes it only while holding the claim.
+//! `claim.rs`: exactly one process holds a claim) and removes it only while
+//! holding the claim.
 //! While the run that made it lives, it is that run's and nobody claims it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,31 @@ async fn claim_barrier() {
     while !path.exists() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The most a kept environment's lease must still run for a run to take it
+/// over (a quarter of the TTL when that is less): a sweep may already have
+/// judged one closer to its expiry abandoned, and be removing it.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// Whether a kept run whose `keep` leases expire at `expiry` (unix seconds;
+/// none: no lease, so sweeps take it for abandoned) may be taken over now.
+fn lasts(expiry: Option<u64>, now: SystemTime, ttl: Duration) -> bool {
+    let margin = EXPIRY_MARGIN.min(ttl / 4);
+    expiry.is_some_and(|e| e > labels::unix_secs(now + margin))
+}
+
+/// Every kept run's expiry: the latest `expires` of its `keep` leases, which
+/// is what sweeps judge it by.
+async fn keep_expiries(docker: &Docker) -> Result<HashMap<String, u64>, EnvError> {
+    let mut expiries = HashMap::new();
+    for lease in inventory::list_matching(docker, vec![labels::KEEP.to_owned()]).await? {
+        if let (true, Some(expires)) = (lease.kept, lease.expires) {
+            let latest = expiries.entry(lease.run).or_insert(expires);
+            *latest = expires.max(*latest);
+        }
+    }
+    Ok(expiries)
 }
 
 /// How long `down`'s claims count as held when seen from another host.
@@ -193,9 +219,9 @@ async fn kept_shards(docker: &Docker, label: &str) -> Result<Vec<KeptShard>, Env
 }
 
 /// Removes a kept shard this process holds: its containers, network and
-/// volumes; then, once no shard of its run is left, the run's leases and
-/// dead claims; then the claim itself, last, so that nobody takes over an
-/// environment half removed.
+/// volumes, then its claim (not before: nobody may take over an environment
+/// half removed), then, once no shard of its run is left or held, the
+/// run's leases and dead claims.
 pub(crate) async fn remove_held(docker: &Docker, held: &Held) -> Result<(), EnvError> {
     let shard = ShardContext {
         run: RunContext {
@@ -205,22 +231,18 @@ pub(crate) async fn remove_held(docker: &Docker, held: &Held) -> Result<(), EnvE
         },
         shard: held.shard,
     };
-    let mut result = teardown::teardown(docker, &shard).await;
-    if result.is_ok() {
-        result = remove_run_leftovers(docker, &held.run, Some(held.id())).await;
-    }
-    let released = claim::release(docker, held).await;
-    result.and(released)
+    let torn = teardown::teardown(docker, &shard).await;
+    // Released even if the teardown failed: whoever claims it next finds
+    // it not whole and removes the rest.
+    claim::release(docker, held).await?;
+    torn?;
+    remove_run_leftovers(docker, &held.run).await
 }
 
-/// Removes a run's lease volumes and claims (`ours` included) once none of
-/// its environment containers remain and no other live process holds a
-/// claim on it.
-async fn remove_run_leftovers(
-    docker: &Docker,
-    run: &str,
-    ours: Option<&str>,
-) -> Result<(), EnvError> {
+/// Removes a run's lease volumes and dead claims once none of its
+/// environment containers remain and no live process holds a claim on it
+/// (shards of one run go one by one, each checking: the last one removes).
+async fn remove_run_leftovers(docker: &Docker, run: &str) -> Result<(), EnvError> {
     let run_label = format!("{}={run}", labels::RUN);
     let filters = HashMap::from([("label".to_owned(), vec![run_label.clone()])]);
     let containers = docker
@@ -238,9 +260,8 @@ async fn remove_run_leftovers(
         })?;
     for c in containers {
         let labels = c.labels.unwrap_or_default();
-        let theirs = c.id.as_deref() != ours && Holder::judge(&labels).1;
         // A shard of the run is still there, or held: its leases stay.
-        if !claim::is_claim(&labels) || theirs {
+        if !claim::is_claim(&labels) || Holder::judge(&labels).1 {
             return Ok(());
         }
     }
@@ -305,7 +326,7 @@ pub async fn down(docker: &Docker, workspace: &str) -> Result<Vec<DownOutcome>, 
                 shard,
             };
             teardown::teardown(docker, &held_nothing).await?;
-            remove_run_leftovers(docker, &run, None).await?;
+            remove_run_leftovers(docker, &run).await?;
             outcomes.push(DownOutcome::Removed { run, shard });
             continue;
         };
@@ -376,8 +397,11 @@ impl DockerBackend {
         let docker = &self.shared.docker;
         claim_barrier().await;
         let label = format!("{}={key}", labels::REUSE);
+        let expiries = keep_expiries(docker).await?;
+        let ttl = self.shared.config.reuse.ttl;
         for kept in kept_shards(docker, &label).await? {
-            let Some(target) = kept.target().filter(|_| kept.maker.is_none()) else {
+            let lasting = lasts(expiries.get(&kept.run).copied(), SystemTime::now(), ttl);
+            let Some(target) = kept.target().filter(|_| kept.maker.is_none() && lasting) else {
                 continue;
             };
             let until = shard.run.expires_at;
@@ -462,5 +486,42 @@ impl DockerBackend {
             shard: Some(shard.shard),
             message,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_environment_is_taken_over_only_while_its_lease_lasts_a_margin() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let secs = labels::unix_secs(now);
+        let ttl = Duration::from_secs(1800);
+        assert!(lasts(Some(secs + 61), now, ttl));
+        assert!(
+            !lasts(Some(secs + 60), now, ttl),
+            "a sweep may be removing it"
+        );
+        assert!(!lasts(Some(secs - 5), now, ttl), "expired");
+        assert!(
+            !lasts(None, now, ttl),
+            "no lease: sweeps take it for abandoned"
+        );
+        // A short TTL: a quarter of it.
+        let short = Duration::from_secs(8);
+        assert!(lasts(Some(secs + 3), now, short));
+        assert!(!lasts(Some(secs + 2), now, short));
+    }
+
+    #[test]
+    fn the_key_depends_on_the_workspace() {
+        let text = "[services.web]\nimage = \"busybox:1.36\"\nports = [80]\n";
+        let mut config = EphemConfig::parse(text, "ephem.toml").unwrap();
+        config.reuse.workspace = workspace_id("/work/a");
+        let a = key(&config, &[], 1);
+        config.reuse.workspace = workspace_id("/work/b");
+        assert_ne!(a, key(&config, &[], 1));
+        assert_ne!(key(&config, &[], 1), key(&config, &[], 2));
     }
 }
