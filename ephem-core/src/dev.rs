@@ -288,19 +288,23 @@ fn print_env(env: &Environment, ctx: &ShardContext, format: VarsFormat) {
 }
 
 /// `cargo ephem down`: stops this workspace's `up` processes, or removes
-/// their environments by label when they are gone. Exit 2 when a state file
-/// cannot be trusted: it is reported, and nothing is signalled for it.
+/// their environments by label when they are gone, and removes what
+/// `--reuse` kept. Exit 2 when a state file cannot be trusted (nothing is
+/// signalled for it) or a kept environment is in use (it is left alone).
 pub fn down(options: &DownOptions) -> Result<i32> {
     let ws = workspace_of(&options.manifest_path)?;
     let files = state_files(&ws, options.shard);
     let mut code = exit_codes::OK;
-    // Environments kept by `--reuse` are whole runs: all shards' or none.
+    // `--shard` names an `up`; what `--reuse` kept goes with a plain `down`.
     let kept = match options.shard {
         None => remove_kept_for_reuse(&ws)?,
-        Some(_) => 0,
+        Some(_) => KeptDown::default(),
     };
+    if kept.in_use > 0 {
+        code = exit_codes::USAGE;
+    }
     if files.is_empty() {
-        if kept == 0 {
+        if kept.removed + kept.in_use == 0 {
             eprintln!(
                 "no environment started by `cargo ephem up` or kept by `--reuse` in {}",
                 ws.root
@@ -327,46 +331,58 @@ pub fn down(options: &DownOptions) -> Result<i32> {
     Ok(code)
 }
 
+/// How many kept shards `down` removed, and how many it left to the live
+/// process using them.
+#[derive(Default)]
+struct KeptDown {
+    removed: usize,
+    in_use: usize,
+}
+
 /// Removes the environments `cargo ephem test --reuse` kept for this
-/// workspace, except those a live run is using; returns how many runs went.
-/// A daemon that cannot be reached holds none worth a failure here.
-fn remove_kept_for_reuse(ws: &Workspace) -> Result<usize> {
-    let workspace = ephem_fixtures::docker::reuse::workspace_id(ws.root.as_str());
+/// workspace, each claimed first as a run would, so that one a run takes
+/// over meanwhile is never removed under it; those a live run uses are left
+/// alone, each with an `error:` line. A daemon that cannot be reached holds
+/// none worth a failure here.
+fn remove_kept_for_reuse(ws: &Workspace) -> Result<KeptDown> {
+    use ephem_fixtures::docker::reuse::{self, DownOutcome};
+    let workspace = reuse::workspace_id(ws.root.as_str());
     let runtime = crate::runtime()?;
-    runtime.block_on(async {
-        let Ok(cleanup) = BackendKind::Docker.connect_cleanup(None).await else {
-            return Ok(0);
+    let outcomes = runtime.block_on(async {
+        let Ok(cleanup) = ephem_fixtures::docker::DockerCleanup::connect().await else {
+            return Ok(Vec::new());
         };
-        let resources = cleanup.list().await?;
-        let mut runs: std::collections::BTreeMap<&str, Vec<&ephem_fixtures::RunResource>> =
-            Default::default();
-        for r in &resources {
-            runs.entry(r.run.as_str()).or_default().push(r);
-        }
-        let mut removed = 0;
-        for (run, members) in runs {
-            if !members
-                .iter()
-                .any(|r| r.workspace.as_deref() == Some(&*workspace))
-            {
-                continue;
-            }
-            // The run that made it, or one that took it over (its claim).
-            let live = members.iter().any(|r| {
-                r.pid
-                    .is_some_and(|pid| local_process_state(pid, r.pid_start) == ProcessState::Alive)
-            });
-            if live {
+        reuse::down(cleanup.client(), &workspace).await
+    })?;
+    let mut removed: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+    let mut in_use: Vec<&str> = Vec::new();
+    for outcome in &outcomes {
+        match outcome {
+            DownOutcome::Removed { run, shard } => removed.entry(run).or_default().push(*shard),
+            DownOutcome::InUse { run, shard, holder } => {
+                in_use.push(run);
                 eprintln!(
-                    "left run {run}'s environment alone: a running `cargo ephem test` uses it"
+                    "error: left the environment kept by --reuse (run {run}, shard {shard}) alone: \
+                     a running `cargo ephem test` ({holder}) uses it; run `cargo ephem down` \
+                     again once it has ended"
                 );
-                continue;
             }
-            cleanup.remove_run(run).await?;
-            eprintln!("removed the environment kept by --reuse (run {run})");
-            removed += 1;
         }
-        Ok::<_, EphemError>(removed)
+    }
+    for (run, shards) in &removed {
+        if in_use.contains(run) {
+            let list: Vec<String> = shards.iter().map(u32::to_string).collect();
+            eprintln!(
+                "removed shard(s) {} of the environment kept by --reuse (run {run})",
+                list.join(", ")
+            );
+        } else {
+            eprintln!("removed the environment kept by --reuse (run {run})");
+        }
+    }
+    Ok(KeptDown {
+        removed: removed.values().map(Vec::len).sum(),
+        in_use: in_use.len(),
     })
 }
 

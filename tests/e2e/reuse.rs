@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 use crate::support::*;
 
+mod claims;
+
 fn baseline_manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/baseline/Cargo.toml")
 }

@@ -27,13 +27,15 @@ pub const LEASE: &str = "cargo-ephem.lease";
 /// Marks the lease of a run that ended with `--keep-env`: sweeps leave the
 /// run alone, dead runner or not, until the lease expires.
 pub const KEEP: &str = "cargo-ephem.keep";
-/// `--reuse`: the key of a kept environment (services, images, shard); a
-/// later run with the same key takes it over.
+/// `--reuse`: the key of a kept environment (workspace, services, images,
+/// shard); a later run with the same key takes it over.
 pub const REUSE: &str = "cargo-ephem.reuse";
 /// `--reuse`: the workspace whose run kept it (`cargo ephem down` removes
 /// that workspace's kept environments).
 pub const WORKSPACE: &str = "cargo-ephem.workspace";
-/// Marks the claim volume of a reused environment: one run at a time.
+/// Marks the claim container of a kept environment (`--reuse`, `down`):
+/// its value is the kept run's shard it claims. It stands in for `shard`
+/// so that the shard's teardown leaves the claim until the end.
 pub const CLAIM: &str = "cargo-ephem.claim";
 
 /// Who created a resource: the runner process and its machine.

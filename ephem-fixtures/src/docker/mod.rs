@@ -2,6 +2,7 @@
 //! container per configured service. Works with Podman's Docker-compatible API.
 
 mod baseline;
+mod claim;
 mod cleanup;
 pub(crate) mod connect;
 mod images;
@@ -35,9 +36,9 @@ pub struct DockerBackend {
     cleanup: Arc<DockerCleanup>,
     /// `--reuse`: each shard's key, once the images are known (`prepare`).
     reuse_keys: Mutex<HashMap<u32, String>>,
-    /// Shards of this run that took over a kept environment: the run that
-    /// made it (its resources carry that run's labels).
-    reused: Mutex<HashMap<(String, u32), String>>,
+    /// Shards of this run that took over a kept environment: its claim,
+    /// naming the run that made it (its resources carry that run's labels).
+    reused: Mutex<HashMap<(String, u32), claim::Held>>,
     /// `die`-event followers of provisioned shards, by (run id, shard).
     watchers: Mutex<HashMap<(String, u32), JoinHandle<()>>>,
 }
@@ -195,15 +196,14 @@ impl DockerBackend {
 }
 
 impl DockerBackend {
-    /// The run whose labels the shard's resources carry: this run, or the
-    /// one whose kept environment it took over.
-    fn owning_run(&self, shard: &ShardContext) -> String {
+    /// The claim of the kept environment the shard took over, if it did
+    /// (its resources carry the labels of the run that made it).
+    fn held(&self, shard: &ShardContext) -> Option<claim::Held> {
         self.reused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(shard.run.run_id.clone(), shard.shard))
             .cloned()
-            .unwrap_or_else(|| shard.run.run_id.clone())
     }
 
     fn reuse_key(&self, shard: &ShardContext) -> Option<String> {
@@ -255,139 +255,6 @@ impl DockerBackend {
             ids.push(id);
         }
         Ok(ids)
-    }
-
-    /// Every shard's key, and the removal of this workspace's kept
-    /// environments with an old one.
-    async fn prepare_reuse(&self, run: &RunContext) -> Result<(), EnvError> {
-        let images = self.image_ids().await?;
-        let keys: HashMap<u32, String> = (1..=run.shard_count)
-            .map(|shard| (shard, reuse::key(&self.shared.config, &images, shard)))
-            .collect();
-        let current: Vec<String> = keys.values().cloned().collect();
-        *self.reuse_keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
-        let workspace = &self.shared.config.reuse.workspace;
-        for (stale, shard) in reuse::stale(&self.shared.docker, workspace, &current).await? {
-            // Claimed first: a live run may have just taken it over.
-            let until = run.expires_at;
-            if !reuse::claim(
-                &self.shared.docker,
-                &self.shared.owner,
-                &stale,
-                shard,
-                until,
-            )
-            .await?
-            {
-                continue;
-            }
-            self.remove_kept(&stale, shard, run).await?;
-            let _ = self.shared.events.send(crate::EnvEvent::Warning {
-                shard: None,
-                message: format!(
-                    "removed shard {shard}'s kept environment (run {stale}): its services or images changed"
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// Removes a claimed kept shard, and its run's leases once none of its
-    /// shards remain.
-    async fn remove_kept(
-        &self,
-        kept_run: &str,
-        shard: u32,
-        run: &RunContext,
-    ) -> Result<(), EnvError> {
-        let owned = ShardContext {
-            run: RunContext {
-                run_id: kept_run.to_owned(),
-                ..run.clone()
-            },
-            shard,
-        };
-        teardown::teardown(&self.shared.docker, &owned).await?;
-        if !reuse::has_containers(&self.shared.docker, kept_run).await? {
-            self.cleanup.remove_run(kept_run).await?;
-        }
-        Ok(())
-    }
-
-    /// Takes over a kept environment with `key`, if one is whole and free.
-    async fn take_over(
-        &self,
-        shard: &ShardContext,
-        key: &str,
-    ) -> Result<Option<Environment>, EnvError> {
-        let docker = &self.shared.docker;
-        for kept in reuse::find(docker, key).await? {
-            let until = shard.run.expires_at;
-            if !reuse::claim(docker, &self.shared.owner, &kept.run, shard.shard, until).await? {
-                continue;
-            }
-            let missing: Vec<&str> = self
-                .shared
-                .config
-                .services
-                .iter()
-                .map(|s| s.name.as_str())
-                .filter(|name| !kept.services.contains_key(*name))
-                .collect();
-            let stopped: Vec<&str> = kept
-                .services
-                .iter()
-                .filter(|(_, running)| !**running)
-                .map(|(name, _)| name.as_str())
-                .collect();
-            if !missing.is_empty() || !stopped.is_empty() {
-                let mut what = Vec::new();
-                if !stopped.is_empty() {
-                    what.push(format!("{} not running", stopped.join(", ")));
-                }
-                if !missing.is_empty() {
-                    what.push(format!("{} removed", missing.join(", ")));
-                }
-                let _ = self.shared.events.send(crate::EnvEvent::Warning {
-                    shard: Some(shard.shard),
-                    message: format!(
-                        "the environment kept by run {} is not whole ({}): starting a fresh one",
-                        kept.run,
-                        what.join("; ")
-                    ),
-                });
-                self.remove_kept(&kept.run, shard.shard, &shard.run).await?;
-                continue;
-            }
-            let owned = ShardContext {
-                run: RunContext {
-                    run_id: kept.run.clone(),
-                    ..shard.run.clone()
-                },
-                shard: shard.shard,
-            };
-            let env = match shard::reattach(&self.shared, &owned).await {
-                Ok(env) => env,
-                Err(e) => {
-                    let _ = self.shared.events.send(crate::EnvEvent::Warning {
-                        shard: Some(shard.shard),
-                        message: format!(
-                            "the kept environment of run {} could not be taken over ({e}); starting a fresh one",
-                            kept.run
-                        ),
-                    });
-                    self.remove_kept(&kept.run, shard.shard, &shard.run).await?;
-                    continue;
-                }
-            };
-            self.reused
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((shard.run.run_id.clone(), shard.shard), kept.run.clone());
-            self.watch(shard, &owned);
-            return Ok(Some(env));
-        }
-        Ok(None)
     }
 }
 
@@ -448,20 +315,23 @@ impl Backend for DockerBackend {
         // Stop reporting exits first: teardown itself kills the containers.
         self.stop_watcher(shard);
         // A taken-over environment carries the labels of the run that made it.
-        let owner = self.owning_run(shard);
-        if owner == shard.run.run_id {
-            return teardown::teardown(&self.shared.docker, shard).await;
+        match self.held(shard) {
+            Some(held) => reuse::remove_held(&self.shared.docker, &held).await,
+            None => teardown::teardown(&self.shared.docker, shard).await,
         }
-        self.remove_kept(&owner, shard.shard, &shard.run).await
     }
 
     /// Leaves the environment for the next `--reuse` run: a lease marked
     /// `keep` until `until` (the idle TTL), the claim released.
     async fn keep(&self, shard: &ShardContext, until: SystemTime) -> Result<(), EnvError> {
         self.stop_watcher(shard);
-        let owner = self.owning_run(shard);
-        self.cleanup.renew(&owner, until, true).await?;
-        reuse::release(&self.shared.docker, &owner, shard.shard).await
+        let held = self.held(shard);
+        let owner = held.as_ref().map_or(&shard.run.run_id, |h| &h.run);
+        self.cleanup.renew(owner, until, true).await?;
+        match held {
+            Some(held) => claim::release(&self.shared.docker, &held).await,
+            None => Ok(()),
+        }
     }
 
     fn cleanup(&self) -> Arc<dyn Cleanup> {
