@@ -30,6 +30,28 @@ impl Masker {
             }
         }
     }
+
+    /// The bytes with every secret replaced: for output that may not be
+    /// UTF-8 (a command's, relayed by `exec`).
+    pub fn mask_bytes<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let mut out = std::borrow::Cow::Borrowed(bytes);
+        for secret in &self.secrets {
+            let finder = memchr::memmem::Finder::new(secret.as_bytes());
+            if finder.find(&out).is_none() {
+                continue;
+            }
+            let mut masked = Vec::with_capacity(out.len());
+            let mut rest: &[u8] = &out;
+            while let Some(at) = finder.find(rest) {
+                masked.extend_from_slice(&rest[..at]);
+                masked.extend_from_slice(b"***");
+                rest = &rest[at + secret.len()..];
+            }
+            masked.extend_from_slice(rest);
+            out = std::borrow::Cow::Owned(masked);
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -41,5 +63,18 @@ mod tests {
         let m = Masker::new(vec!["s3cr3t".into(), String::new()]);
         assert_eq!(m.mask("a s3cr3t b s3cr3t"), "a *** b ***");
         assert_eq!(m.mask("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn masks_bytes_that_are_not_utf8() {
+        let m = Masker::new(vec!["s3cr3t".into(), "s3cr3t-long".into()]);
+        assert_eq!(
+            &*m.mask_bytes(b"\xff s3cr3t-long s3cr3t\xfe"),
+            b"\xff *** ***\xfe"
+        );
+        assert!(matches!(
+            m.mask_bytes(b"clean"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }
