@@ -196,6 +196,18 @@ fn the_commands_exit_code_passes_through() {
     }
 }
 
+/// Kills the processes of a run when dropped, so a failed check leaves none.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in test_processes_of(&self.0) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// A runner in the background; dropping it kills what is left of its run.
 struct ExecRun {
     runner: Background,
@@ -216,10 +228,7 @@ impl Drop for ExecRun {
             let _ = self.runner.child.kill();
             let _ = self.runner.child.wait();
         }
-        for pid in test_processes_of(&self.run_id) {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
+        drop(KillOnDrop(self.run_id.clone()));
         remove_by_label(&format!("cargo-ephem.run={}", self.run_id));
     }
 }
@@ -328,12 +337,13 @@ fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period_or_a_second_s
 fn what_a_command_leaves_running_is_killed_when_it_ends() {
     let _daemon = shared_daemon();
     // One child stays in the command's process group; the other leaves it
-    // (setsid) but still carries the run's variables. Both hold the
-    // command's output open.
-    let script = "sleep 900 & setsid sleep 901 & echo done-{shard}";
+    // (setsid) but still carries the run's variables. Their output goes
+    // elsewhere, so that a regression fails here instead of hanging.
+    let script = "sleep 900 >/dev/null 2>&1 & setsid sleep 901 >/dev/null 2>&1 & echo done-{shard}";
     for args in [&[][..], &["--shards", "2"][..]] {
         let out = run(&mut exec_sh("env-busybox.toml", args, script));
         let (run_id, _cleanup) = run_of(&out);
+        let _leftovers = KillOnDrop(run_id.clone());
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
         assert!(text(&out.stdout).contains("done-1"), "{}", describe(&out));
         assert!(
