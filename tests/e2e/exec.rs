@@ -208,6 +208,32 @@ impl Drop for KillOnDrop {
     }
 }
 
+#[test]
+fn a_database_per_test_gives_the_command_its_own_copy_of_the_baseline() {
+    let _daemon = shared_daemon();
+    // The command is one test to the environment's hooks: it gets a
+    // database cloned from the baseline `setup` left (its seed row).
+    let script = r#"db="${DATABASE_URL##*/}"
+        echo "db=$db"
+        container=$(docker ps -q --filter "label=cargo-ephem.run=$EPHEM_RUN_ID" \
+            --filter label=cargo-ephem.service=postgres)
+        echo "rows=$(docker exec "$container" psql -U postgres -d "$db" -tAc 'SELECT name FROM items')""#;
+    let out = run(&mut exec_sh("env-baseline-per-test.toml", &[], script));
+    let (run_id, _cleanup) = run_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    let db = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("db="))
+        .unwrap_or_else(|| panic!("{}", describe(&out)));
+    assert!(
+        !db.is_empty() && db != "app",
+        "not a database of its own: {db:?}"
+    );
+    assert!(stdout.contains("rows=seed"), "{}", describe(&out));
+    assert_clean(&run_id);
+}
+
 /// A runner in the background; dropping it kills what is left of its run.
 struct ExecRun {
     runner: Background,
