@@ -1030,6 +1030,36 @@ mod tests {
     }
 
     #[test]
+    fn exec_leaves_the_commands_flags_to_the_command() {
+        let options = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Exec(args) => args.options(),
+            other => panic!("not exec: {other:?}"),
+        };
+        let nextest = [
+            "cargo",
+            "nextest",
+            "run",
+            "--partition",
+            "hash:{shard}/{shards}",
+        ];
+        for with_dashes in [true, false] {
+            let mut args = vec!["exec", "--partition", "2/4", "--keep-env"];
+            if with_dashes {
+                args.push("--");
+            }
+            args.extend(nextest);
+            let options = options(&args);
+            assert_eq!(options.shards, ExecShards::One { shard: 2, count: 4 });
+            assert!(options.keep_env);
+            assert_eq!(options.command, nextest.map(OsString::from));
+        }
+        let err = parse(&["exec", "--partition", "hash:1/2", "--", "true"]).unwrap_err();
+        assert!(err.to_string().contains("without a kind"), "{err}");
+        let err = parse(&["exec", "--shards", "0", "--", "true"]).unwrap_err();
+        assert!(err.to_string().contains("1 to 1024"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_backend_names_the_ones_that_exist() {
         for command in ["test", "up", "down", "gc", "render"] {
             let err = parse(&[command, "--backend", "podman"]).unwrap_err();

@@ -52,6 +52,21 @@ impl Masker {
         }
         out
     }
+
+    /// The largest index up to `at` where `bytes` can be cut without
+    /// splitting a secret (a piece masked alone would show part of it).
+    pub fn safe_cut(&self, bytes: &[u8], at: usize) -> usize {
+        let mut cut = at.min(bytes.len());
+        for secret in &self.secrets {
+            let len = secret.len();
+            let from = cut.saturating_sub(len - 1);
+            let to = (cut + len - 1).min(bytes.len());
+            if let Some(found) = memchr::memmem::find(&bytes[from..to], secret.as_bytes()) {
+                cut = cut.min(from + found);
+            }
+        }
+        cut
+    }
 }
 
 #[cfg(test)]
@@ -76,5 +91,21 @@ mod tests {
             m.mask_bytes(b"clean"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn a_safe_cut_never_splits_a_secret() {
+        let m = Masker::new(vec!["s3cr3t".into()]);
+        let text = b"abc s3cr3t def";
+        for at in 0..=text.len() {
+            let cut = m.safe_cut(text, at);
+            assert!(cut <= at);
+            assert!(
+                !(5..=9).contains(&cut),
+                "cut {cut} splits the secret (at {at})"
+            );
+        }
+        assert_eq!(m.safe_cut(text, 7), 4);
+        assert_eq!(m.safe_cut(text, 12), 12);
     }
 }
