@@ -57,6 +57,8 @@ pub(crate) enum Ending {
         /// One line naming the program.
         why: String,
     },
+    /// The task waiting for it failed (a bug): counted as an internal error.
+    Lost,
 }
 
 impl Ending {
@@ -66,6 +68,7 @@ impl Ending {
             Ending::Exited(code) => *code,
             Ending::Signalled(sig) => crate::exit_codes::SIGNAL_BASE + sig,
             Ending::NotStarted { code, .. } => *code,
+            Ending::Lost => crate::exit_codes::INTERNAL,
         }
     }
 
@@ -75,6 +78,7 @@ impl Ending {
             Ending::Exited(code) => format!("exit {code}"),
             Ending::Signalled(sig) => format!("killed by signal {sig} ({})", signal_name(*sig)),
             Ending::NotStarted { code, .. } => format!("not started (exit {code})"),
+            Ending::Lost => "lost track of it (internal error)".to_owned(),
         }
     }
 
@@ -113,7 +117,8 @@ struct Started {
 
 impl Started {
     fn signal(&self, sig: i32) {
-        if self.exited.load(Ordering::SeqCst) {
+        // Never 0 (our own group) nor negative (a broadcast).
+        if self.pid <= 0 || self.exited.load(Ordering::SeqCst) {
             return;
         }
         let target = if self.own_group { -self.pid } else { self.pid };
@@ -131,45 +136,11 @@ pub(crate) async fn run_all(
     signals: &mut Signals,
     grace: Duration,
 ) -> Outcome {
-    let mut endings = Vec::new();
-    let mut started = BTreeMap::new();
-    let mut waits = JoinSet::new();
-    for spec in specs {
-        let shard = spec.shard;
-        match start(&spec, &streams) {
-            Ok(running) => {
-                let Some(pid) = running.child.id() else {
-                    continue;
-                };
-                let own_group = running.own_group;
-                let exited = Arc::new(AtomicBool::new(false));
-                let vars = [
-                    format!("EPHEM_RUN_ID={run_id}"),
-                    format!("EPHEM_SHARD={shard}"),
-                ];
-                waits.spawn(wait(running, shard, exited.clone(), vars));
-                let pid = pid as i32;
-                started.insert(
-                    shard,
-                    Started {
-                        pid,
-                        own_group,
-                        exited,
-                    },
-                );
-            }
-            Err(ending) => {
-                if let Ending::NotStarted { why, .. } = &ending {
-                    let place = match streams {
-                        Streams::Relay(_) => format!("shard {shard}: "),
-                        Streams::Inherit { .. } => String::new(),
-                    };
-                    eprintln!("error: {place}{why}");
-                }
-                endings.push((shard, ending));
-            }
-        }
-    }
+    let Commands {
+        mut started,
+        mut waits,
+        mut endings,
+    } = start_all(specs, &streams, run_id);
     let foreground = matches!(streams, Streams::Inherit { foreground: true });
     let far = Instant::now() + Duration::from_secs(60 * 60 * 24 * 365);
     let mut kill_at = far;
@@ -208,10 +179,68 @@ pub(crate) async fn run_all(
             }
         }
     }
+    // A waiting task that panicked left its shard here: never a success.
+    endings.extend(started.keys().map(|&shard| (shard, Ending::Lost)));
     endings.sort_by_key(|(shard, _)| *shard);
     Outcome {
         endings,
         interrupted,
+    }
+}
+
+/// The commands once started.
+struct Commands {
+    /// The running ones, by shard.
+    started: BTreeMap<u32, Started>,
+    /// The tasks that wait for them.
+    waits: JoinSet<(u32, Ending)>,
+    /// Those that could not start.
+    endings: Vec<(u32, Ending)>,
+}
+
+/// Starts every command.
+fn start_all(specs: Vec<Spec>, streams: &Streams, run_id: &str) -> Commands {
+    let (mut started, mut waits, mut endings) = (BTreeMap::new(), JoinSet::new(), Vec::new());
+    for spec in specs {
+        let shard = spec.shard;
+        let running = match start(&spec, streams) {
+            Ok(running) => running,
+            Err(ending) => {
+                if let Ending::NotStarted { why, .. } = &ending {
+                    let place = match streams {
+                        Streams::Relay(_) => format!("shard {shard}: "),
+                        Streams::Inherit { .. } => String::new(),
+                    };
+                    eprintln!("error: {place}{why}");
+                }
+                endings.push((shard, ending));
+                continue;
+            }
+        };
+        // A pid is there until the child is waited for, which only the task
+        // below does.
+        let pid = running.child.id().and_then(|p| i32::try_from(p).ok());
+        let own_group = running.own_group;
+        let exited = Arc::new(AtomicBool::new(false));
+        let vars = [
+            format!("EPHEM_RUN_ID={run_id}"),
+            format!("EPHEM_SHARD={shard}"),
+        ];
+        waits.spawn(wait(running, shard, exited.clone(), vars));
+        let pid = pid.unwrap_or(0);
+        started.insert(
+            shard,
+            Started {
+                pid,
+                own_group,
+                exited,
+            },
+        );
+    }
+    Commands {
+        started,
+        waits,
+        endings,
     }
 }
 

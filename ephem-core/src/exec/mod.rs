@@ -128,82 +128,100 @@ struct Prepared {
     attempt: Option<AttemptEnv>,
 }
 
+impl Prepared {
+    /// A shard without services: its command gets the `EPHEM_*` variables.
+    fn bare(shard: u32) -> Prepared {
+        Prepared {
+            shard,
+            env: Environment::default(),
+            attempt: None,
+        }
+    }
+}
+
 impl Session<'_> {
     /// The exit code, and what the reaper is told.
     async fn run(mut self, connected: Option<Connected>) -> (i32, RunEnd) {
         let shards = self.options.shards.here();
         self.headline(connected.is_some());
-        let Some(connected) = connected else {
-            let prepared: Vec<Prepared> = shards
-                .iter()
-                .map(|&shard| Prepared {
-                    shard,
-                    env: Environment::default(),
-                    attempt: None,
-                })
-                .collect();
-            let outcome = self.run_commands(&prepared, Masker::default()).await;
-            return (exit_code(&outcome), RunEnd::Done);
-        };
-        let Connected {
+        let Some(Connected {
             backend,
             cleanup,
             events,
             ..
-        } = connected;
+        }) = connected
+        else {
+            let bare: Vec<Prepared> = shards.iter().map(|&s| Prepared::bare(s)).collect();
+            let outcome = self.run_commands(&bare, Masker::default()).await;
+            return (exit_code(&outcome), RunEnd::Done);
+        };
         let masker = Arc::new(RwLock::new(Masker::default()));
         let printer = tokio::spawn(print_events(events, masker.clone()));
-        let provisioned = tokio::select! {
-            r = hold::provision(&backend, &self.run, &shards) => r,
-            sig = self.signals.recv() => {
-                eprintln!("  Interrupted by {}: removing what was created", signal_name(sig));
+        let (code, end) = match self.start_environments(&backend, &shards).await {
+            Err(code) => (code, RunEnd::Done),
+            Ok(prepared) => {
+                let secrets = prepared.iter().flat_map(|p| p.env.secrets.clone());
+                let now = Masker::new(secrets.collect());
+                *masker.write().unwrap_or_else(|p| p.into_inner()) = now.clone();
+                self.run_held(cleanup.clone(), prepared, now).await
+            }
+        };
+        let code = match end {
+            RunEnd::Kept => code,
+            _ => {
+                let plural = if shards.len() == 1 { "" } else { "s" };
+                eprintln!("  Removing the environment{plural}");
                 let removed = hold::remove(&backend, cleanup.as_ref(), &self.run, &shards).await;
-                printer.abort();
-                return (removal_code(exit_codes::SIGNAL_BASE + sig, removed), RunEnd::Done);
+                removal_code(code, removed)
+            }
+        };
+        printer.abort();
+        (code, end)
+    }
+
+    /// Provisions every shard and prepares its command's variables; on a
+    /// failure or a signal, the exit code (the caller removes everything).
+    async fn start_environments(
+        &mut self,
+        backend: &Arc<dyn ephem_fixtures::Backend>,
+        shards: &[u32],
+    ) -> std::result::Result<Vec<Prepared>, i32> {
+        let provisioned = tokio::select! {
+            r = hold::provision(backend, &self.run, shards) => r,
+            sig = self.signals.recv() => {
+                eprintln!("  Interrupted by {} while the environments started; no command runs", signal_name(sig));
+                return Err(exit_codes::SIGNAL_BASE + sig);
             }
         };
         let prepared = match provisioned {
             Ok(envs) => prepare(envs).await,
             Err(errors) => Err(errors),
         };
-        let prepared = match prepared {
-            Ok(prepared) => prepared,
-            Err(errors) => {
-                report_env_errors(&errors);
-                let removed = hold::remove(&backend, cleanup.as_ref(), &self.run, &shards).await;
-                printer.abort();
-                return (
-                    removal_code(exit_codes::ENVIRONMENT_FAILED, removed),
-                    RunEnd::Done,
-                );
-            }
-        };
-        let secrets = prepared
-            .iter()
-            .flat_map(|p| p.env.secrets.clone())
-            .collect();
-        let masker_now = Masker::new(secrets);
-        *masker.write().unwrap_or_else(|p| p.into_inner()) = masker_now.clone();
+        prepared.map_err(|errors| {
+            report_env_errors(&errors);
+            exit_codes::ENVIRONMENT_FAILED
+        })
+    }
 
+    /// Runs the commands while the expiry is renewed, then keeps the
+    /// environments (`--keep-env`) or gives back what the hooks handed out.
+    async fn run_held(
+        &mut self,
+        cleanup: Arc<dyn ephem_fixtures::Cleanup>,
+        prepared: Vec<Prepared>,
+        masker: Masker,
+    ) -> (i32, RunEnd) {
         let renewal = Renewal::start(cleanup.clone(), self.run.run_id.clone(), self.ttl());
-        let outcome = self.run_commands(&prepared, masker_now).await;
+        let outcome = self.run_commands(&prepared, masker).await;
         renewal.stop().await;
         let code = exit_code(&outcome);
-        let end = if self.options.keep_env {
+        if self.options.keep_env {
             self.keep(cleanup.as_ref(), prepared).await;
             (code, RunEnd::Kept)
         } else {
             give_back(prepared).await;
-            let n = shards.len();
-            eprintln!(
-                "  Removing the environment{}",
-                if n == 1 { "" } else { "s" }
-            );
-            let removed = hold::remove(&backend, cleanup.as_ref(), &self.run, &shards).await;
-            (removal_code(code, removed), RunEnd::Done)
-        };
-        printer.abort();
-        end
+            (code, RunEnd::Done)
+        }
     }
 
     fn ttl(&self) -> std::time::Duration {
@@ -441,7 +459,7 @@ fn report_env_errors(errors: &[(u32, ephem_fixtures::EnvError)]) {
         };
         eprintln!("error: {place}{text}");
     }
-    eprintln!("note: no command was run; the environments are being removed");
+    eprintln!("note: no command was run");
 }
 
 fn signal_name(sig: i32) -> &'static str {
