@@ -335,6 +335,38 @@ fn sigterm_and_sigint_are_forwarded_to_the_commands_then_everything_is_removed()
 }
 
 #[test]
+fn a_signal_while_the_environments_start_removes_them_and_runs_no_command() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = ExecRun::start(
+        exec_sh(
+            "env-slow-start.toml",
+            &["--shards", "2"],
+            "touch \"$OUT/ran-{shard}\"",
+        )
+        .env("OUT", dir.path()),
+    );
+    let run_id = run.run_id.clone();
+    assert!(
+        wait_for(60, || resources_of(&run_id).len() >= 4),
+        "the environments never started: {}",
+        run.runner.stderr
+    );
+    run.runner.signal(libc::SIGTERM);
+    assert_eq!(run.runner.wait(60), Some(143), "{}", run.runner.stderr);
+    assert!(
+        run.runner
+            .stderr
+            .contains("Interrupted by SIGTERM while the environments started"),
+        "{}",
+        run.runner.stderr
+    );
+    let ran: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(ran.is_empty(), "a command ran: {ran:?}");
+    assert_clean(&run_id);
+}
+
+#[test]
 fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period_or_a_second_signal() {
     let _daemon = shared_daemon();
     let script = r#"trap '' TERM INT
