@@ -1,6 +1,7 @@
 //! Command-line definitions, and how each maps onto `ephem-core`'s options.
 //! Only parsing lives here; every command is one call into `ephem-core`.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
 use camino::Utf8PathBuf;
@@ -9,9 +10,9 @@ use ephem_core::archive::ArchiveOptions;
 use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
-    ArchiveInput, ConfigSource, DownOptions, EnvOptions, GcOptions, ImagesAction, ImagesOptions,
-    ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions,
-    VarsFormat,
+    ArchiveInput, ConfigSource, DownOptions, EnvOptions, ExecOptions, ExecShards, GcOptions,
+    ImagesAction, ImagesOptions, ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch,
+    Sharding, TestOptions, UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
@@ -27,6 +28,19 @@ Exit codes:
   102  an environment could not be prepared or provisioned
   104  a test binary could not be listed
   130  interrupted by Ctrl-C (128 + signal: 143 for SIGTERM, 129 for SIGHUP)
+  1    unexpected internal error";
+
+const EXEC_EXIT_CODES: &str = "\
+Exit codes (a command's own code passes through, so these can overlap with it;
+cargo-ephem's own failures are announced with an `error:` line):
+  N    the command's exit code; with several, that of the lowest-numbered shard
+       that failed (0 when every command succeeded)
+  128+S  a command was killed by signal S, as shells report it; or cargo-ephem was
+       stopped by signal S (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
+  127  the command was not found (126: found but could not be run)
+  102  an environment could not be started (no command was run), or could not be
+       removed after commands that succeeded
+  2    usage or configuration error
   1    unexpected internal error";
 
 const REPORT_EXIT_CODES: &str = "\
@@ -75,6 +89,21 @@ pub enum Command {
     Up(UpArgs),
     /// Remove environments started by `cargo ephem up` in this workspace.
     Down(DownArgs),
+    /// Run any command (nextest, cargo test, a script) in each shard's
+    /// environment, then remove it; exit with the command's code.
+    ///
+    /// The command gets the shard's exports, EPHEM_RUN_ID, EPHEM_SHARD and
+    /// EPHEM_SHARD_COUNT; `{shard}` and `{shards}` in its words become the
+    /// shard's number and the count:
+    ///
+    ///   cargo ephem exec --shards 4 -- cargo nextest run --partition hash:{shard}/{shards}
+    ///
+    /// One command keeps the terminal (stdin, colours); with several, stdin is
+    /// empty and each line of output is prefixed with `[shard M]`. Ctrl-C or
+    /// SIGTERM is forwarded to the commands (SIGKILL 10 s later, or at once on
+    /// a second signal), then everything is removed.
+    #[command(after_help = EXEC_EXIT_CODES)]
+    Exec(ExecArgs),
     /// Remove resources of abandoned runs: runner gone, or expiry passed.
     ///
     /// Lists each resource with its run, shard, age and why it is removed.
@@ -381,6 +410,61 @@ impl UpArgs {
             },
             reaper: ReaperLaunch::ThisExecutable,
         }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run N commands at once, each in its own shard's environment (1 to 1024).
+    #[arg(long, value_name = "N", value_parser = limits::parse_shard_count, conflicts_with = "partition")]
+    shards: Option<u32>,
+    /// Run only shard M of N, for CI matrix jobs: one command, {shard} = M, {shards} = N.
+    #[arg(long, value_name = "M/N", value_parser = parse_exec_partition)]
+    partition: Option<ExecShards>,
+    /// Keep the environments after the commands end and print how to reach and remove them.
+    #[arg(long)]
+    keep_env: bool,
+    /// Environment configuration [default: the nearest ephem.toml from the current directory up].
+    #[arg(long, value_name = "PATH")]
+    config: Option<Utf8PathBuf>,
+    /// The backend that provisions environments [default: the configuration's `backend`, else docker].
+    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+    /// Environments count as abandoned this long after their last sign of
+    /// life; the deadline is pushed forward while the commands run.
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "30m")]
+    env_ttl: Duration,
+    /// Keep images in this folder (an OCI image layout) and restore missing
+    /// ones from it [default: EPHEM_IMAGE_CACHE, else [images] cache].
+    #[arg(long, value_name = "DIR")]
+    image_cache: Option<Utf8PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<OsString>,
+}
+
+impl ExecArgs {
+    pub fn options(self) -> ExecOptions {
+        let mut options = ExecOptions::new(self.command);
+        options.env = EnvOptions {
+            config: config_source(self.config, false),
+            backend: self.backend,
+            env_ttl: self.env_ttl,
+            image_cache: self.image_cache,
+        };
+        options.shards = match (self.partition, self.shards) {
+            (Some(one), _) => one,
+            (None, count) => ExecShards::All {
+                count: count.unwrap_or(1),
+            },
+        };
+        options.keep_env = self.keep_env;
+        options
     }
 }
 
@@ -769,6 +853,10 @@ fn parse_partition(s: &str) -> Result<PartitionSpec, String> {
     s.parse()
 }
 
+fn parse_exec_partition(s: &str) -> Result<ExecShards, String> {
+    s.parse()
+}
+
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
 }
@@ -947,6 +1035,36 @@ mod tests {
             args.options().env.image_cache.as_deref(),
             Some(camino::Utf8Path::new("/d"))
         );
+    }
+
+    #[test]
+    fn exec_leaves_the_commands_flags_to_the_command() {
+        let options = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Exec(args) => args.options(),
+            other => panic!("not exec: {other:?}"),
+        };
+        let nextest = [
+            "cargo",
+            "nextest",
+            "run",
+            "--partition",
+            "hash:{shard}/{shards}",
+        ];
+        for with_dashes in [true, false] {
+            let mut args = vec!["exec", "--partition", "2/4", "--keep-env"];
+            if with_dashes {
+                args.push("--");
+            }
+            args.extend(nextest);
+            let options = options(&args);
+            assert_eq!(options.shards, ExecShards::One { shard: 2, count: 4 });
+            assert!(options.keep_env);
+            assert_eq!(options.command, nextest.map(OsString::from));
+        }
+        let err = parse(&["exec", "--partition", "hash:1/2", "--", "true"]).unwrap_err();
+        assert!(err.to_string().contains("without a kind"), "{err}");
+        let err = parse(&["exec", "--shards", "0", "--", "true"]).unwrap_err();
+        assert!(err.to_string().contains("1 to 1024"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ fn run(command: Command) -> ephem_core::Result<i32> {
         Command::Report(args) => ephem_core::report(&args.html, &args.records),
         Command::Up(args) => ephem_core::up(&args.options()),
         Command::Down(args) => ephem_core::down(&args.options()),
+        Command::Exec(args) => ephem_core::exec(&args.options()),
         Command::Gc(args) => ephem_core::gc(&args.options()),
         Command::Render(args) => ephem_core::render(&args.options()),
         Command::Images(args) => ephem_core::images(&args.options()),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::discover::{CargoOptions, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
+use crate::hold::{self, Renewal};
 use crate::options::{DownOptions, UpOptions, VarsFormat};
 use crate::report::summary::shell_quote;
 use crate::signals::Signals;
@@ -162,7 +163,7 @@ fn refuse_if_up(state_path: &Utf8Path) -> Result<()> {
 }
 
 /// Provisions, prints, waits for a signal while renewing, tears down.
-async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOptions) -> Result<i32> {
+async fn keep_up(connected: Connected, ctx: ShardContext, options: &UpOptions) -> Result<i32> {
     let Connected {
         backend,
         cleanup,
@@ -214,19 +215,9 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
                 "environment of shard {} is up (run {}); Ctrl-C here or `cargo ephem down` removes it",
                 ctx.shard, ctx.run.run_id
             );
-            let every = (ttl / 3).max(Duration::from_secs(1));
-            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tokio::select! {
-                    _ = signals.recv() => break,
-                    _ = renew.tick() => {
-                        ctx.run.expires_at = SystemTime::now() + ttl;
-                        if let Err(e) = cleanup.renew(&ctx.run.run_id, ctx.run.expires_at, false).await {
-                            eprintln!("warning: {e}");
-                        }
-                    }
-                }
-            }
+            let renewal = Renewal::start(cleanup.clone(), ctx.run.run_id.clone(), ttl);
+            signals.recv().await;
+            renewal.stop().await;
             eprintln!("removing the environment of shard {} ...", ctx.shard);
             exit_codes::OK
         }
@@ -239,11 +230,9 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
             exit_codes::SIGNAL_BASE + libc::SIGINT
         }
     };
-    let torn = backend.teardown(&ctx).await;
-    let ended = cleanup.end_run(&ctx.run.run_id).await;
+    let removed = hold::remove(&backend, cleanup.as_ref(), &ctx.run, &[ctx.shard]).await;
     printer.abort();
-    torn?;
-    ended?;
+    removed?;
     Ok(code)
 }
 

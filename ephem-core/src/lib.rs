@@ -3,7 +3,7 @@
 //! environment), and report to the terminal and to JUnit.
 //!
 //! Every command is one call: [`test`], [`list`], [`merge_junit`], [`up`],
-//! [`down`], [`gc`] and [`reap`], each driven by a typed options struct from
+//! [`down`], [`exec`], [`gc`] and [`reap`], each driven by a typed options struct from
 //! [`options`]. Modules follow the data's path: [`discover`] → [`test_list`]
 //! → [`partition`] → [`plan`] → [`run`] → [`report`], with [`environments`]
 //! and [`teardown`] beside them; [`pipeline`] strings them together.
@@ -13,6 +13,8 @@ pub mod dev;
 pub mod discover;
 pub mod environments;
 pub mod error;
+pub mod exec;
+mod hold;
 pub mod images;
 pub mod limits;
 pub mod mask;
@@ -31,6 +33,7 @@ pub use archive::archive;
 pub use dev::{down, up};
 pub use ephem_fixtures::BackendKind;
 pub use error::{exit_codes, EphemError, Result};
+pub use exec::exec;
 pub use images::images;
 pub use pipeline::{list, merge_junit, test};
 pub use render::{render, RenderBackend, RenderOptions, RenderShards};

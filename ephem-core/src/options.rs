@@ -387,3 +387,139 @@ pub struct ReapOptions {
     /// Where to write, should it have to act.
     pub log: Utf8PathBuf,
 }
+
+/// Which shards `cargo ephem exec` starts here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecShards {
+    /// `--shards N`: N commands at once, each with its own environment.
+    All {
+        /// Number of shards (1 without the flag).
+        count: u32,
+    },
+    /// `--partition M/N`: one command, shard M of N (a CI matrix job).
+    One {
+        /// 1-based shard number.
+        shard: u32,
+        /// Shards in the whole plan.
+        count: u32,
+    },
+}
+
+impl Default for ExecShards {
+    fn default() -> Self {
+        ExecShards::All { count: 1 }
+    }
+}
+
+impl ExecShards {
+    /// Shards in the whole plan (`{shards}`, `EPHEM_SHARD_COUNT`).
+    pub fn count(self) -> u32 {
+        match self {
+            ExecShards::All { count } | ExecShards::One { count, .. } => count,
+        }
+    }
+
+    /// The shards started here, 1-based.
+    pub fn here(self) -> Vec<u32> {
+        match self {
+            ExecShards::All { count } => (1..=count).collect(),
+            ExecShards::One { shard, .. } => vec![shard],
+        }
+    }
+}
+
+impl std::str::FromStr for ExecShards {
+    type Err = String;
+
+    /// `M/N` of `exec --partition M/N`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some((kind, _)) = s.split_once(':') {
+            return Err(format!(
+                "exec takes --partition M/N without a kind ({kind:?} in {s:?}): the command \
+                 splits its own tests; pass the kind to it, e.g. `-- cargo nextest run \
+                 --partition {kind}:{{shard}}/{{shards}}`"
+            ));
+        }
+        let usage = "expected M/N, shard M of N (e.g. 2/4)";
+        let (m, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid partition {s:?}: {usage}"))?;
+        let max = u64::from(MAX_SHARDS);
+        let count = crate::limits::parse_in_range(n, 1, max)
+            .map_err(|e| format!("invalid partition {s:?}: the shard count {e}"))?;
+        let shard = crate::limits::parse_in_range(m, 1, count)
+            .map_err(|e| format!("invalid partition {s:?}: the shard number {e}"))?;
+        Ok(ExecShards::One {
+            shard: shard as u32,
+            count: count as u32,
+        })
+    }
+}
+
+/// Everything `cargo ephem exec` needs to know.
+#[derive(Clone, Debug)]
+pub struct ExecOptions {
+    /// The configuration (`--config`, else the nearest `ephem.toml` from the
+    /// current directory up), the backend and the expiry.
+    pub env: EnvOptions,
+    /// Which shards start here.
+    pub shards: ExecShards,
+    /// The command and its arguments; `{shard}` and `{shards}` are replaced
+    /// in each.
+    pub command: Vec<std::ffi::OsString>,
+    /// Keep the environments after the commands end.
+    pub keep_env: bool,
+    /// Between the forwarded signal and SIGKILL when the commands are stopped.
+    pub grace: Duration,
+    /// How the run's reaper is started.
+    pub reaper: ReaperLaunch,
+}
+
+impl ExecOptions {
+    /// Options with the defaults of `cargo ephem exec` for this command.
+    pub fn new(command: Vec<std::ffi::OsString>) -> ExecOptions {
+        ExecOptions {
+            env: EnvOptions::default(),
+            shards: ExecShards::default(),
+            command,
+            keep_env: false,
+            grace: Duration::from_secs(10),
+            reaper: ReaperLaunch::default(),
+        }
+    }
+
+    /// The checks the command line makes, for callers that build options
+    /// directly.
+    pub fn check(&self) -> Result<()> {
+        let usage = |m: String| Err(EphemError::Usage(m));
+        if self.command.is_empty() {
+            return usage(
+                "exec needs a command: `cargo ephem exec [OPTIONS] -- COMMAND [ARGS]...`".into(),
+            );
+        }
+        let count = self.shards.count();
+        if !(1..=MAX_SHARDS).contains(&count) {
+            return usage(format!(
+                "{count} shards is out of range (allowed: 1 to {MAX_SHARDS})"
+            ));
+        }
+        if let ExecShards::One { shard, count } = self.shards {
+            if shard == 0 || shard > count {
+                return usage(format!(
+                    "--partition {shard}/{count}: the shard number must be between 1 and {count}"
+                ));
+            }
+        }
+        if self.env.config == ConfigSource::Disabled {
+            return usage("exec starts environments: --no-env does not apply".into());
+        }
+        let ttl = self.env.env_ttl;
+        if ttl.is_zero() || ttl > MAX_DURATION {
+            return usage(format!(
+                "--env-ttl {} is out of range (allowed: 1ms to 365days)",
+                humantime::format_duration(ttl)
+            ));
+        }
+        Ok(())
+    }
+}

@@ -13,7 +13,6 @@ use crate::archive;
 use crate::discover::{self, BuildControl, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
-use crate::mask::Masker;
 use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
 use crate::partition::Timings;
 use crate::plan::TestPlan;
@@ -381,38 +380,17 @@ fn no_tests(options: &TestOptions, plan: &TestPlan) -> i32 {
     }
 }
 
-/// How to reach kept environments (generated secrets stay masked: whoever
-/// needs them can read them from the backend), how to remove them, and
-/// when they expire.
+/// How to reach kept environments and how to remove them (`gc` with this
+/// run's workspace and backend).
 fn print_kept(kept: &[(u32, Environment)], run_id: &str, options: &TestOptions) {
-    if kept.is_empty() {
-        return;
-    }
-    eprintln!("Kept {} environment(s) of run {run_id}:", kept.len());
-    for (shard, env) in kept {
-        let masker = Masker::new(env.secrets.clone());
-        eprintln!("  shard {shard}:");
-        for var in &env.vars {
-            eprintln!("    {}={}", var.name, masker.mask(&var.value));
-        }
-        for hint in &env.connect_hints {
-            eprintln!("    {}", masker.mask(hint));
-        }
-    }
-    let mut remove = vec!["cargo".to_owned(), "ephem".to_owned(), "gc".to_owned()];
+    let mut gc_flags = Vec::new();
     if let Some(manifest) = &options.cargo.manifest_path {
-        remove.extend(["--manifest-path".to_owned(), shell_quote(manifest.as_str())]);
+        gc_flags.extend(["--manifest-path".to_owned(), shell_quote(manifest.as_str())]);
     }
     if let Some(backend) = options.env.backend {
-        remove.extend(["--backend".to_owned(), backend.name().to_owned()]);
+        gc_flags.extend(["--backend".to_owned(), backend.name().to_owned()]);
     }
-    remove.extend(["--run".to_owned(), shell_quote(run_id)]);
-    eprintln!("Remove them with:");
-    eprintln!("  {}", remove.join(" "));
-    eprintln!(
-        "(until then, sweeps and `cargo ephem gc` leave them alone for {} after the run: --env-ttl)",
-        humantime::format_duration(options.env.env_ttl)
-    );
+    crate::hold::print_kept(kept, run_id, &gc_flags, options.env.env_ttl);
 }
 
 /// The command line that reruns this selection; failed tests are appended.

@@ -8,6 +8,7 @@ mod bad_input;
 mod baseline;
 mod dev_env;
 mod environments;
+mod exec;
 mod images;
 mod junit;
 mod kubernetes;

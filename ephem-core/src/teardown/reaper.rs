@@ -174,7 +174,12 @@ fn write_log(path: &Utf8Path, notes: &[String]) {
 /// process group where they lead one (each test does), so that children
 /// that cleared their environment go too. Returns how many it found.
 fn kill_test_processes(run_id: &str) -> usize {
-    let needle = format!("EPHEM_RUN_ID={run_id}");
+    kill_processes_carrying(&[format!("EPHEM_RUN_ID={run_id}")])
+}
+
+/// Kills the processes whose environment holds every one of `vars`
+/// (`NAME=value`), as [`kill_test_processes`] does; returns how many.
+pub(crate) fn kill_processes_carrying(vars: &[String]) -> usize {
     let mut killed = 0;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -190,10 +195,12 @@ fn kill_test_processes(run_id: &str) -> usize {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
+        let carries = |needle: &String| {
+            environ
+                .split(|&b| b == 0)
+                .any(|var| var == needle.as_bytes())
+        };
+        if !vars.is_empty() && vars.iter().all(carries) {
             // SAFETY: plain syscalls on a pid we just read (> 1, so never a
             // broadcast); ESRCH is fine.
             unsafe {
