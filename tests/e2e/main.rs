@@ -11,6 +11,7 @@ mod environments;
 mod images;
 mod junit;
 mod kubernetes;
+mod kubernetes_lifecycle;
 mod list;
 mod partition;
 mod provision;

@@ -49,6 +49,7 @@
 //! the `pods` quota (limit ranges are stored, not applied), Services that
 //! route anything (port-forward goes to pods), and SPDY.
 
+mod deletion;
 mod kubeconfig;
 mod kubelet;
 mod portforward;
@@ -527,6 +528,22 @@ impl StandIn {
     /// resume from their last resourceVersion.
     pub fn end_watches(&self) {
         self.shared.write(|s| s.watch_epoch += 1);
+    }
+
+    /// Deletes a namespace as a DELETE through the API followed by the
+    /// namespace controller's pass would: Terminating at once, its objects
+    /// deleted, and those with finalizers holding it Terminating with the
+    /// controller's conditions. False if there is none, or it is already
+    /// Terminating.
+    pub fn delete_namespace(&self, name: &str) -> bool {
+        self.shared.write(|s| {
+            let Ok(deleted) = s.delete(resources::namespaces(), None, name, &json!({})) else {
+                return false;
+            };
+            let uid = deleted["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+            s.finish_namespace_deletion(name, &uid);
+            true
+        })
     }
 
     /// Removes a namespace and everything in it at once, as the end of its
