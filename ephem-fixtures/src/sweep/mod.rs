@@ -39,7 +39,9 @@ pub enum Liveness {
 pub struct SweepPolicy {
     /// This machine's hostname: only runners labelled with it can be checked.
     pub this_host: String,
-    /// Also remove other hosts' runs, once expired (`gc --all`).
+    /// `gc --all`: with [`Liveness::RunnerProcess`], also other hosts'
+    /// runs once expired; with [`Liveness::Expiry`], also runs that have not
+    /// expired (unless kept on purpose, or their runner runs here).
     pub all_hosts: bool,
     /// Now, in unix seconds.
     pub now: u64,
@@ -351,11 +353,12 @@ mod tests {
                 since: now - Duration::from_secs(secs),
                 holding: Vec::new(),
             }),
-            ..resource(ResourceKind::Namespace, "t", name)
+            run: "t".to_owned(),
+            ..resource(name)
         };
         let outcome = SweepOutcome {
             planned: vec![(
-                resource(ResourceKind::Namespace, "a", "a-1"),
+                resource("a-1"),
                 SweepReason::Expired {
                     expired_secs_ago: 60,
                 },

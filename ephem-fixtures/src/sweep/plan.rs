@@ -434,9 +434,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_os = "linux")]
-    #[test]
-    #[test]
     fn kept_runs_survive_a_dead_runner_until_their_lease_expires() {
         let mut resources = run("kept", HOST, 100, NOW - 10);
         resources.push(RunResource {
