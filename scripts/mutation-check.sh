@@ -57,9 +57,9 @@ mutate reaper ephem-core/src/teardown/reaper.rs \
 	cargo test -q -p cargo-ephem --test e2e reliability::kill_9_of_the_runner_leaves_nothing_10_times
 
 # The sweep spares every run: abandoned runs stay until someone removes them.
-mutate sweep ephem-fixtures/src/sweep.rs \
-	'        if let Some(reasons) = judge_run(&members, policy, &process_alive) {' \
-	'        if let Some(reasons) = judge_run(&members, policy, &process_alive).filter(|_| false) {' \
+mutate sweep ephem-fixtures/src/sweep/plan.rs \
+	'        if let Some(reasons) = judge(&members) {' \
+	'        if let Some(reasons) = judge(&members).filter(|_| false) {' \
 	cargo test -q -p cargo-ephem --test e2e reliability::a_new_run_sweeps_abandoned_runs_first
 
 # `down` trusts the pid of a state file without its start time.

@@ -207,8 +207,10 @@ pub struct GcArgs {
     /// List what would be removed, remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Also resources created from other hosts (judged by their expiry, since
-    /// their runner's process cannot be checked from here).
+    /// Docker: also runs from other hosts, once expired (their runner's
+    /// process cannot be checked from here). Kubernetes (where expired runs
+    /// of any host go without it): also runs that have not expired, unless
+    /// kept with --keep-env or their runner runs here; they may be live.
     #[arg(long)]
     all: bool,
     #[command(flatten)]

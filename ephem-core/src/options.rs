@@ -332,7 +332,8 @@ pub struct GcOptions {
     pub env: EnvOptions,
     /// List, remove nothing.
     pub dry_run: bool,
-    /// Also other hosts' runs, once expired.
+    /// Docker: also other hosts' runs, once expired. Kubernetes: also runs
+    /// that have not expired (see [`ephem_fixtures::sweep::plan_expiry_sweep`]).
     pub all_hosts: bool,
     /// Only this run, now, whatever its expiry or `--keep-env` (never while
     /// its runner lives).

@@ -9,9 +9,15 @@
 //! backend that implements this trait gets all four safety nets.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use crate::sweep::Liveness;
 use crate::EnvError;
+
+/// A removal the backend began this long ago and has not finished is stuck:
+/// pods with long grace periods make a healthy namespace deletion take a
+/// minute or two, a finalizer whose controller is gone holds it for ever.
+pub const STUCK_AFTER: Duration = Duration::from_secs(300);
 
 /// What kind of object a resource is, for messages and removal order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,6 +76,68 @@ pub struct RunResource {
     pub kept: bool,
     /// The workspace whose `--reuse` run kept it, if one did.
     pub workspace: Option<String>,
+    /// Set when the backend is already removing it (a namespace
+    /// Terminating): sweeps never remove it again, they report it.
+    pub terminating: Option<Terminating>,
+}
+
+/// A resource whose removal the backend began and has not finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terminating {
+    /// When its removal began (a namespace's `deletionTimestamp`).
+    pub since: SystemTime,
+    /// What holds it, as the backend says (empty: nothing reported yet).
+    pub holding: Vec<HoldingCondition>,
+}
+
+impl Terminating {
+    /// How long its removal has been going on at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.since).unwrap_or(Duration::ZERO)
+    }
+
+    /// Whether it has been going on for [`STUCK_AFTER`] or longer.
+    pub fn is_stuck(&self, now: SystemTime) -> bool {
+        self.age(now) >= STUCK_AFTER
+    }
+
+    /// `Terminating for 12m: NamespaceFinalizersRemaining: ...`, one line.
+    pub fn describe(&self, now: SystemTime) -> String {
+        format!(
+            "Terminating for {}: {}",
+            crate::sweep::approximate(self.age(now).as_secs()),
+            describe_holding(&self.holding, "nothing reported holding it yet")
+        )
+    }
+}
+
+/// A condition that holds a resource being removed, e.g. a namespace's
+/// `NamespaceFinalizersRemaining: Some content in the namespace has finalizers remaining: ...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldingCondition {
+    /// The condition's type.
+    pub type_: String,
+    /// What it says holds the resource.
+    pub message: String,
+}
+
+impl fmt::Display for HoldingCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.type_, self.message)
+    }
+}
+
+/// What holds a resource, for a message: its conditions joined by `; `, or
+/// `none` when there are none.
+pub fn describe_holding(holding: &[HoldingCondition], none: &str) -> String {
+    if holding.is_empty() {
+        return none.to_owned();
+    }
+    holding
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The outcome of removing one resource: `Err` holds the backend's words.
@@ -87,6 +155,13 @@ pub trait Cleanup: Send + Sync {
 
     /// Where the backend was reached, for messages (a socket, a server URL).
     fn address(&self) -> &str;
+
+    /// What tells a live run from an abandoned one on this backend (see
+    /// [`crate::sweep::plan_sweep`]): by default the runner's process on this
+    /// host, else the expiry.
+    fn liveness(&self) -> Liveness {
+        Liveness::RunnerProcess
+    }
 
     /// Every resource of every cargo-ephem run the backend can see, whichever
     /// run or host made it.

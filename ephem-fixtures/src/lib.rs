@@ -22,7 +22,7 @@ pub use backend::{
     AttemptEnv, Backend, BackendKind, EnvError, EnvEvent, Environment, EventSink, ExportedVar,
     RunContext, ShardContext, TestHooks,
 };
-pub use cleanup::{Cleanup, ResourceKind, RunResource};
+pub use cleanup::{Cleanup, HoldingCondition, ResourceKind, RunResource, Terminating};
 pub use config::{ConfigError, EphemConfig, ServiceSpec, WaitKind, WaitStrategy};
 pub use docker::DockerBackend;
 pub use image_ref::ImageRef;

@@ -1,9 +1,11 @@
 //! The Kubernetes safety nets with the real kube client against the loopback
-//! stand-in: listing, the sweep's decisions, uid preconditions, stuck
-//! namespaces, renewal, reaping one run, and how reaching the cluster fails.
+//! stand-in: listing, the sweep's decisions by expiry, uid preconditions,
+//! namespaces already Terminating, teardown's bounded wait, renewal, reaping
+//! one run, and RBAC refusals. (Reaching the cluster: `kube_connect.rs`.)
 //!
-//! With `EPHEM_TEST_KUBECONFIG` set, `a_real_cluster_goes_through_the_whole_cycle`
-//! also runs against that cluster.
+//! Every fixture applies `examples/kubernetes/rbac.yaml` to the stand-in.
+//! `a_real_cluster_goes_through_the_whole_cycle` is ignored unless run with
+//! `--ignored` and `EPHEM_TEST_KUBECONFIG` naming a real cluster's kubeconfig.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +16,7 @@ use ephem_fixtures::kubernetes::cleanup::{
 use ephem_fixtures::kubernetes::client::{connect_with, Cluster};
 use ephem_fixtures::kubernetes::labels;
 use ephem_fixtures::process;
-use ephem_fixtures::sweep::{self, local_process_state, ProcessState, SweepPolicy, SweepReason};
+use ephem_fixtures::sweep::{self, local_process_state, ProcessState, SweepPolicy};
 use ephem_fixtures::{Cleanup, ResourceKind, RunResource};
 use ephem_kube_stand_in::{Condition, NamespaceDeletion, RecordedRequest, StandIn};
 use serde_json::{json, Value};
@@ -26,8 +28,13 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// `examples/kubernetes/rbac.yaml`, which every fixture applies: whatever
+/// the safety nets ask that it does not grant fails these tests.
+const RBAC: &str = include_str!("../../examples/kubernetes/rbac.yaml");
+
 async fn fixture() -> Fixture {
     let api = StandIn::start().await.expect("stand-in starts");
+    api.apply_rbac(RBAC).expect("rbac.yaml applies");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config");
     api.write_kubeconfig(&config, "stand-in")
@@ -221,6 +228,7 @@ async fn listing_reads_every_label_and_annotation_and_only_managed_namespaces() 
             lease: false,
             kept: true,
             workspace: None,
+            terminating: None,
         }
     );
     let list = f
@@ -241,15 +249,35 @@ async fn listing_reads_every_label_and_annotation_and_only_managed_namespaces() 
     );
 }
 
+/// A CI job's runner that no longer exists: a hostname never seen again,
+/// and a pid that happens to be alive here (it means nothing here).
+fn gone_ci_runner() -> Runner {
+    Runner {
+        host: "ci-runner-7f9c2-xk2lp".to_owned(),
+        pid: std::process::id(),
+        pid_start: None,
+    }
+}
+
+fn planned_names(outcome: &sweep::SweepOutcome) -> Vec<&str> {
+    outcome
+        .planned
+        .iter()
+        .map(|(r, _)| r.name.as_str())
+        .collect()
+}
+
 #[tokio::test]
-async fn the_sweep_removes_abandoned_runs_and_spares_live_kept_and_unlabelled_ones() {
+async fn the_sweep_goes_by_expiry_whatever_the_host_and_spares_live_kept_and_unlabelled_ones() {
     let f = fixture().await;
     let (me, dead, far) = (Runner::me(), Runner::dead(), Runner::elsewhere());
     let soon = now() + 600;
     let past = now() - 600;
-    f.plant(managed("far-expired", "far", 1, &far, past));
+    f.plant(managed("far-expired", "far", 1, &gone_ci_runner(), past));
     f.plant(managed("far-fresh", "far-fresh", 1, &far, soon));
-    let dead_uid = f.plant(managed("dead-runner", "dead", 1, &dead, soon));
+    let dead_uid = f.plant(managed("dead-expired", "dead", 1, &dead, past));
+    // Unexpired: never touched without --all, whatever its pid says.
+    f.plant(managed("dead-fresh", "dead-fresh", 1, &dead, soon));
     f.plant(managed("live-runner", "live", 1, &me, past));
     f.plant(kept(managed("kept-fresh", "kept-fresh", 1, &dead, soon)));
     f.plant(kept(managed(
@@ -261,42 +289,66 @@ async fn the_sweep_removes_abandoned_runs_and_spares_live_kept_and_unlabelled_on
     )));
     f.plant(json!({"metadata": {"name": "unlabelled-prod", "labels": {labels::RUN: "dead"}}}));
 
-    // This host only, dry run: judged, nothing deleted.
-    let here = sweep::sweep(&f.cleanup, &policy(false), true)
+    // Plain (no --all), dry run: judged, nothing deleted.
+    let dry = sweep::sweep(&f.cleanup, &policy(false), true)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let planned: Vec<&str> = here.planned.iter().map(|(r, _)| r.name.as_str()).collect();
-    assert_eq!(planned, ["dead-runner", "kept-expired"]);
+    assert_eq!(
+        planned_names(&dry),
+        ["dead-expired", "far-expired", "kept-expired"]
+    );
     assert!(f.deletes().is_empty(), "a dry run deletes nothing");
 
+    let plain = sweep::sweep(&f.cleanup, &policy(false), false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(plain.failed.is_empty(), "{:?}", plain.failed);
+    for (r, why) in &plain.planned {
+        assert!(
+            why.to_string().starts_with("expired 10m ago"),
+            "{}: {why}",
+            r.name
+        );
+    }
+    for name in ["dead-expired", "far-expired", "kept-expired"] {
+        assert!(gone(&f, name).await, "{name} was deleted");
+    }
+    for name in [
+        "far-fresh",
+        "dead-fresh",
+        "live-runner",
+        "kept-fresh",
+        "unlabelled-prod",
+    ] {
+        assert!(f.exists(name), "{name} is spared");
+    }
+
+    // --all: also runs that have not expired, unless kept on purpose or
+    // their runner runs here.
     let everywhere = sweep::sweep(&f.cleanup, &policy(true), false)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(everywhere.failed.is_empty(), "{:?}", everywhere.failed);
-    let reasons: Vec<(&str, SweepReason)> = everywhere
-        .planned
-        .iter()
-        .map(|(r, why)| (r.name.as_str(), *why))
-        .collect();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert_eq!(reasons[0].0, "dead-runner");
-    assert_eq!(reasons[0].1, SweepReason::RunnerGone { pid: dead.pid });
-    assert_eq!(reasons[1].0, "far-expired");
-    assert!(matches!(reasons[1].1, SweepReason::Expired { .. }));
-    assert_eq!(reasons[2].0, "kept-expired");
-    for name in ["dead-runner", "far-expired", "kept-expired"] {
+    assert_eq!(planned_names(&everywhere), ["dead-fresh", "far-fresh"]);
+    for (r, why) in &everywhere.planned {
+        assert!(
+            why.to_string().ends_with(", taken by --all"),
+            "{}: {why}",
+            r.name
+        );
+    }
+    for name in ["dead-fresh", "far-fresh"] {
         assert!(gone(&f, name).await, "{name} was deleted");
     }
-    for name in ["far-fresh", "live-runner", "kept-fresh", "unlabelled-prod"] {
-        assert!(f.exists(name), "{name} is spared");
+    for name in ["live-runner", "kept-fresh", "unlabelled-prod"] {
+        assert!(f.exists(name), "{name} is spared even by --all");
     }
 
     // Every DELETE is by uid, dependents in the background; nothing is finalized.
     let deletes = f.deletes();
-    assert_eq!(deletes.len(), 3);
+    assert_eq!(deletes.len(), 5);
     let dead_delete = deletes
         .iter()
-        .find(|r| r.path.ends_with("/dead-runner"))
+        .find(|r| r.path.ends_with("/dead-expired"))
         .unwrap();
     let options = dead_delete.json().expect("DeleteOptions");
     assert_eq!(options["preconditions"]["uid"], dead_uid.as_str());
@@ -369,46 +421,146 @@ fn stuck_conditions() -> Vec<Condition> {
     ]
 }
 
-#[tokio::test]
-async fn a_namespace_stuck_terminating_is_reported_with_what_holds_it_never_finalized() {
-    let f = fixture().await;
-    let mut stuck = managed("ephem-stuck-1", "stuck", 1, &Runner::dead(), now() + 600);
-    let since = chrono::DateTime::<chrono::Utc>::from(SystemTime::now() - Duration::from_secs(600));
-    stuck["metadata"]["deletionTimestamp"] = json!(since.format("%Y-%m-%dT%H:%M:%SZ").to_string());
-    let conditions: Vec<Value> = stuck_conditions().iter().map(Condition::to_json).collect();
-    stuck["status"] = json!({"phase": "Terminating", "conditions": conditions});
-    f.plant(stuck);
-    // A namespace that began Terminating a moment ago is not stuck.
-    let mut young = managed("ephem-stuck-2", "stuck", 2, &Runner::dead(), now() + 600);
-    young["metadata"]["deletionTimestamp"] =
-        json!(chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
-            .format("%Y-%m-%dT%H:%M:%SZ")
-            .to_string());
-    f.plant(young);
-
-    let outcome = sweep::sweep(&f.cleanup, &policy(false), false)
+/// Deletes namespace `name` through the API as a run's teardown would,
+/// with a ConfigMap inside that a finalizer holds: the cluster keeps it
+/// Terminating with the namespace controller's conditions.
+async fn delete_held(f: &Fixture, name: &str, uid: &str) {
+    let held = json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}});
+    f.api.insert_object(name, "configmaps", held);
+    let outcome = delete_namespace(f.cluster(), name, uid, Duration::from_millis(300))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(outcome.planned.len(), 2);
-    assert_eq!(outcome.failed.len(), 1, "{:?}", outcome.failed);
-    let (resource, message) = &outcome.failed[0];
-    assert_eq!(resource.name, "ephem-stuck-1");
-    assert!(message.contains("Terminating for 10m"), "{message}");
     assert!(
-        message.contains("NamespaceFinalizersRemaining: Some content in the namespace has finalizers remaining: example.com/hold"),
-        "{message}"
+        matches!(outcome, DeletionOutcome::StillTerminating(_)),
+        "{outcome:?}"
     );
-    assert!(
-        !message.contains("NamespaceDeletionDiscoveryFailure"),
-        "only what holds it: {message}"
+}
+
+/// Moves a namespace's deletion back in time by `ago`.
+fn terminating_since(f: &Fixture, name: &str, ago: Duration) {
+    let since = chrono::DateTime::<chrono::Utc>::from(SystemTime::now() - ago);
+    f.api.update_object(None, "namespaces", name, |ns| {
+        ns["metadata"]["deletionTimestamp"] = json!(since.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+    });
+}
+
+#[tokio::test]
+async fn a_namespace_already_terminating_is_never_deleted_again_and_is_reported_with_what_holds_it()
+{
+    let f = fixture().await;
+    let expired = now() - 600;
+    let stuck_uid = f.plant(managed(
+        "ephem-stuck-1",
+        "stuck",
+        1,
+        &gone_ci_runner(),
+        expired,
+    ));
+    let young_uid = f.plant(managed(
+        "ephem-stuck-2",
+        "stuck",
+        2,
+        &gone_ci_runner(),
+        expired,
+    ));
+    // Of a run that has not expired: reported all the same.
+    let live_uid = f.plant(managed(
+        "ephem-fresh-1",
+        "fresh",
+        1,
+        &Runner::me(),
+        now() + 600,
+    ));
+    delete_held(&f, "ephem-stuck-1", &stuck_uid).await;
+    delete_held(&f, "ephem-stuck-2", &young_uid).await;
+    delete_held(&f, "ephem-fresh-1", &live_uid).await;
+    terminating_since(&f, "ephem-stuck-1", Duration::from_secs(600));
+    f.plant(managed(
+        "ephem-stuck-3",
+        "stuck",
+        3,
+        &gone_ci_runner(),
+        expired,
+    ));
+    f.api.clear_requests();
+
+    for dry_run in [true, false] {
+        let outcome = sweep::sweep(&f.cleanup, &policy(false), dry_run)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            planned_names(&outcome),
+            ["ephem-stuck-3"],
+            "dry run {dry_run}"
+        );
+        assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+        let reported: Vec<&str> = outcome
+            .terminating
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            reported,
+            ["ephem-fresh-1", "ephem-stuck-1", "ephem-stuck-2"]
+        );
+        let stuck = outcome.terminating[1].terminating.as_ref().unwrap();
+        let line = stuck.describe(SystemTime::now());
+        assert!(line.starts_with("Terminating for 10m: "), "{line}");
+        assert_eq!(
+            stuck.holding,
+            [
+                HoldingCondition {
+                    type_: "NamespaceContentRemaining".into(),
+                    message: "Some resources are remaining: configmaps. has 1 resource instances"
+                        .into(),
+                },
+                HoldingCondition {
+                    type_: "NamespaceFinalizersRemaining".into(),
+                    message: "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances".into(),
+                },
+            ]
+        );
+        assert!(
+            !line.contains("NamespaceDeletionDiscoveryFailure"),
+            "only what holds it: {line}"
+        );
+        assert!(outcome.any_stuck(SystemTime::now()));
+        let summary = outcome.summary("removed");
+        assert!(
+            summary.ends_with(
+                "3 namespaces already being deleted, not deleted again, 1 of them for over 5m"
+            ),
+            "{summary}"
+        );
+    }
+    let deletes: Vec<String> = f.deletes().iter().map(RecordedRequest::line).collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(deletes[0].ends_with("/ephem-stuck-3"), "{deletes:?}");
+    for name in ["ephem-stuck-1", "ephem-stuck-2", "ephem-fresh-1"] {
+        assert!(f.exists(name), "{name} is still Terminating");
+    }
+
+    // gc --run (remove_run) leaves them to finish too.
+    assert_eq!(
+        f.cleanup
+            .remove_run("stuck")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        0
     );
-    assert!(!message.contains('\n'));
-    assert!(f.exists("ephem-stuck-1"));
+    assert_eq!(f.deletes().len(), 1, "never deleted twice");
     assert!(f
         .api
         .requests()
         .iter()
         .all(|r| !r.path.ends_with("/finalize") && r.method != "PUT"));
+
+    // Once the finalizer's controller lets go, the cluster finishes the job.
+    f.api
+        .update_object(Some("ephem-stuck-1"), "configmaps", "held", |cm| {
+            cm["metadata"]["finalizers"] = json!([]);
+        });
+    assert!(!f.exists("ephem-stuck-1"));
 }
 
 #[tokio::test]
@@ -418,6 +570,7 @@ async fn teardown_waits_a_bounded_time_and_reports_a_namespace_still_terminating
         .set_deletion(NamespaceDeletion::After(Duration::from_millis(300)));
     let uid = f.plant(managed("ephem-td-1", "td", 1, &Runner::me(), now() + 600));
     let started = Instant::now();
+    f.api.clear_requests();
     let outcome = delete_namespace(f.cluster(), "ephem-td-1", &uid, Duration::from_secs(5))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -427,6 +580,24 @@ async fn teardown_waits_a_bounded_time_and_reports_a_namespace_still_terminating
         "it waited for the namespace to go"
     );
     assert!(!f.exists("ephem-td-1"));
+    // One watch of that one namespace (kube's await_condition), no polling.
+    let requests = f.api.requests();
+    let by_name = |r: &&RecordedRequest| {
+        r.path == "/api/v1/namespaces"
+            && r.param("fieldSelector").as_deref() == Some("metadata.name=ephem-td-1")
+    };
+    let watches = requests
+        .iter()
+        .filter(by_name)
+        .filter(|r| r.param("watch").as_deref() == Some("true"))
+        .count();
+    assert_eq!(watches, 1, "{:?}", requests);
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.method == "GET" && r.path == "/api/v1/namespaces/ephem-td-1"),
+        "polled with GETs: {requests:?}"
+    );
 
     f.api
         .set_deletion(NamespaceDeletion::Stuck(stuck_conditions()));
@@ -562,50 +733,6 @@ async fn remove_run_takes_only_that_run_including_a_namespace_created_a_moment_l
 }
 
 #[tokio::test]
-async fn an_unreachable_server_fails_within_5s_naming_context_and_server() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: ci-cluster\n  context:\n    cluster: c\n    user: u\ncurrent-context: ci-cluster\n"
-        ),
-    )
-    .unwrap();
-    let started = Instant::now();
-    let error = connect_with(&[config], None).await.unwrap_err().to_string();
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(
-        error.starts_with(&format!(
-            "cannot reach the Kubernetes API server at http://127.0.0.1:{port} (context ci-cluster):"
-        )),
-        "{error}"
-    );
-    assert!(error.contains("refused"), "{error}");
-
-    // A server that accepts but never answers in time.
-    let api = StandIn::start().await.unwrap();
-    api.set_latency(Duration::from_secs(30));
-    let config = dir.path().join("slow");
-    api.write_kubeconfig(&config, "slow").unwrap();
-    let started = Instant::now();
-    let error = connect_with(&[config], None).await.unwrap_err().to_string();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        error.contains("(context slow)") && error.contains(&api.url()),
-        "{error}"
-    );
-    assert!(error.contains("no answer to GET /version"), "{error}");
-}
-
-#[tokio::test]
 async fn forbidden_list_and_delete_name_the_verb_and_the_resource() {
     let f = fixture().await;
     let uid = f.plant(managed(
@@ -649,64 +776,16 @@ async fn forbidden_list_and_delete_name_the_verb_and_the_resource() {
     assert!(error.contains("forbids delete on namespaces"), "{error}");
 }
 
+/// The whole cycle against a real cluster whose kubeconfig
+/// `EPHEM_TEST_KUBECONFIG` names (and `EPHEM_TEST_KUBE_CONTEXT` a context,
+/// if not the current one). Ignored unless asked for with `--ignored`;
+/// asked for without the variable, it fails rather than pass untested.
 #[tokio::test]
-async fn connect_picks_the_current_context_or_the_named_one() {
-    let (a, b) = (
-        StandIn::start().await.unwrap(),
-        StandIn::start().await.unwrap(),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = vec![dir.path().join("a"), dir.path().join("b")];
-    a.write_kubeconfig(&files[0], "ctx-a").unwrap();
-    b.write_kubeconfig(&files[1], "ctx-b").unwrap();
-
-    // Merged like KUBECONFIG=a:b: the first file's current-context wins.
-    let current = connect_with(&files, None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        (current.context.as_str(), current.server.as_str()),
-        ("ctx-a", a.url().as_str())
-    );
-    assert!(!current.in_cluster);
-    let named = connect_with(&files, Some("ctx-b"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        (named.context.as_str(), named.server.as_str()),
-        ("ctx-b", b.url().as_str())
-    );
-    assert_eq!(b.requests().last().unwrap().path, "/version");
-
-    let error = connect_with(&files, Some("prod"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("no context \"prod\"") && error.contains("ctx-a, ctx-b"),
-        "{error}"
-    );
-
-    b.set_token("rotated");
-    let error = connect_with(&files, Some("ctx-b"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("rejected the credentials") && error.contains("(context ctx-b)"),
-        "{error}"
-    );
-}
-
-/// The whole cycle against a real cluster, when `EPHEM_TEST_KUBECONFIG`
-/// names its kubeconfig (and `EPHEM_TEST_KUBE_CONTEXT` a context, if not the
-/// current one); without it, this test only says it did not run.
-#[tokio::test]
+#[ignore = "needs a real cluster: set EPHEM_TEST_KUBECONFIG and run with --ignored"]
 async fn a_real_cluster_goes_through_the_whole_cycle() {
-    let Some(kubeconfig) = std::env::var_os("EPHEM_TEST_KUBECONFIG") else {
-        eprintln!("skipped: EPHEM_TEST_KUBECONFIG is not set");
-        return;
-    };
+    let kubeconfig = std::env::var_os("EPHEM_TEST_KUBECONFIG").expect(
+        "EPHEM_TEST_KUBECONFIG must name the kubeconfig of a real cluster (e.g. `kind get kubeconfig > /tmp/kind.yaml`)",
+    );
     let context = std::env::var("EPHEM_TEST_KUBE_CONTEXT").ok();
     let files: Vec<PathBuf> = std::env::split_paths(&kubeconfig).collect();
     let cluster = connect_with(&files, context.as_deref())

@@ -12,6 +12,7 @@ mod exec;
 mod images;
 mod junit;
 mod kubernetes;
+mod kubernetes_lifecycle;
 mod list;
 mod partition;
 mod provision;

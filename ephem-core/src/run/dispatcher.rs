@@ -151,6 +151,8 @@ struct Dispatcher<'a> {
     kept: Vec<(u32, Environment)>,
     /// Shards kept for the next `--reuse` run (counted by their tasks).
     kept_for_reuse: Arc<AtomicUsize>,
+    /// The last renewal of the run's expiry failed (warned once per streak).
+    renewal_failing: bool,
     service_deaths: Vec<String>,
     internal_error: Option<String>,
     /// When the run-wide preparation began, and its span once it ended.
@@ -347,6 +349,7 @@ impl<'a> Dispatcher<'a> {
             env_errors: Vec::new(),
             kept: Vec::new(),
             kept_for_reuse: Arc::default(),
+            renewal_failing: false,
             service_deaths: Vec::new(),
             internal_error: None,
             prepare_started: None,
@@ -667,7 +670,17 @@ impl<'a> Dispatcher<'a> {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Renewed => {}
+            Msg::Renewed(None) => self.renewal_failing = false,
+            Msg::Renewed(Some(error)) => {
+                if !std::mem::replace(&mut self.renewal_failing, true) {
+                    self.events.env_event(&EnvEvent::Warning {
+                        shard: None,
+                        message: format!(
+                            "could not push the run's expiry forward ({error}); while renewals fail, its environments count as abandoned once --env-ttl has passed since the last one, and another run's sweep or `cargo ephem gc` may remove them"
+                        ),
+                    });
+                }
+            }
             Msg::Prepared(result) => {
                 self.prepare_task = None;
                 self.prepare_span = self.prepare_started.map(|start| Span {
@@ -972,8 +985,9 @@ impl<'a> Dispatcher<'a> {
     }
 
     /// Pushes the expiry of this run's environments forward. A failed
-    /// renewal is not fatal: the next one may succeed, and the runner being
-    /// alive already protects the run from sweeps on this host.
+    /// renewal is not fatal (the next one may succeed) but warned about: on
+    /// a backend whose liveness is the expiry (Kubernetes), nothing else
+    /// keeps other hosts' sweeps off the run.
     fn renew(&mut self, ttl: Duration) {
         let Some(cleanup) = self.cleanup.clone() else {
             return;
@@ -985,8 +999,8 @@ impl<'a> Dispatcher<'a> {
         self.run_ctx.expires_at = expires_at;
         let run_id = self.run_ctx.run_id.clone();
         self.tasks.spawn(Task::Renew, async move {
-            let _ = cleanup.renew(&run_id, expires_at, false).await;
-            Msg::Renewed
+            let renewed = cleanup.renew(&run_id, expires_at, false).await;
+            Msg::Renewed(renewed.err().map(|e| e.to_string()))
         });
     }
 
@@ -1085,6 +1099,45 @@ mod tests {
         fn finished(&mut self, _: &TestOutcome) {}
         fn tick(&mut self, _: &[RunningTest]) {}
         fn interrupted(&mut self, _: i32, _: bool) {}
+    }
+
+    /// Keeps the warnings the run reports.
+    #[derive(Default)]
+    struct Warnings(Vec<String>);
+
+    impl RunEvents for Warnings {
+        fn env_event(&mut self, event: &EnvEvent) {
+            if let EnvEvent::Warning { message, .. } = event {
+                self.0.push(message.clone());
+            }
+        }
+        fn shard_ready(&mut self, _: u32, _: bool) {}
+        fn retrying(&mut self, _: TestIdx, _: u32, _: &Attempt) {}
+        fn finished(&mut self, _: &TestOutcome) {}
+        fn tick(&mut self, _: &[RunningTest]) {}
+        fn interrupted(&mut self, _: i32, _: bool) {}
+    }
+
+    #[tokio::test]
+    async fn a_failing_renewal_is_warned_about_once_per_streak() {
+        let backend = Arc::new(CountingBackend::default());
+        let mut warnings = Warnings::default();
+        {
+            let (mut d, _events) = Dispatcher::new(input(backend, 1), &mut warnings);
+            d.handle(Msg::Renewed(Some("forbids patch on namespaces".into())));
+            d.handle(Msg::Renewed(Some("forbids patch on namespaces".into())));
+            d.handle(Msg::Renewed(None));
+            d.handle(Msg::Renewed(Some("no answer within 30s".into())));
+        }
+        assert_eq!(warnings.0.len(), 2, "{:?}", warnings.0);
+        assert!(
+            warnings.0[0].starts_with(
+                "could not push the run's expiry forward (forbids patch on namespaces)"
+            ) && warnings.0[0].contains("--env-ttl"),
+            "{}",
+            warnings.0[0]
+        );
+        assert!(warnings.0[1].contains("no answer within 30s"));
     }
 
     /// Two tests of a "binary" that is `/bin/true`: every attempt passes.

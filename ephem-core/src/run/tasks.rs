@@ -24,7 +24,8 @@ pub(super) enum Msg {
         attempt: Attempt,
     },
     TornDown(u32, Result<(), EnvError>),
-    Renewed,
+    /// A renewal of the run's expiry ended; the error, if it failed.
+    Renewed(Option<String>),
 }
 
 /// What a task was doing, for the dispatcher to settle its state when the

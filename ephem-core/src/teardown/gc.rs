@@ -4,15 +4,16 @@
 use std::time::{Duration, SystemTime};
 
 use ephem_fixtures::sweep::{self, ProcessState, SweepOutcome, SweepPolicy};
-use ephem_fixtures::Cleanup;
+use ephem_fixtures::{Cleanup, RunResource};
 
 use crate::discover::{CargoOptions, Workspace};
 use crate::environments::cleanup_backend;
 use crate::error::{exit_codes, EphemError, Result};
 use crate::options::GcOptions;
 
-/// The sweep at the start of a run: removes abandoned runs of this host
-/// (never `run_id`, the run starting) and says so in one line when it did.
+/// The sweep at the start of a run: removes abandoned runs (of this host,
+/// or on a backend whose liveness is the expiry, expired runs of any host;
+/// never `run_id`, the run starting) and says so in one line when it did.
 pub async fn sweep_at_start(cleanup: &dyn Cleanup, run_id: &str) -> Result<()> {
     let policy = SweepPolicy::here(false, vec![run_id.to_owned()]);
     let outcome = sweep::sweep(cleanup, &policy, false).await?;
@@ -50,14 +51,15 @@ pub fn gc(options: &GcOptions) -> Result<i32> {
 }
 
 /// `gc --run ID`: removes one run at once (kept environments included), but
-/// never one whose runner still runs on this host.
+/// never one whose runner still runs on this host. What the backend is
+/// already removing is reported, not removed again.
 async fn remove_one_run(cleanup: &dyn Cleanup, run_id: &str, dry_run: bool) -> Result<i32> {
-    let resources: Vec<_> = cleanup
+    let (terminating, resources): (Vec<_>, Vec<_>) = cleanup
         .list()
         .await?
         .into_iter()
         .filter(|r| r.run == run_id)
-        .collect();
+        .partition(|r| r.terminating.is_some());
     let here = ephem_fixtures::process::hostname();
     let live = resources.iter().find(|r| {
         r.host.as_deref() == Some(here.as_str())
@@ -67,29 +69,46 @@ async fn remove_one_run(cleanup: &dyn Cleanup, run_id: &str, dry_run: bool) -> R
     });
     if let Some(r) = live {
         return Err(EphemError::Usage(format!(
-            "run {run_id} is alive (its runner, pid {}, still runs); stop it first (Ctrl-C),              it removes its own environments",
+            "run {run_id} is alive (its runner, pid {}, still runs); stop it first (Ctrl-C): it removes its own environments",
             r.pid.unwrap_or_default()
         )));
     }
+    let now = SystemTime::now();
+    for r in &terminating {
+        eprintln!("{}", terminating_line(r, now));
+    }
+    let stuck = terminating
+        .iter()
+        .any(|r| r.terminating.as_ref().is_some_and(|t| t.is_stuck(now)));
+    let code = if stuck {
+        exit_codes::ENVIRONMENT_FAILED
+    } else {
+        exit_codes::OK
+    };
     if resources.is_empty() {
-        eprintln!(
-            "nothing to remove: run {run_id} has no resources on {}",
-            cleanup.address()
-        );
-        return Ok(exit_codes::OK);
+        if terminating.is_empty() {
+            eprintln!(
+                "nothing to remove: run {run_id} has no resources on {}",
+                cleanup.address()
+            );
+        }
+        return Ok(code);
     }
     if dry_run {
         eprintln!("would remove {} resources of run {run_id}", resources.len());
-        return Ok(exit_codes::OK);
+        return Ok(code);
     }
     let removed = cleanup.remove_run(run_id).await?;
     eprintln!("removed {removed} resources of run {run_id}");
-    Ok(exit_codes::OK)
+    Ok(code)
 }
 
-/// The table of what a gc found, and its summary line; the exit code.
+/// The table of what a gc found (what it removes, and what the backend is
+/// already removing), its summary line and warnings; the exit code: 102
+/// when something could not be removed or has been stuck removing for
+/// [`STUCK_AFTER`](ephem_fixtures::cleanup::STUCK_AFTER).
 fn print_outcome(outcome: &SweepOutcome, cleanup: &dyn Cleanup, dry_run: bool) -> i32 {
-    if outcome.planned.is_empty() {
+    if outcome.planned.is_empty() && outcome.terminating.is_empty() {
         eprintln!(
             "nothing to remove: no cargo-ephem resources of abandoned runs on {} ({})",
             cleanup.address(),
@@ -97,14 +116,23 @@ fn print_outcome(outcome: &SweepOutcome, cleanup: &dyn Cleanup, dry_run: bool) -
         );
         return exit_codes::OK;
     }
+    let now = SystemTime::now();
     println!(
         "{:<10} {:<40} {:<38} {:>5} {:>6}  WHY",
         "KIND", "NAME", "RUN", "SHARD", "AGE"
     );
-    for (r, reason) in &outcome.planned {
+    let rows = outcome
+        .planned
+        .iter()
+        .map(|(r, reason)| (r, reason.to_string()))
+        .chain(outcome.terminating.iter().map(|r| {
+            let t = r.terminating.as_ref().expect("only terminating ones");
+            (r, format!("{}; not deleted again", t.describe(now)))
+        }));
+    for (r, why) in rows {
         let shard = r.shard.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
         println!(
-            "{:<10} {:<40} {:<38} {:>5} {:>6}  {reason}",
+            "{:<10} {:<40} {:<38} {:>5} {:>6}  {why}",
             r.kind.to_string(),
             r.name,
             r.run,
@@ -115,13 +143,34 @@ fn print_outcome(outcome: &SweepOutcome, cleanup: &dyn Cleanup, dry_run: bool) -
     for (r, e) in &outcome.failed {
         eprintln!("warning: could not remove {} {}: {e}", r.kind, r.name);
     }
+    for r in &outcome.terminating {
+        if r.terminating.as_ref().is_some_and(|t| t.is_stuck(now)) {
+            eprintln!("warning: {}", terminating_line(r, now));
+        }
+    }
     let verb = if dry_run { "would remove" } else { "removed" };
     eprintln!("{}", outcome.summary(verb));
-    if outcome.failed.is_empty() {
+    if outcome.failed.is_empty() && !outcome.any_stuck(now) {
         exit_codes::OK
     } else {
         exit_codes::ENVIRONMENT_FAILED
     }
+}
+
+/// `namespace X has been Terminating for 12m: ...; not deleted again ...`.
+fn terminating_line(r: &RunResource, now: SystemTime) -> String {
+    let Some(t) = &r.terminating else {
+        return String::new();
+    };
+    format!(
+        "{} {} of run {} is already being deleted ({}); not deleted again and never force-finalized: remove what holds it (`kubectl get {} {} -o yaml`)",
+        r.kind,
+        r.name,
+        r.run,
+        t.describe(now),
+        r.kind,
+        r.name
+    )
 }
 
 fn age(created: Option<SystemTime>) -> String {

@@ -230,6 +230,7 @@ fn labelled(
         lease: labels.contains_key(labels::LEASE),
         kept: labels.contains_key(labels::KEEP),
         workspace: labels.get(labels::WORKSPACE).cloned(),
+        terminating: None,
     })
 }
 

@@ -309,7 +309,7 @@ impl Shared {
         match delete_namespace(&self.cluster, name, uid, self.teardown_wait).await? {
             DeletionOutcome::Gone => Ok(()),
             DeletionOutcome::StillTerminating(holding) => {
-                let why = super::cleanup::describe_holding(&holding, "no condition says why yet");
+                let why = crate::cleanup::describe_holding(&holding, "no condition says why yet");
                 let _ = self.events.send(EnvEvent::Warning {
                     shard,
                     message: format!(

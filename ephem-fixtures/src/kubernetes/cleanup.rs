@@ -5,35 +5,38 @@
 //! Every DELETE carries the namespace's uid as a precondition, so a
 //! namespace re-created under the same name between a list and a delete is
 //! never deleted by mistake; a failed precondition is reported, never
-//! retried without it. A namespace stuck in Terminating is reported with the
-//! conditions that hold it, never force-finalized (`/finalize` would leak
-//! whatever is still inside).
+//! retried without it. A namespace already Terminating is never deleted
+//! again: it is reported with how long it has been at it and the conditions
+//! that hold it, never force-finalized (`/finalize` would leak whatever is
+//! still inside).
+//!
+//! On a cluster the expiry is what tells a live run from an abandoned one
+//! ([`Liveness::Expiry`]): runners come and go (a CI job's pod has a new
+//! hostname every job, and its reaper dies with it), so a run that stopped
+//! pushing its `janitor/expires` forward is abandoned, whichever host made it.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
-use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::wait::{await_condition, conditions, Condition};
+use kube::runtime::watcher;
 use kube::Api;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::client::{self, api_error, status_of, ApiCall, Cluster};
+use super::backend::{code, within};
+use super::client::{self, api_error, ApiCall, Cluster};
 use super::labels;
-use crate::cleanup::Removal;
+use crate::cleanup::{describe_holding, Removal, Terminating};
+use crate::sweep::Liveness;
 use crate::{Cleanup, EnvError, ResourceKind, RunResource};
 
-/// A namespace Terminating for longer than this is reported as stuck: pods
-/// with long grace periods make a healthy deletion take a minute or two.
-pub const STUCK_AFTER: Duration = Duration::from_secs(300);
-
-/// Each API request of the safety nets; the client itself has no read
-/// timeout (followed logs and port-forwards share it).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::cleanup::{HoldingCondition, STUCK_AFTER};
 
 /// Passes of [`Cleanup::remove_run`], as offsets from its start: a namespace
 /// whose create request was in flight when the runner died appears later.
@@ -143,7 +146,8 @@ impl KubernetesCleanup {
         }
     }
 
-    /// One pass of [`Cleanup::remove_run`]: the run's namespaces not yet handled.
+    /// One pass of [`Cleanup::remove_run`]: the run's namespaces not yet
+    /// handled and not already Terminating (never deleted twice).
     async fn reap_pass(
         &self,
         run_id: &str,
@@ -154,7 +158,7 @@ impl KubernetesCleanup {
             .await?
             .iter()
             .filter_map(run_resource)
-            .filter(|r| !handled.contains(&r.id))
+            .filter(|r| r.terminating.is_none() && !handled.contains(&r.id))
             .collect();
         Ok(self.remove(&found).await)
     }
@@ -227,6 +231,11 @@ impl Cleanup for KubernetesCleanup {
         &self.address
     }
 
+    /// The expiry, whatever the host: see the module's documentation.
+    fn liveness(&self) -> Liveness {
+        Liveness::Expiry
+    }
+
     /// Namespaces labelled managed-by cargo-ephem that carry a run label.
     async fn list(&self) -> Result<Vec<RunResource>, EnvError> {
         let found = self.list_selected(&labels::managed_selector()).await?;
@@ -250,7 +259,8 @@ impl Cleanup for KubernetesCleanup {
 
     /// Deletes the run's namespaces in passes at 0 s, ~1 s and ~3 s (stopping
     /// after two empty ones), so that one whose create request was in flight
-    /// is caught too; all within 8 s. Deletion is begun, not waited for.
+    /// is caught too; all within 8 s. Deletion is begun, not waited for;
+    /// namespaces already Terminating are left to finish (not counted).
     async fn remove_run(&self, run_id: &str) -> Result<usize, EnvError> {
         let start = Instant::now();
         let deadline = start + REAP_BUDGET;
@@ -327,22 +337,6 @@ impl Cleanup for KubernetesCleanup {
     }
 }
 
-/// A condition that holds a Terminating namespace, e.g.
-/// `NamespaceFinalizersRemaining: Some content in the namespace has finalizers remaining: ...`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HoldingCondition {
-    /// The condition's type.
-    pub type_: String,
-    /// What it says holds the namespace.
-    pub message: String,
-}
-
-impl fmt::Display for HoldingCondition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.type_, self.message)
-    }
-}
-
 /// How a namespace's deletion stood when [`delete_namespace`] stopped waiting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeletionOutcome {
@@ -353,8 +347,9 @@ pub enum DeletionOutcome {
 }
 
 /// Deletes namespace `name` if it still has `uid` (Background propagation)
-/// and waits up to `wait` for it to be gone. A namespace still Terminating
-/// then is an outcome, not an error: the run goes on and reports it.
+/// and waits up to `wait` for it to be gone (kube's `await_condition` with
+/// `is_deleted`: one watch, no polling). A namespace still Terminating then
+/// is an outcome, not an error: the run goes on and reports it.
 pub async fn delete_namespace(
     cluster: &Cluster,
     name: &str,
@@ -364,41 +359,89 @@ pub async fn delete_namespace(
     let deadline = Instant::now() + wait;
     let api: Api<Namespace> = Api::all(cluster.client.clone());
     let address = cluster.address();
-    let delete_error = |e: &kube::Error| {
-        api_error(
-            e,
-            ApiCall::namespaced("delete", "namespaces", name),
-            &address,
-        )
-    };
-    match within(api.delete(name, &delete_params(uid))).await {
-        Ok(_) => {}
+    let refused = match within(api.delete(name, &delete_params(uid))).await {
+        Ok(_) => false,
         Err(e) if code(&e) == Some(404) => return Ok(DeletionOutcome::Gone),
         // Already Terminating, or re-created: the wait below tells which.
-        Err(e) if code(&e) == Some(409) => {}
-        Err(e) => return Err(delete_error(&e)),
-    }
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let current = within(api.get_opt(name))
+        Err(e) if code(&e) == Some(409) => true,
+        Err(e) => {
+            return Err(api_error(
+                &e,
+                ApiCall::namespaced("delete", "namespaces", name),
+                &address,
+            ))
+        }
+    };
+    let seen = wait_for_deletion(&api, name, uid, refused, deadline)
+        .await
+        .map_err(|(verb, e)| api_error(&e, ApiCall::cluster(verb, "namespaces"), &address))?;
+    let ns = match seen {
+        Some(seen) => seen,
+        // Nothing heard before the deadline: ask once.
+        None => within(api.get_opt(name))
             .await
-            .map_err(|e| api_error(&e, ApiCall::namespaced("get", "namespaces", name), &address))?;
-        let ns = match current {
-            Some(ns) if ns.metadata.uid.as_deref() == Some(uid) => ns,
-            _ => return Ok(DeletionOutcome::Gone),
-        };
-        if ns.metadata.deletion_timestamp.is_none() {
-            // Still Active after a 409 that was no precondition failure.
-            return Err(EnvError::Other(format!(
-                "namespace {name} at {address} refused deletion and is still Active; delete it with `kubectl delete namespace {name}`"
-            )));
+            .map_err(|e| api_error(&e, ApiCall::namespaced("get", "namespaces", name), &address))?,
+    };
+    match ns {
+        Some(ns) if ns.metadata.uid.as_deref() == Some(uid) => {
+            if ns.metadata.deletion_timestamp.is_none() {
+                return Err(EnvError::Other(format!(
+                    "namespace {name} at {address} refused deletion and is still Active; delete it with `kubectl delete namespace {name}`"
+                )));
+            }
+            Ok(DeletionOutcome::StillTerminating(holding_conditions(&ns)))
         }
-        if Instant::now() + pause > deadline {
-            return Ok(DeletionOutcome::StillTerminating(holding_conditions(&ns)));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        // Gone, or another namespace under the name: ours is gone.
+        _ => Ok(DeletionOutcome::Gone),
     }
+}
+
+/// Watches namespace `name` until it no longer has `uid` (or, after a
+/// refused delete, is seen Active with it) or `deadline` passes. Returns
+/// what was last seen: `Some(None)` gone, `None` nothing heard. A broken
+/// watch is resumed; a refusal (403) is the error, with the verb refused.
+async fn wait_for_deletion(
+    api: &Api<Namespace>,
+    name: &str,
+    uid: &str,
+    refused: bool,
+    deadline: Instant,
+) -> Result<Option<Option<Namespace>>, (&'static str, kube::Error)> {
+    let last: Mutex<Option<Option<Namespace>>> = Mutex::new(None);
+    let gone = conditions::is_deleted::<Namespace>(uid);
+    let settled = |ns: Option<&Namespace>| {
+        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(ns.cloned());
+        // After a refused delete, an Active namespace with our uid will not go.
+        gone.matches_object(ns)
+            || (refused && ns.is_some_and(|n| n.metadata.deletion_timestamp.is_none()))
+    };
+    loop {
+        let waited =
+            tokio::time::timeout_at(deadline, await_condition(api.clone(), name, &settled)).await;
+        match waited {
+            Ok(Err(kube::runtime::wait::Error::ProbeFailed(e))) => {
+                if let Some(denied) = forbidden(e) {
+                    return Err(denied);
+                }
+                if Instant::now() + Duration::from_millis(500) >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Ok(_)) | Err(_) => break,
+        }
+    }
+    Ok(last.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// A watch failure that is a refusal, with the verb refused.
+fn forbidden(e: watcher::Error) -> Option<(&'static str, kube::Error)> {
+    let (verb, err) = match e {
+        watcher::Error::InitialListFailed(err) => ("list", err),
+        watcher::Error::WatchStartFailed(err) | watcher::Error::WatchFailed(err) => ("watch", err),
+        _ => return None,
+    };
+    matches!(code(&err), Some(401 | 403)).then_some((verb, err))
 }
 
 /// DeleteOptions of every delete: this uid only, dependents in the background.
@@ -444,6 +487,14 @@ pub fn run_resource(ns: &Namespace) -> Option<RunResource> {
         lease: false,
         kept: annotations.get(labels::KEEP).is_some_and(|v| v != "false"),
         workspace: None,
+        terminating: meta
+            .deletion_timestamp
+            .as_ref()
+            .and_then(system_time)
+            .map(|since| Terminating {
+                since,
+                holding: holding_conditions(ns),
+            }),
     })
 }
 
@@ -502,19 +553,6 @@ fn terminating_for(ns: &Namespace) -> Option<Duration> {
     )
 }
 
-/// What holds a Terminating namespace, for a message: its conditions, or
-/// `none` when it reports none.
-pub(crate) fn describe_holding(holding: &[HoldingCondition], none: &str) -> String {
-    if holding.is_empty() {
-        return none.to_owned();
-    }
-    holding
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn stuck_message(name: &str, age: Duration, holding: &[HoldingCondition]) -> String {
     let why = describe_holding(holding, "no condition says why");
     format!(
@@ -526,24 +564,6 @@ fn stuck_message(name: &str, age: Duration, holding: &[HoldingCondition]) -> Str
 fn system_time(time: &Time) -> Option<SystemTime> {
     let secs = u64::try_from(time.0.as_second()).ok()?;
     Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-fn code(err: &kube::Error) -> Option<u16> {
-    status_of(err).map(|s| s.code)
-}
-
-/// Runs one API request within [`REQUEST_TIMEOUT`]; running out reads as a
-/// transport failure.
-async fn within<T>(
-    request: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<T, kube::Error> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(result) => result,
-        Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
-        )))),
-    }
 }
 
 #[cfg(test)]
@@ -585,6 +605,7 @@ mod tests {
                 lease: false,
                 kept: true,
                 workspace: None,
+                terminating: None,
             }
         );
     }

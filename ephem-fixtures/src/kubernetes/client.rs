@@ -1,14 +1,14 @@
-//! Reaching the cluster: the kubeconfig's current (or a named) context, else
+//! Reaching the cluster: the kubeconfig (read and merged by kube's own
+//! loader) with its current (or a named) context, else
 //! the pod's service account when the runner runs in a cluster, and a
 //! `GET /version` that must answer within 5 s in all. Also the one place
 //! that turns kube's errors into one-line [`EnvError`]s.
 
-use std::ffi::OsStr;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 use tokio::time::Instant;
 
@@ -55,22 +55,19 @@ impl fmt::Debug for Cluster {
     }
 }
 
-/// Connects like kubectl: the files of `KUBECONFIG` (several, merged; those
-/// missing are skipped) or `~/.kube/config`, with `context` or the current
-/// one; without any kubeconfig, the pod's service account; within
-/// [`CONNECT_BUDGET`].
+/// Connects like kubectl: the files of `KUBECONFIG` (several, merged; each
+/// must exist) or `~/.kube/config`, read by kube's own loader, with
+/// `context` or the current one; without any kubeconfig, the pod's service
+/// account; within [`CONNECT_BUDGET`].
 pub async fn connect(context: Option<&str>) -> Result<Cluster, EnvError> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let candidates =
-        kubeconfig_candidates(std::env::var_os("KUBECONFIG").as_deref(), home.as_deref());
-    let files: Vec<PathBuf> = candidates.iter().filter(|p| p.is_file()).cloned().collect();
-    if !files.is_empty() {
-        return connect_with(&files, context).await;
+    let deadline = Instant::now() + CONNECT_BUDGET;
+    match load_kubeconfig()? {
+        Some((kubeconfig, files)) => {
+            connect_kubeconfig(kubeconfig, &files, context, deadline).await
+        }
+        None if in_a_pod() => connect_in_cluster(context).await,
+        None => Err(no_cluster(context)),
     }
-    if in_a_pod() {
-        return connect_in_cluster(context).await;
-    }
-    Err(no_cluster(&candidates, context))
 }
 
 /// Connects through these kubeconfig files (merged in order, as `KUBECONFIG`
@@ -82,8 +79,61 @@ pub async fn connect_with(
 ) -> Result<Cluster, EnvError> {
     let deadline = Instant::now() + CONNECT_BUDGET;
     let files = describe_files(kubeconfigs);
-    let kubeconfig = read_kubeconfigs(kubeconfigs)?;
-    let context = pick_context(&kubeconfig, context, &files)?;
+    let kubeconfig = kubeconfigs
+        .iter()
+        .try_fold(Kubeconfig::default(), |merged, path| {
+            Kubeconfig::read_from(path).and_then(|next| merged.merge(next))
+        })
+        .map_err(|e| unreadable(&e, &files))?;
+    connect_kubeconfig(kubeconfig, &files, context, deadline).await
+}
+
+/// The kubeconfig as kube loads it ([`Kubeconfig::from_env`]: `KUBECONFIG`'s
+/// files merged, the first to set a value wins; else [`Kubeconfig::read`]'s
+/// `~/.kube/config`), with the files it came from; None when there is none.
+/// A file `KUBECONFIG` lists that cannot be read is an error naming it
+/// (kubectl would skip it, and quietly use the next file's cluster).
+fn load_kubeconfig() -> Result<Option<(Kubeconfig, String)>, EnvError> {
+    let listed = std::env::var("KUBECONFIG").unwrap_or_default();
+    match Kubeconfig::from_env() {
+        Ok(Some(kubeconfig)) => return Ok(Some((kubeconfig, listed))),
+        Ok(None) => {}
+        Err(e) => return Err(unreadable(&e, &format!("KUBECONFIG={listed}"))),
+    }
+    let default = std::env::home_dir()
+        .map(|h| h.join(".kube").join("config").display().to_string())
+        .unwrap_or_else(|| "~/.kube/config".to_owned());
+    match Kubeconfig::read() {
+        Ok(kubeconfig) => Ok(Some((kubeconfig, default))),
+        Err(KubeconfigError::FindPath) => Ok(None),
+        Err(KubeconfigError::ReadConfig(e, _)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(unreadable(&e, &default)),
+    }
+}
+
+/// A kubeconfig that cannot be read or merged, naming the file.
+fn unreadable(e: &KubeconfigError, files: &str) -> EnvError {
+    let what = match e {
+        KubeconfigError::ReadConfig(io, path) => {
+            format!("cannot read {} ({io})", path.display())
+        }
+        other => innermost(other),
+    };
+    EnvError::Other(format!(
+        "kubeconfig {files}: {what}; fix the file or the KUBECONFIG variable"
+    ))
+}
+
+/// Picks the context and reaches its cluster before `deadline`.
+async fn connect_kubeconfig(
+    kubeconfig: Kubeconfig,
+    files: &str,
+    context: Option<&str>,
+    deadline: Instant,
+) -> Result<Cluster, EnvError> {
+    let context = pick_context(&kubeconfig, context, files)?;
     let server = server_of(&kubeconfig, &context).unwrap_or_else(|| "(no server)".to_owned());
     let options = KubeConfigOptions {
         context: Some(context.clone()),
@@ -156,38 +206,6 @@ async fn reach(
     }
 }
 
-/// `KUBECONFIG`'s paths when it names any, else `~/.kube/config`.
-pub fn kubeconfig_candidates(kubeconfig_env: Option<&OsStr>, home: Option<&Path>) -> Vec<PathBuf> {
-    let listed: Vec<PathBuf> = kubeconfig_env
-        .map(|value| {
-            std::env::split_paths(value)
-                .filter(|p| !p.as_os_str().is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    if !listed.is_empty() {
-        return listed;
-    }
-    home.map(|h| vec![h.join(".kube").join("config")])
-        .unwrap_or_default()
-}
-
-/// Reads and merges the files; the first to set a value wins (kubectl's rule).
-fn read_kubeconfigs(files: &[PathBuf]) -> Result<Kubeconfig, EnvError> {
-    files
-        .iter()
-        .try_fold(Kubeconfig::default(), |merged, path| {
-            Kubeconfig::read_from(path).and_then(|next| merged.merge(next))
-        })
-        .map_err(|e| {
-            EnvError::Other(format!(
-                "cannot read kubeconfig {}: {}; fix the file or point KUBECONFIG elsewhere",
-                describe_files(files),
-                innermost(&e)
-            ))
-        })
-}
-
 /// The named context if the kubeconfig has it, else the current one.
 fn pick_context(
     kubeconfig: &Kubeconfig,
@@ -237,11 +255,13 @@ fn in_a_pod() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty())
 }
 
-fn no_cluster(candidates: &[PathBuf], context: Option<&str>) -> EnvError {
-    let looked = if candidates.is_empty() {
-        "KUBECONFIG unset and no HOME".to_owned()
-    } else {
-        format!("no file at {}", describe_files(candidates))
+fn no_cluster(context: Option<&str>) -> EnvError {
+    let looked = match std::env::home_dir() {
+        Some(home) => format!(
+            "KUBECONFIG unset and no file at {}",
+            home.join(".kube").join("config").display()
+        ),
+        None => "KUBECONFIG unset and no HOME".to_owned(),
     };
     EnvError::Unreachable {
         backend: API_SERVER.to_owned(),
@@ -389,24 +409,6 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kubeconfig_lists_several_files_else_home() {
-        let home = Path::new("/home/me");
-        assert_eq!(
-            kubeconfig_candidates(Some(OsStr::new("/a:/b::")), Some(home)),
-            [PathBuf::from("/a"), PathBuf::from("/b")]
-        );
-        assert_eq!(
-            kubeconfig_candidates(Some(OsStr::new("")), Some(home)),
-            [PathBuf::from("/home/me/.kube/config")]
-        );
-        assert_eq!(
-            kubeconfig_candidates(None, Some(home)),
-            [PathBuf::from("/home/me/.kube/config")]
-        );
-        assert!(kubeconfig_candidates(None, None).is_empty());
-    }
 
     fn status(code: u16, reason: &str, message: &str) -> kube::Error {
         kube::Error::Api(

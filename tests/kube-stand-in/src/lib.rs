@@ -15,16 +15,22 @@
 //! What it serves: `GET /version`; namespaces (create, get, list with label
 //! and field selectors and pagination, watch, merge-patch, delete with
 //! DeleteOptions: uid and resourceVersion preconditions, propagationPolicy,
-//! dryRun; a deleted namespace goes Terminating and is removed with its
-//! objects after [`NamespaceDeletion::After`], or stays stuck with
+//! dryRun; a deleted namespace goes Terminating and, after
+//! [`NamespaceDeletion::After`], the namespace controller's pass deletes its
+//! objects and removes it, unless objects with finalizers remain: those are
+//! marked deleted and hold it Terminating with the controller's
+//! `NamespaceContentRemaining` and `NamespaceFinalizersRemaining` conditions
+//! until their finalizers are removed; or it stays stuck with given
 //! conditions); the namespaced resources of [`resources::RESOURCES`] (create,
-//! get, list, watch, merge-patch, delete); pod logs (`pods/{name}/log`,
+//! get, list, watch, merge-patch, delete; an object with finalizers is only
+//! marked deleted); pod logs (`pods/{name}/log`,
 //! `follow`, `tailLines`; 400 for a container waiting to start, as the API
 //! answers); `pods/{name}/portforward` over WebSocket (`v4.channel.k8s.io`,
 //! each stream relayed to a local address set with [`StandIn::forward`]);
 //! bearer-token authentication (401), anonymous access to `/version` only,
-//! and RBAC-style denials (403) on demand; Secrets' `stringData` stored as
-//! base64 `data`.
+//! RBAC-style denials (403) on demand, and RBAC itself once manifests are
+//! applied ([`StandIn::apply_rbac`]: Roles, ClusterRoles and their bindings,
+//! every decision recorded); Secrets' `stringData` stored as base64 `data`.
 //!
 //! Admission (the `admission` module), in kube-apiserver's order and words, each
 //! refusal a 403 `Forbidden` Status: LimitRanger (defaults, then `min` and
@@ -59,9 +65,11 @@
 //! anything (port-forward goes to pods), and SPDY.
 
 mod admission;
+mod deletion;
 mod kubeconfig;
 mod kubelet;
 mod portforward;
+pub mod rbac;
 pub mod resources;
 mod selector;
 mod server;
@@ -422,6 +430,36 @@ impl StandIn {
         std::fs::write(path, self.kubeconfig(context))
     }
 
+    /// Like [`write_kubeconfig`](Self::write_kubeconfig), with the
+    /// context's namespace `namespace` instead of `default`.
+    pub fn write_kubeconfig_in(
+        &self,
+        path: &Path,
+        context: &str,
+        namespace: &str,
+    ) -> io::Result<()> {
+        let text = kubeconfig::yaml(context, &self.url(), &self.token()).replace(
+            "    namespace: default\n",
+            &format!("    namespace: {}\n", serde_json::json!(namespace)),
+        );
+        std::fs::write(path, text)
+    }
+
+    /// Applies RBAC manifests (a YAML stream, as `kubectl apply -f` takes
+    /// it): from now on [`USER`] may do only what the Roles and
+    /// ClusterRoles bound to it grant, where their bindings say.
+    pub fn apply_rbac(&self, manifests: &str) -> Result<(), String> {
+        let grants = rbac::grants_for(manifests, USER)?;
+        self.shared.write(|s| s.rbac = Some(grants));
+        Ok(())
+    }
+
+    /// Every authorization decision so far, in order: what was asked (verb,
+    /// group, resource, namespace, name), and whether it was granted.
+    pub fn accesses(&self) -> Vec<(rbac::Access, bool)> {
+        self.shared.read(|s| s.accesses.clone())
+    }
+
     /// Answers `verb` on `resource` (e.g. `create`, `namespaces`; `get`,
     /// `pods/log`; `*` for any) with 403 from now on, worded like RBAC.
     pub fn forbid(&self, verb: &str, resource: &str) {
@@ -581,6 +619,20 @@ impl StandIn {
     pub fn set_service_account_delay(&self, delay: Duration) {
         self.shared
             .write(|s| s.admission.service_account_delay = delay);
+    /// Deletes a namespace as a DELETE through the API followed by the
+    /// namespace controller's pass would: Terminating at once, its objects
+    /// deleted, and those with finalizers holding it Terminating with the
+    /// controller's conditions. False if there is none, or it is already
+    /// Terminating.
+    pub fn delete_namespace(&self, name: &str) -> bool {
+        self.shared.write(|s| {
+            let Ok(deleted) = s.delete(resources::namespaces(), None, name, &json!({})) else {
+                return false;
+            };
+            let uid = deleted["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+            s.finish_namespace_deletion(name, &uid);
+            true
+        })
     }
 
     /// Removes a namespace and everything in it at once, as the end of its

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::admission;
 use crate::kubelet;
 use crate::portforward::{self, Upgrade};
+use crate::rbac::Access;
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -170,24 +171,52 @@ fn authenticate(shared: &Shared, call: &Call) -> Result<String, ApiError> {
     }
 }
 
-/// 403 for anonymous requests and for what tests forbade.
+/// 403 for anonymous requests, for what tests forbade, and for what the
+/// RBAC applied (if any) does not grant. A WebSocket upgrade of
+/// `pods/portforward`, `exec` or `attach` needs `create` besides `get`, as
+/// API servers check since 1.35 (AuthorizePodWebsocketUpgradeCreatePermission).
 fn authorize(shared: &Shared, user: &str, call: &Call, route: &Route) -> Result<(), ApiError> {
     let a = route.attributes(&call.method, &call.query);
-    let denied = user == "system:anonymous"
-        || shared.read(|s| {
-            s.forbidden.iter().any(|(verb, resource)| {
-                (verb == "*" || *verb == a.verb) && (resource == "*" || *resource == a.resource)
-            })
-        });
-    if denied {
-        return Err(ApiError::forbidden(
-            user,
-            &a.verb,
-            &a.resource,
-            a.group,
-            a.namespace.as_deref(),
-            a.name.as_deref(),
-        ));
+    let streams = matches!(
+        a.resource.as_str(),
+        "pods/portforward" | "pods/exec" | "pods/attach"
+    ) && call
+        .upgrade
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some();
+    let verbs = if streams {
+        vec![a.verb.clone(), "create".to_owned()]
+    } else {
+        vec![a.verb.clone()]
+    };
+    for verb in verbs {
+        let access = Access {
+            verb,
+            group: a.group.to_owned(),
+            resource: a.resource.clone(),
+            namespace: a.namespace.clone(),
+            name: a.name.clone(),
+        };
+        let granted = shared.write(|s| s.judge(&access));
+        let denied = user == "system:anonymous"
+            || !granted
+            || shared.read(|s| {
+                s.forbidden.iter().any(|(verb, resource)| {
+                    (verb == "*" || *verb == access.verb)
+                        && (resource == "*" || *resource == a.resource)
+                })
+            });
+        if denied {
+            return Err(ApiError::forbidden(
+                user,
+                &access.verb,
+                &a.resource,
+                a.group,
+                a.namespace.as_deref(),
+                a.name.as_deref(),
+            ));
+        }
     }
     Ok(())
 }
@@ -381,7 +410,8 @@ fn watch(
     Ok(response(200, "application/json", body))
 }
 
-/// After a namespace's DELETE: removal after the configured delay, unless stuck.
+/// After a namespace's DELETE: the namespace controller's pass after the
+/// configured delay, unless stuck.
 fn schedule_removal(shared: &Arc<Shared>, name: &str, namespace: &Value) {
     let NamespaceDeletion::After(delay) = shared.read(|s| s.deletion.clone()) else {
         return;
@@ -393,7 +423,7 @@ fn schedule_removal(shared: &Arc<Shared>, name: &str, namespace: &Value) {
     let (shared, name) = (shared.clone(), name.to_owned());
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        shared.write(|s| s.purge_namespace(&name, &uid));
+        shared.write(|s| s.finish_namespace_deletion(&name, &uid));
     });
 }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use crate::deletion::has_finalizers;
+use crate::rbac::{Access, Grant};
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -72,7 +74,7 @@ impl Selection {
 
 /// Everything the stand-in knows.
 pub struct State {
-    objects: BTreeMap<Key, Value>,
+    pub(crate) objects: BTreeMap<Key, Value>,
     rv: u64,
     history: VecDeque<Change>,
     /// (verb, resource) pairs answered with 403; `*` matches any.
@@ -86,7 +88,7 @@ pub struct State {
     /// Every request, in order.
     pub requests: Vec<RecordedRequest>,
     /// Pod logs by (namespace, pod).
-    logs: BTreeMap<(String, String), String>,
+    pub(crate) logs: BTreeMap<(String, String), String>,
     next_ip: u32,
     /// How pods created through the API run; None: they stay as created.
     pub lifecycle: Option<Lifecycle>,
@@ -102,6 +104,11 @@ pub struct State {
     pub admission: crate::admission::Policy,
     /// How often watches that allow bookmarks get one; None: never by time.
     pub bookmark_interval: Option<Duration>,
+    /// The RBAC rules that hold for the user, once applied; None: all allowed.
+    pub rbac: Option<Vec<Grant>>,
+    /// Every authorization decision, in order: what was asked, and whether
+    /// it was granted.
+    pub accesses: Vec<(Access, bool)>,
 }
 
 /// Where a port-forward to a pod's port is relayed.
@@ -137,7 +144,20 @@ impl State {
             history_limit: HISTORY,
             admission: crate::admission::Policy::default(),
             bookmark_interval: Some(Duration::from_secs(60)),
+            rbac: None,
+            accesses: Vec::new(),
         }
+    }
+
+    /// Whether the applied RBAC grants `access` (everything, before any was
+    /// applied); the decision is recorded.
+    pub fn judge(&mut self, access: &Access) -> bool {
+        let granted = self
+            .rbac
+            .as_ref()
+            .is_none_or(|grants| grants.iter().any(|g| g.allows(access)));
+        self.accesses.push((access.clone(), granted));
+        granted
     }
 
     /// The latest resourceVersion.
@@ -365,11 +385,16 @@ impl State {
         }
         let dry_run = options["dryRun"].as_array().is_some_and(|a| !a.is_empty());
         if res.plural != "namespaces" {
-            if !dry_run {
-                self.remove_key(&key);
-                if let (Some(ns), "pods") = (ns, res.plural) {
-                    self.recount_quota(ns);
-                }
+            if dry_run {
+                return Ok(object);
+            }
+            if has_finalizers(&object) {
+                // Marked, kept until its finalizers are removed.
+                return Ok(self.mark_deleted(key, object));
+            }
+            self.remove_key(&key);
+            if let (Some(ns), "pods") = (ns, res.plural) {
+                self.recount_quota(ns);
             }
             return Ok(object);
         }
@@ -433,7 +458,10 @@ impl State {
             let generation = old["metadata"]["generation"].as_u64().unwrap_or(0);
             new["metadata"]["generation"] = json!(generation + 1);
         }
-        Ok(self.store(Key::new(res, ns, name), new, "MODIFIED"))
+        let key = Key::new(res, ns, name);
+        let stored = self.store(key.clone(), new, "MODIFIED");
+        self.release_if_finalized(&key);
+        Ok(stored)
     }
 
     /// The end of a namespace's deletion: its objects, then itself, if it is
@@ -506,7 +534,9 @@ impl State {
         let key = Key::new(res, ns, name);
         let mut object = self.objects.get(&key)?.clone();
         change(&mut object);
-        Some(self.store(key, object, "MODIFIED"))
+        let stored = self.store(key.clone(), object, "MODIFIED");
+        self.release_if_finalized(&key);
+        Some(stored)
     }
 
     /// Removes an object at once (no Terminating phase); watchers see `DELETED`.
@@ -623,7 +653,7 @@ impl State {
     }
 
     /// Sets the next resourceVersion, stores, records the change.
-    fn store(&mut self, key: Key, mut object: Value, kind: &'static str) -> Value {
+    pub(crate) fn store(&mut self, key: Key, mut object: Value, kind: &'static str) -> Value {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.objects.insert(key.clone(), object.clone());
@@ -631,7 +661,7 @@ impl State {
         object
     }
 
-    fn remove_key(&mut self, key: &Key) -> Option<Value> {
+    pub(crate) fn remove_key(&mut self, key: &Key) -> Option<Value> {
         let mut object = self.objects.remove(key)?;
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());

@@ -383,3 +383,94 @@ fn the_blocking_stand_in_serves_without_a_runtime_of_the_callers() {
     let after = std::net::TcpStream::connect(url.trim_start_matches("http://"));
     assert!(after.is_err(), "the port is closed once dropped");
 }
+
+/// A Role in one namespace and a ClusterRole bound everywhere, as
+/// `kubectl apply` would take them.
+const RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: ns-only}
+rules:
+  - apiGroups: [""]
+    resources: [namespaces]
+    verbs: [create, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: ns-only}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ns-only}
+subjects: [{kind: ServiceAccount, name: cargo-ephem, namespace: ephem-ci}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: read-secrets, namespace: ephem-ci}
+rules:
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: read-secrets, namespace: ephem-ci}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-secrets}
+subjects: [{kind: ServiceAccount, name: cargo-ephem, namespace: ephem-ci}]
+"#;
+
+#[tokio::test]
+async fn applied_rbac_grants_what_its_bindings_say_where_they_say_it() {
+    let api = StandIn::start().await.unwrap();
+    api.apply_rbac(RBAC).unwrap();
+    let client = client(&api).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &namespace("ephem-ci", json!({})))
+        .await
+        .unwrap();
+    namespaces.list(&ListParams::default()).await.unwrap();
+    let refused = api_error(
+        namespaces
+            .delete("ephem-ci", &DeleteParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.code, 403);
+    assert_eq!(
+        refused.message,
+        format!("namespaces \"ephem-ci\" is forbidden: User \"{USER}\" cannot delete resource \"namespaces\" in API group \"\" in the namespace \"ephem-ci\"")
+    );
+
+    api.insert_object(
+        "ephem-ci",
+        "secrets",
+        json!({"metadata": {"name": "regcred"}}),
+    );
+    api.insert_object(
+        "kube-system",
+        "secrets",
+        json!({"metadata": {"name": "admin"}}),
+    );
+    let here: Api<Secret> = Api::namespaced(client.clone(), "ephem-ci");
+    here.get("regcred").await.unwrap();
+    let elsewhere: Api<Secret> = Api::namespaced(client, "kube-system");
+    assert_eq!(
+        api_error(elsewhere.get("admin").await.unwrap_err()).code,
+        403
+    );
+
+    let decisions: Vec<(String, String, Option<String>, bool)> = api
+        .accesses()
+        .into_iter()
+        .map(|(a, granted)| (a.verb, a.resource, a.namespace, granted))
+        .collect();
+    let ns = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        decisions,
+        [
+            ("create".into(), "namespaces".into(), None, true),
+            ("list".into(), "namespaces".into(), None, true),
+            ("delete".into(), "namespaces".into(), ns("ephem-ci"), false),
+            ("get".into(), "secrets".into(), ns("ephem-ci"), true),
+            ("get".into(), "secrets".into(), ns("kube-system"), false),
+        ]
+    );
+}

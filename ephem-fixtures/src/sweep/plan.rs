@@ -1,90 +1,15 @@
-//! Which resources of which runs a sweep may remove, and why: the policy
-//! behind the start-of-run sweep and `cargo ephem gc` ([`plan_sweep`], pure:
-//! the caller lists the resources and says whether a runner process is
-//! alive), and the sweep itself over any backend's [`Cleanup`] ([`sweep`]).
-//!
-//! Decisions are made per run, never per resource or per kind of object, so
-//! that a live run keeps all of its resources, and a dead one loses all of
-//! them, whatever the backend.
+//! The sweep's policy, per backend [`Liveness`](super::Liveness): which runs are abandoned,
+//! and why. Pure: the caller lists the resources and says whether a runner
+//! process is alive.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::time::{Duration, SystemTime};
 
-use crate::process;
-use crate::{Cleanup, EnvError, RunResource};
-
-/// What a sweep may touch.
-#[derive(Clone, Debug)]
-pub struct SweepPolicy {
-    /// This machine's hostname: only runners labelled with it can be checked.
-    pub this_host: String,
-    /// Also remove other hosts' runs, once expired (`gc --all`).
-    pub all_hosts: bool,
-    /// Now, in unix seconds.
-    pub now: u64,
-    /// Runs never removed whatever their labels say, e.g. the current run.
-    pub keep_runs: Vec<String>,
-}
-
-/// Whether the process that created a run still runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProcessState {
-    /// The pid runs, and (where checkable) is the same process.
-    Alive,
-    /// No such process, or only a zombie.
-    Gone,
-    /// The pid runs, but started at another time: a different process.
-    Reused,
-}
-
-/// Why a resource is removed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SweepReason {
-    /// Its runner on this host has exited.
-    RunnerGone {
-        /// The runner's pid.
-        pid: u32,
-    },
-    /// Its runner's pid now belongs to another process.
-    PidReused {
-        /// The runner's pid.
-        pid: u32,
-    },
-    /// Its run's latest expiry (leases included) has passed.
-    Expired {
-        /// How long ago.
-        expired_secs_ago: u64,
-    },
-}
-
-impl fmt::Display for SweepReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SweepReason::RunnerGone { pid } => write!(f, "runner pid {pid} is gone"),
-            SweepReason::PidReused { pid } => {
-                write!(f, "pid {pid} now belongs to another process")
-            }
-            SweepReason::Expired { expired_secs_ago } => {
-                write!(f, "expired {} ago", approximate(*expired_secs_ago))
-            }
-        }
-    }
-}
-
-/// `45s`, `35m`, `5h`, `3days`: precise enough to judge at a glance.
-pub fn approximate(secs: u64) -> String {
-    let unit = match secs {
-        0..120 => 1,
-        120..7_200 => 60,
-        7_200..172_800 => 3_600,
-        _ => 86_400,
-    };
-    humantime::format_duration(Duration::from_secs(secs / unit * unit)).to_string()
-}
+use super::{ProcessState, SweepPolicy, SweepReason};
+use crate::RunResource;
 
 /// The resources to remove, with why, by run, shard, kind, name and id (the
-/// backend's [`Cleanup::remove`] orders the removal itself).
+/// backend's [`Cleanup::remove`](crate::Cleanup::remove) orders the removal itself), for
+/// [`Liveness::RunnerProcess`](super::Liveness::RunnerProcess).
 ///
 /// Per run (a run's expiry is the latest `expires` of all its resources,
 /// lease volumes included):
@@ -103,6 +28,42 @@ pub fn plan_sweep(
     policy: &SweepPolicy,
     process_alive: impl Fn(u32, Option<u64>) -> ProcessState,
 ) -> Vec<(RunResource, SweepReason)> {
+    plan_by_run(resources, policy, |members| {
+        judge_run(members, policy, &process_alive)
+    })
+}
+
+/// Like [`plan_sweep`], for [`Liveness::Expiry`](super::Liveness::Expiry): the expiry decides,
+/// whatever the host.
+///
+/// Per run:
+/// - a run in `keep_runs` is kept;
+/// - a run whose runner on this host is [`ProcessState::Alive`] is kept, even
+///   past its expiry (a pid can prove a runner alive, never dead: another
+///   pod may share this hostname, not its pids);
+/// - an expired run is removed, whichever host made it;
+/// - a run that has not expired (or has no expiry) is kept, whatever its
+///   pid says; with `all_hosts` it is removed too, unless it was kept on
+///   purpose (`--keep-env`, `--reuse`), which lasts until it expires.
+///
+/// `process_alive` is asked only about runs that would otherwise go.
+pub fn plan_expiry_sweep(
+    resources: &[RunResource],
+    policy: &SweepPolicy,
+    process_alive: impl Fn(u32, Option<u64>) -> ProcessState,
+) -> Vec<(RunResource, SweepReason)> {
+    plan_by_run(resources, policy, |members| {
+        judge_by_expiry(members, policy, &process_alive)
+    })
+}
+
+/// Groups `resources` by run, asks `judge` about each run not in
+/// `keep_runs`, and lists the members of the runs it condemns.
+fn plan_by_run(
+    resources: &[RunResource],
+    policy: &SweepPolicy,
+    judge: impl Fn(&[&RunResource]) -> Option<RunVerdict>,
+) -> Vec<(RunResource, SweepReason)> {
     let mut runs: BTreeMap<&str, Vec<&RunResource>> = BTreeMap::new();
     for resource in resources {
         runs.entry(resource.run.as_str())
@@ -114,7 +75,7 @@ pub fn plan_sweep(
         if policy.keep_runs.iter().any(|kept| kept == run) {
             continue;
         }
-        if let Some(reasons) = judge_run(&members, policy, &process_alive) {
+        if let Some(reasons) = judge(&members) {
             plan.extend(
                 members
                     .into_iter()
@@ -132,7 +93,8 @@ pub fn plan_sweep(
 enum RunVerdict {
     /// Every local runner is gone or reused; by runner.
     RunnerDead(HashMap<(u32, Option<u64>), SweepReason>, SweepReason),
-    /// Expired, runner unknown or elsewhere.
+    /// Expired (runner unknown or elsewhere), or unexpired and taken by
+    /// `all_hosts`: one reason for all.
     Expired(SweepReason),
 }
 
@@ -155,14 +117,8 @@ fn judge_run(
     policy: &SweepPolicy,
     process_alive: &impl Fn(u32, Option<u64>) -> ProcessState,
 ) -> Option<RunVerdict> {
-    // A kept run's deadline is the one its keeper set (`--keep-env`'s lease,
-    // `--reuse`'s idle TTL), not the containers' own, set at their start.
     let any_kept = members.iter().any(|r| r.kept);
-    let expired = members
-        .iter()
-        .filter(|r| r.kept || !any_kept)
-        .filter_map(|r| r.expires)
-        .max()
+    let expired = run_expiry(members)
         .filter(|expiry| policy.now > *expiry)
         .map(|expiry| SweepReason::Expired {
             expired_secs_ago: policy.now - expiry,
@@ -207,97 +163,49 @@ fn judge_run(
     }
 }
 
-/// Whether `pid` on this machine is still the runner that started at
-/// `pid_start`: `kill(pid, 0)`, then `/proc/PID/stat` for zombies and the
-/// start time. Where the start time cannot be read, an existing pid is Alive.
-pub fn local_process_state(pid: u32, pid_start: Option<u64>) -> ProcessState {
-    if !process::exists(pid) {
-        return ProcessState::Gone;
-    }
-    match process::stat(pid) {
-        Some(stat) if matches!(stat.state, 'Z' | 'X' | 'x') => ProcessState::Gone,
-        Some(stat) if pid_start.is_some_and(|start| start != stat.start) => ProcessState::Reused,
-        _ => ProcessState::Alive,
-    }
+/// The run's expiry in unix seconds: the latest `expires` of its members,
+/// of its kept ones only when it has any (a kept run's deadline is the one
+/// its keeper set: `--keep-env`'s lease, `--reuse`'s idle TTL, not the one
+/// its resources got when they started).
+fn run_expiry(members: &[&RunResource]) -> Option<u64> {
+    let any_kept = members.iter().any(|r| r.kept);
+    members
+        .iter()
+        .filter(|r| r.kept || !any_kept)
+        .filter_map(|r| r.expires)
+        .max()
 }
 
-/// What a sweep found and did.
-#[derive(Debug, Default)]
-pub struct SweepOutcome {
-    /// Resources judged abandoned, with why.
-    pub planned: Vec<(RunResource, SweepReason)>,
-    /// Those that could not be removed, with the backend's answer.
-    pub failed: Vec<(RunResource, String)>,
-}
-
-impl SweepOutcome {
-    /// One line: what was (or would be, per `verb`) removed, of how many runs.
-    pub fn summary(&self, verb: &str) -> String {
-        let mut kinds: Vec<(crate::ResourceKind, usize)> = Vec::new();
-        for (r, _) in &self.planned {
-            match kinds.iter_mut().find(|(k, _)| *k == r.kind) {
-                Some((_, n)) => *n += 1,
-                None => kinds.push((r.kind, 1)),
-            }
-        }
-        kinds.sort_unstable();
-        let counts: Vec<String> = kinds
-            .iter()
-            .map(|(kind, n)| format!("{n} {kind}{}", if *n == 1 { "" } else { "s" }))
-            .collect();
-        let mut runs: Vec<&str> = self.planned.iter().map(|(r, _)| r.run.as_str()).collect();
-        runs.sort_unstable();
-        runs.dedup();
-        let mut line = format!(
-            "{verb} {} of {} abandoned run(s)",
-            counts.join(", "),
-            runs.len()
-        );
-        if let Some((_, reason)) = self.planned.first() {
-            let more = if runs.len() > 1 { ", ..." } else { "" };
-            line.push_str(&format!(" ({reason}{more})"));
-        }
-        if !self.failed.is_empty() {
-            line.push_str(&format!("; {} could not be removed", self.failed.len()));
-        }
-        line
-    }
-}
-
-/// Lists the backend's runs, judges them by `policy` against this machine's
-/// processes, and removes the abandoned ones unless `dry_run`.
-pub async fn sweep(
-    cleanup: &dyn Cleanup,
+/// `None` keeps the run ([`plan_expiry_sweep`]).
+fn judge_by_expiry(
+    members: &[&RunResource],
     policy: &SweepPolicy,
-    dry_run: bool,
-) -> Result<SweepOutcome, EnvError> {
-    let resources = cleanup.list().await?;
-    let planned = plan_sweep(&resources, policy, local_process_state);
-    let mut failed = Vec::new();
-    if !dry_run && !planned.is_empty() {
-        let targets: Vec<RunResource> = planned.iter().map(|(r, _)| r.clone()).collect();
-        for (resource, result) in cleanup.remove(&targets).await {
-            if let Err(e) = result {
-                failed.push((resource, e));
-            }
-        }
+    process_alive: &impl Fn(u32, Option<u64>) -> ProcessState,
+) -> Option<RunVerdict> {
+    let expiry = run_expiry(members);
+    let reason = match expiry {
+        Some(at) if policy.now > at => SweepReason::Expired {
+            expired_secs_ago: policy.now - at,
+        },
+        _ if !policy.all_hosts || members.iter().any(|r| r.kept) => return None,
+        _ => SweepReason::Unexpired {
+            expires_in_secs: expiry.map(|at| at - policy.now),
+        },
+    };
+    let mut runners: Vec<(u32, Option<u64>)> = members
+        .iter()
+        .filter(|r| r.host.as_deref() == Some(policy.this_host.as_str()))
+        .filter_map(|r| Some((r.pid?, r.pid_start)))
+        .collect();
+    runners.sort_unstable();
+    runners.dedup();
+    if runners
+        .into_iter()
+        .any(|(pid, start)| process_alive(pid, start) == ProcessState::Alive)
+    {
+        return None;
     }
-    Ok(SweepOutcome { planned, failed })
-}
-
-impl SweepPolicy {
-    /// The policy of this machine, now: only this host's runs, unless
-    /// `all_hosts`; never the runs in `keep_runs`.
-    pub fn here(all_hosts: bool, keep_runs: Vec<String>) -> SweepPolicy {
-        SweepPolicy {
-            this_host: process::hostname(),
-            all_hosts,
-            now: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            keep_runs,
-        }
-    }
+    Some(RunVerdict::Expired(reason))
 }
 
 #[cfg(test)]
@@ -325,6 +233,7 @@ mod tests {
             lease: false,
             kept: false,
             workspace: None,
+            terminating: None,
         }
     }
 
@@ -525,57 +434,6 @@ mod tests {
     }
 
     #[test]
-    fn reasons_read_as_short_sentences() {
-        assert_eq!(
-            SweepReason::RunnerGone { pid: 4242 }.to_string(),
-            "runner pid 4242 is gone"
-        );
-        assert_eq!(
-            SweepReason::PidReused { pid: 4242 }.to_string(),
-            "pid 4242 now belongs to another process"
-        );
-        let ago = |secs| {
-            SweepReason::Expired {
-                expired_secs_ago: secs,
-            }
-            .to_string()
-        };
-        assert_eq!(ago(35 * 60 + 12), "expired 35m ago");
-        assert_eq!(ago(42), "expired 42s ago");
-        assert_eq!(ago(5 * 3600 + 10), "expired 5h ago");
-        assert_eq!(ago(3 * 86_400 + 7), "expired 3days ago");
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn local_process_states() {
-        let me = std::process::id();
-        let start = process::stat(me).map(|s| s.start);
-        assert_eq!(local_process_state(me, start), ProcessState::Alive);
-        assert_eq!(local_process_state(me, None), ProcessState::Alive);
-        assert_eq!(
-            local_process_state(me, start.map(|s| s + 1)),
-            ProcessState::Reused
-        );
-        assert_eq!(local_process_state(0, None), ProcessState::Gone);
-
-        // An exited, unreaped child is a zombie: gone. Reaped, it does not exist.
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = child.id();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while process::stat(pid).is_some_and(|s| s.state != 'Z')
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(local_process_state(pid, None), ProcessState::Gone);
-        child.wait().expect("reap child");
-        assert_eq!(local_process_state(pid, None), ProcessState::Gone);
-    }
-
-    #[test]
     fn kept_runs_survive_a_dead_runner_until_their_lease_expires() {
         let mut resources = run("kept", HOST, 100, NOW - 10);
         resources.push(RunResource {
@@ -609,5 +467,152 @@ mod tests {
         let plan = plan_sweep(&resources, &policy(), all(ProcessState::Gone));
         assert_eq!(plan.len(), 4);
         assert!(matches!(plan[0].1, SweepReason::RunnerGone { pid: 100 }));
+    }
+
+    fn everywhere() -> SweepPolicy {
+        SweepPolicy {
+            all_hosts: true,
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn by_expiry_expired_runs_of_any_host_go_and_unexpired_ones_stay_whatever_their_pid() {
+        let mut resources = run("far-old", "ci-runner-gone", 7, NOW - 600);
+        resources.extend(run("far-new", "ci-runner-live", 7, NOW + 600));
+        resources.extend(run("here-dead", HOST, 100, NOW + 600));
+        resources.extend(run("here-old", HOST, 100, NOW - 5));
+        let plan = plan_expiry_sweep(&resources, &policy(), all(ProcessState::Gone));
+        assert_eq!(
+            names(&plan),
+            [
+                "far-old-db",
+                "far-old-net",
+                "far-old-vol",
+                "here-old-db",
+                "here-old-net",
+                "here-old-vol"
+            ]
+        );
+        assert_eq!(
+            reasons(&plan)[0],
+            SweepReason::Expired {
+                expired_secs_ago: 600
+            }
+        );
+        assert_eq!(
+            reasons(&plan)[3],
+            SweepReason::Expired {
+                expired_secs_ago: 5
+            }
+        );
+        // The Docker policy on the same resources: this host's dead runner
+        // goes at once, other hosts' runs never without all_hosts.
+        let docker = plan_sweep(&resources, &policy(), all(ProcessState::Gone));
+        let runs: Vec<&str> = docker.iter().map(|(r, _)| r.run.as_str()).collect();
+        assert!(
+            runs.iter().all(|r| r.starts_with("here-")) && runs.contains(&"here-dead"),
+            "{runs:?}"
+        );
+    }
+
+    #[test]
+    fn by_expiry_a_runner_seen_alive_here_keeps_its_expired_run_and_only_its() {
+        let mut resources = run("mine", HOST, 100, NOW - 60);
+        // The same pid on another host proves nothing here.
+        resources.extend(run("theirs", "elsewhere", 100, NOW - 60));
+        let asked = RefCell::new(Vec::new());
+        let plan = plan_expiry_sweep(&resources, &policy(), |pid, start| {
+            asked.borrow_mut().push((pid, start));
+            ProcessState::Alive
+        });
+        let runs: Vec<&str> = plan.iter().map(|(r, _)| r.run.as_str()).collect();
+        assert_eq!(runs, ["theirs"; 3]);
+        assert_eq!(*asked.borrow(), [(100, Some(5))]);
+        for state in [ProcessState::Gone, ProcessState::Reused] {
+            assert_eq!(
+                plan_expiry_sweep(&resources, &policy(), all(state)).len(),
+                6
+            );
+        }
+    }
+
+    #[test]
+    fn by_expiry_an_unexpired_run_is_never_asked_about_without_all_hosts() {
+        let resources = run("fresh", HOST, 100, NOW + 60);
+        let asked = |_, _| -> ProcessState { panic!("an unexpired run needs no pid check") };
+        assert!(plan_expiry_sweep(&resources, &policy(), asked).is_empty());
+        let bare = RunResource {
+            pid: None,
+            host: None,
+            expires: None,
+            ..resource(ResourceKind::Namespace, "bare", "bare-ns")
+        };
+        assert!(plan_expiry_sweep(&[bare], &policy(), asked).is_empty());
+    }
+
+    #[test]
+    fn by_expiry_all_hosts_also_takes_unexpired_runs_but_not_kept_live_or_current_ones() {
+        let mut resources = run("far", "elsewhere", 7, NOW + 600);
+        resources.extend(run("live", HOST, 100, NOW + 600));
+        resources.extend(run("dead", HOST, 200, NOW + 600));
+        resources.extend(run("current", HOST, 300, NOW + 600));
+        resources.push(RunResource {
+            kept: true,
+            ..resource(ResourceKind::Namespace, "kept", "kept-ns")
+        });
+        resources.push(RunResource {
+            expires: None,
+            pid: None,
+            host: None,
+            ..resource(ResourceKind::Namespace, "bare", "bare-ns")
+        });
+        let policy = SweepPolicy {
+            keep_runs: vec!["current".to_owned()],
+            ..everywhere()
+        };
+        let plan = plan_expiry_sweep(&resources, &policy, |pid, _| match pid {
+            100 => ProcessState::Alive,
+            _ => ProcessState::Gone,
+        });
+        let mut runs: Vec<&str> = plan.iter().map(|(r, _)| r.run.as_str()).collect();
+        runs.dedup();
+        assert_eq!(runs, ["bare", "dead", "far"]);
+        assert_eq!(
+            plan[0].1,
+            SweepReason::Unexpired {
+                expires_in_secs: None
+            }
+        );
+        assert_eq!(
+            plan.last().unwrap().1,
+            SweepReason::Unexpired {
+                expires_in_secs: Some(600)
+            }
+        );
+        assert_eq!(plan[0].1.to_string(), "no expiry, taken by --all");
+        assert_eq!(
+            plan.last().unwrap().1.to_string(),
+            "expires in 10m, taken by --all"
+        );
+    }
+
+    #[test]
+    fn by_expiry_a_kept_run_goes_when_its_keeper_said() {
+        let mut resources = run("kept", "elsewhere", 7, NOW + 1800);
+        resources.push(RunResource {
+            kept: true,
+            host: Some("elsewhere".to_owned()),
+            expires: Some(NOW - 5),
+            ..resource(ResourceKind::Namespace, "kept", "kept-ns")
+        });
+        let plan = plan_expiry_sweep(&resources, &policy(), all(ProcessState::Gone));
+        assert_eq!(plan.len(), 4);
+        assert_eq!(
+            plan[0].1,
+            SweepReason::Expired {
+                expired_secs_ago: 5
+            }
+        );
     }
 }
