@@ -619,6 +619,8 @@ impl StandIn {
     pub fn set_service_account_delay(&self, delay: Duration) {
         self.shared
             .write(|s| s.admission.service_account_delay = delay);
+    }
+
     /// Deletes a namespace as a DELETE through the API followed by the
     /// namespace controller's pass would: Terminating at once, its objects
     /// deleted, and those with finalizers holding it Terminating with the
