@@ -10,8 +10,8 @@ use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
     ArchiveInput, ConfigSource, DownOptions, EnvOptions, GcOptions, ImagesAction, ImagesOptions,
-    ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch, Sharding, TestOptions, UpOptions,
-    VarsFormat,
+    ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch, RerunFrom, Sharding, TestOptions,
+    UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
@@ -545,11 +545,15 @@ pub struct FilterArgs {
     /// Run tests marked #[ignore] too.
     #[arg(long)]
     include_ignored: bool,
+    /// Test filterset, nextest's language: e.g. 'package(app) & test(/^db::/)', 'rdeps(core) - kind(bench)' (repeatable: OR-ed; combined with name filters by AND). See https://nexte.st/docs/filtersets.
+    #[arg(short = 'E', long = "filterset", alias = "filter-expr", value_name = "EXPR", action = clap::ArgAction::Append)]
+    filtersets: Vec<String>,
 }
 
 impl FilterArgs {
     fn filter(self) -> TestFilter {
         TestFilter {
+            filtersets: self.filtersets,
             patterns: self.filters,
             exact: self.exact,
             skip: self.skip,
@@ -647,6 +651,18 @@ pub struct TestArgs {
 
     #[command(flatten)]
     archive: ArchiveInputArgs,
+
+    /// Run only the tests the last run of this workspace left failed, timed out or not run (its record in target/ephem/runs/), with the same environments configuration; or those of run records from elsewhere (--rerun-failed FILE, repeatable: a CI job's <stem>.record.json, several shards'). Other filters still apply (AND). `-R latest` is the same as the flag alone.
+    #[arg(
+        short = 'R',
+        long = "rerun-failed",
+        value_name = "FILE",
+        num_args = 0..=1,
+        default_missing_value = "latest",
+        action = clap::ArgAction::Append,
+        help_heading = "Test selection"
+    )]
+    rerun_failed: Vec<Utf8PathBuf>,
 }
 
 impl TestArgs {
@@ -678,7 +694,20 @@ impl TestArgs {
             reuse: self.reuse,
             reaper: ReaperLaunch::ThisExecutable,
             archive: self.archive.input(),
+            rerun: rerun_from(self.rerun_failed),
         }
+    }
+}
+
+/// `--rerun-failed` alone or `-R latest`: the workspace's last run; else
+/// the files given.
+fn rerun_from(values: Vec<Utf8PathBuf>) -> Option<RerunFrom> {
+    if values.is_empty() {
+        None
+    } else if values.iter().any(|v| v == "latest") {
+        Some(RerunFrom::Latest)
+    } else {
+        Some(RerunFrom::Files(values))
     }
 }
 
@@ -710,6 +739,9 @@ pub struct ArchiveArgs {
     /// Where to write the archive (zstd-compressed tar).
     #[arg(long, value_name = "FILE")]
     archive_file: Utf8PathBuf,
+    /// Archive only the binaries this filterset can match (repeatable: OR-ed); nextest's language without test() and group(), which an archive of whole binaries cannot honour.
+    #[arg(short = 'E', long = "filterset", alias = "filter-expr", value_name = "EXPR", action = clap::ArgAction::Append, help_heading = "Test selection")]
+    filtersets: Vec<String>,
 }
 
 impl ArchiveArgs {
@@ -717,6 +749,7 @@ impl ArchiveArgs {
         ArchiveOptions {
             cargo: self.cargo.options(),
             archive_file: self.archive_file,
+            filtersets: self.filtersets,
         }
     }
 }

@@ -11,7 +11,7 @@ use cargo_metadata::{Artifact, Message, Package};
 use rayon::prelude::*;
 
 use crate::error::{EphemError, Result};
-use crate::test_list::{TestBinary, TestList};
+use crate::test_list::{SkipReason, TestBinary, TestList};
 
 /// Cargo's package selection and build flags, passed through to `cargo test --no-run`.
 #[derive(Clone, Debug, Default)]
@@ -208,6 +208,10 @@ pub struct Workspace {
     /// The target directory (`--target-dir` or cargo's).
     pub target_dir: Utf8PathBuf,
     packages: HashMap<String, Package>,
+    /// `cargo metadata`'s JSON with the dependency graph, when it was read
+    /// with one ([`Workspace::load_with_graph`]): what filtersets' package
+    /// predicates are parsed against, and what an archive carries.
+    pub graph_json: Option<Arc<str>>,
 }
 
 impl Workspace {
@@ -218,6 +222,7 @@ impl Workspace {
             root,
             target_dir,
             packages: HashMap::new(),
+            graph_json: None,
         }
     }
 
@@ -228,13 +233,51 @@ impl Workspace {
         if let Some(m) = &opts.manifest_path {
             cmd.manifest_path(m);
         }
-        let metadata = cmd.exec().map_err(|e| {
-            EphemError::Usage(format!(
-                "cannot read the workspace's metadata: {}; run inside a cargo workspace or pass --manifest-path",
-                one_line(&e.to_string())
-            ))
-        })?;
-        Ok(Workspace {
+        let metadata = cmd.exec().map_err(metadata_error)?;
+        Ok(Workspace::from_metadata(metadata, opts, None))
+    }
+
+    /// Reads the workspace's metadata with its resolved dependency graph, as
+    /// nextest reads it (`--all-features --filter-platform <host>`), so that
+    /// `deps()` and `rdeps()` see the same edges. One `cargo metadata` run:
+    /// its JSON is kept for the filtersets and for archives.
+    pub fn load_with_graph(opts: &CargoOptions) -> Result<Workspace> {
+        let mut cmd = cargo_metadata::MetadataCommand::new();
+        cmd.cargo_path(cargo_path())
+            .features(cargo_metadata::CargoOpt::AllFeatures);
+        if let Some(m) = &opts.manifest_path {
+            cmd.manifest_path(m);
+        }
+        if let Some(host) = host_triple() {
+            cmd.other_options(vec!["--filter-platform".to_owned(), host]);
+        }
+        let mut command = cmd.cargo_command();
+        let output = command
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| {
+                EphemError::Usage(format!(
+                    "cannot run `{}`: {e}; is cargo on PATH?",
+                    cargo_path()
+                ))
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(metadata_error(stderr.trim()));
+        }
+        let json = String::from_utf8(output.stdout)
+            .map_err(|_| metadata_error("`cargo metadata` printed invalid UTF-8"))?;
+        let metadata = cargo_metadata::MetadataCommand::parse(&json).map_err(metadata_error)?;
+        Ok(Workspace::from_metadata(metadata, opts, Some(json.into())))
+    }
+
+    fn from_metadata(
+        metadata: cargo_metadata::Metadata,
+        opts: &CargoOptions,
+        graph_json: Option<Arc<str>>,
+    ) -> Workspace {
+        Workspace {
             root: metadata.workspace_root,
             target_dir: opts.target_dir.clone().unwrap_or(metadata.target_directory),
             packages: metadata
@@ -242,31 +285,77 @@ impl Workspace {
                 .into_iter()
                 .map(|p| (p.id.repr.clone(), p))
                 .collect(),
-        })
+            graph_json,
+        }
     }
 
     /// Builds the tests, then lists every test of every test binary.
     pub fn discover(&self, opts: &CargoOptions) -> Result<TestList> {
-        self.discover_with(opts, &BuildControl::default())
+        self.discover_with(opts, &BuildControl::default(), &|_| None)
     }
 
     /// Like [`discover`](Self::discover), with `control` able to stop the
-    /// build from another thread.
-    pub fn discover_with(&self, opts: &CargoOptions, control: &BuildControl) -> Result<TestList> {
+    /// build from another thread. A binary for which `set_aside` gives a
+    /// reason is not run to list its tests (a filterset rules it out
+    /// whatever its tests): it is kept in [`TestList::skipped`], as nextest
+    /// reports it.
+    pub fn discover_with(
+        &self,
+        opts: &CargoOptions,
+        control: &BuildControl,
+        set_aside: &(dyn Fn(&TestBinary) -> Option<SkipReason> + Sync),
+    ) -> Result<TestList> {
         let build = build(opts, control)?;
         let toolchain_libs = toolchain_lib_dirs(&self.root);
         let binaries = test_binaries(&build, &self.packages, &toolchain_libs);
+        let (binaries, skipped): (Vec<_>, Vec<_>) = binaries
+            .into_iter()
+            .map(|b| {
+                let reason = set_aside(&b);
+                (b, reason)
+            })
+            .partition(|(_, reason)| reason.is_none());
         let listed = binaries
             .into_par_iter()
-            .map(|b| {
+            .map(|(b, _)| {
                 let tests = list_binary(&b)?;
                 Ok((b, tests))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut list = TestList::new(listed, self.target_dir.clone());
         list.profile_dir = Utf8PathBuf::from(opts.profile_dir());
+        list.set_skipped(
+            skipped
+                .into_iter()
+                .filter_map(|(b, r)| Some((b, r?)))
+                .collect(),
+        );
         Ok(list)
     }
+}
+
+fn metadata_error(e: impl std::fmt::Display) -> EphemError {
+    EphemError::Usage(format!(
+        "cannot read the workspace's metadata: {}; run inside a cargo workspace or pass --manifest-path",
+        one_line(&e.to_string())
+    ))
+}
+
+/// The host's target triple (`rustc -vV`), which nextest filters the
+/// package graph by; `None` if rustc cannot say (no filter then).
+fn host_triple() -> Option<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_owned())
 }
 
 /// Reads the workspace, builds its tests and lists them.
@@ -445,6 +534,21 @@ pub fn binary_id(package: &str, kind: &str, target: &str) -> String {
     }
 }
 
+/// A test binary's kind as nextest names it (what `kind()` matches): `lib`
+/// for any library crate type (`rlib`, `cdylib`, ...), else the target's
+/// kind (`proc-macro`, `test`, `bin`, `example`, `bench`).
+pub fn binary_kind(kinds: &[cargo_metadata::TargetKind]) -> String {
+    use cargo_metadata::TargetKind as K;
+    let library = kinds
+        .iter()
+        .any(|k| matches!(k, K::Lib | K::RLib | K::DyLib | K::CDyLib | K::StaticLib));
+    match kinds.first() {
+        _ if library => "lib".to_owned(),
+        Some(first) => first.to_string(),
+        None => "lib".to_owned(),
+    }
+}
+
 fn test_binaries(
     build: &BuildOutput,
     packages: &HashMap<String, Package>,
@@ -463,18 +567,14 @@ fn test_binaries(
         let package_name = package
             .map(|p| p.name.to_string())
             .unwrap_or_else(|| artifact.target.name.clone());
-        let kind = artifact
-            .target
-            .kind
-            .first()
-            .map(|k| k.to_string())
-            .unwrap_or_else(|| "lib".to_owned());
+        let kind = binary_kind(&artifact.target.kind);
         let cwd = artifact
             .manifest_path
             .parent()
             .map(Utf8Path::to_path_buf)
             .unwrap_or_default();
-        let binary_name = exe.file_name().unwrap_or_default().to_owned();
+        // nextest's binary name is the target's (what `binary()` matches).
+        let binary_name = artifact.target.name.clone();
         let env = binary_env(&exe, artifact, package, build, toolchain_libs);
         binaries.push(TestBinary {
             binary_id: binary_id(&package_name, &kind, &artifact.target.name),
