@@ -789,6 +789,15 @@ mod tests {
     }
 
     #[test]
+    fn binary_kinds_follow_nextest() {
+        use cargo_metadata::TargetKind as K;
+        assert_eq!(binary_kind(&[K::CDyLib, K::RLib]), "lib");
+        assert_eq!(binary_kind(&[K::ProcMacro]), "proc-macro");
+        assert_eq!(binary_kind(&[K::Test]), "test");
+        assert_eq!(binary_kind(&[K::Example]), "example");
+    }
+
+    #[test]
     fn terse_list_parses_tests_and_skips_benchmarks() {
         let out = "a::b: test\nc: benchmark\n\nd: test\n";
         assert_eq!(parse_terse_list(out).unwrap(), vec!["a::b", "d"]);

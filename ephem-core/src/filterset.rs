@@ -317,53 +317,37 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// Two workspace packages, `app` depending on `core`, as cargo
-    /// metadata would describe them.
+    /// The filtersets fixture's metadata (fs-app -> fs-storage -> fs-core,
+    /// fs-app -> fs-macros, fs-tools alone), read once with cargo.
+    fn json() -> &'static str {
+        static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        JSON.get_or_init(|| {
+            let manifest = camino::Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/filtersets/Cargo.toml");
+            let ws = crate::discover::Workspace::load_with_graph(&crate::discover::CargoOptions {
+                manifest_path: Some(manifest),
+                ..Default::default()
+            })
+            .unwrap();
+            ws.graph_json.unwrap().to_string()
+        })
+    }
+
     fn graph() -> PackageGraph {
-        let pkg = |name: &str, deps: &str, targets: &str| {
-            format!(
-                r#"{{"name":"{name}","version":"0.1.0","id":"path+file:///ws/{name}#0.1.0",
-                "license":null,"license_file":null,"description":null,"source":null,
-                "dependencies":[{deps}],"targets":[{targets}],"features":{{}},
-                "manifest_path":"/ws/{name}/Cargo.toml","metadata":null,"publish":null,
-                "authors":[],"categories":[],"keywords":[],"readme":null,"repository":null,
-                "homepage":null,"documentation":null,"edition":"2021","links":null,
-                "default_run":null,"rust_version":null}}"#
-            )
-        };
-        let target = |kind: &str, name: &str| {
-            format!(
-                r#"{{"kind":["{kind}"],"crate_types":["{kind}"],"name":"{name}",
-                "src_path":"/ws/{name}.rs","edition":"2021","doc":true,"doctest":false,"test":true}}"#
-            )
-        };
-        let dep = r#"{"name":"core","source":null,"req":"*","kind":null,"rename":null,
-            "optional":false,"uses_default_features":true,"features":[],"target":null,
-            "registry":null,"path":"/ws/core"}"#;
-        let json = format!(
-            r#"{{"packages":[{},{}],"workspace_members":["path+file:///ws/app#0.1.0","path+file:///ws/core#0.1.0"],
-            "workspace_default_members":["path+file:///ws/app#0.1.0","path+file:///ws/core#0.1.0"],
-            "resolve":{{"nodes":[
-              {{"id":"path+file:///ws/app#0.1.0","dependencies":["path+file:///ws/core#0.1.0"],
-                "deps":[{{"name":"core","pkg":"path+file:///ws/core#0.1.0","dep_kinds":[{{"kind":null,"target":null}}]}}],"features":[]}},
-              {{"id":"path+file:///ws/core#0.1.0","dependencies":[],"deps":[],"features":[]}}],
-              "root":null}},
-            "target_directory":"/ws/target","version":1,"workspace_root":"/ws","metadata":null}}"#,
-            pkg(
-                "app",
-                dep,
-                &[target("lib", "app"), target("test", "it")].join(",")
-            ),
-            pkg("core", "", &target("lib", "core")),
-        );
-        package_graph(&json).unwrap()
+        package_graph(json()).unwrap()
     }
 
     fn binary(package: &str, kind: &str, name: &str) -> TestBinary {
+        let graph = graph();
+        let id = graph
+            .packages()
+            .find(|p| p.name() == package)
+            .map(|p| p.id().repr().to_owned())
+            .unwrap();
         TestBinary {
             binary_id: crate::discover::binary_id(package, kind, name),
             binary_name: name.into(),
-            package_id: format!("path+file:///ws/{package}#0.1.0"),
+            package_id: id,
             package_name: package.into(),
             kind: kind.into(),
             path: "/nonexistent".into(),
@@ -379,9 +363,9 @@ mod tests {
 
     #[test]
     fn expressions_are_ored_and_binaries_set_aside() {
-        let sets = parse(&["package(core)", "test(=it_works)"]).unwrap();
-        let core = binary("core", "lib", "core");
-        let app_it = binary("app", "test", "it");
+        let sets = parse(&["package(fs-core)", "test(=it_works)"]).unwrap();
+        let core = binary("fs-core", "lib", "fs_core");
+        let app_it = binary("fs-app", "test", "app_flow");
         assert_eq!(sets.set_aside(&core), None);
         assert_eq!(sets.set_aside(&app_it), None, "test() may match any binary");
         assert_eq!(sets.for_binary(&core).mismatch("anything"), None);
@@ -390,23 +374,25 @@ mod tests {
             sets.for_binary(&app_it).mismatch("other"),
             Some(MismatchReason::Expression)
         );
-        let only_core = parse(&["package(core)"]).unwrap();
+        let only_core = parse(&["package(fs-core)"]).unwrap();
         assert_eq!(only_core.set_aside(&app_it), Some(SkipReason::Expression));
     }
 
     #[test]
     fn deps_rdeps_kind_platform_and_groups() {
-        let core = binary("core", "lib", "core");
-        let app = binary("app", "lib", "app");
-        let macros = binary("core", "proc-macro", "core");
-        let rdeps = parse(&["rdeps(core)"]).unwrap();
+        let core = binary("fs-core", "lib", "fs_core");
+        let app = binary("fs-app", "lib", "fs_app");
+        let tools = binary("fs-tools", "lib", "fs_tools");
+        let macros = binary("fs-macros", "proc-macro", "fs_macros");
+        let rdeps = parse(&["rdeps(fs-core)"]).unwrap();
         assert_eq!(rdeps.set_aside(&app), None);
         assert_eq!(
             rdeps.set_aside(&core),
             None,
             "a package is among its own rdeps"
         );
-        let deps = parse(&["deps(app) - package(app)"]).unwrap();
+        assert_eq!(rdeps.set_aside(&tools), Some(SkipReason::Expression));
+        let deps = parse(&["deps(fs-app) - package(fs-app)"]).unwrap();
         assert_eq!(deps.set_aside(&app), Some(SkipReason::Expression));
         assert_eq!(deps.set_aside(&core), None);
         let host = parse(&["platform(host)"]).unwrap();
@@ -451,11 +437,11 @@ mod tests {
     #[test]
     fn a_default_filter_bounds_the_selection_and_defines_default() {
         let g = graph();
-        let df = DefaultFilter::parse("package(core)", &g).unwrap();
+        let df = DefaultFilter::parse("package(fs-core)", &g).unwrap();
         let sets = Filtersets::parse(&["all()".into()], &g, FiltersetUse::Test)
             .unwrap()
             .with_default_filter(df);
-        let app = binary("app", "lib", "app");
+        let app = binary("fs-app", "lib", "fs_app");
         assert_eq!(sets.set_aside(&app), Some(SkipReason::DefaultFilter));
         assert_eq!(
             sets.for_binary(&app).mismatch("t"),

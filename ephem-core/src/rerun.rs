@@ -58,6 +58,13 @@ impl RerunSet {
             .contains(&(binary_id.to_owned(), name.to_owned()))
     }
 
+    /// A set of these `(binary id, name)` pairs.
+    pub fn from_tests(tests: impl IntoIterator<Item = (String, String)>) -> RerunSet {
+        RerunSet {
+            tests: tests.into_iter().collect(),
+        }
+    }
+
     /// How many tests it holds.
     pub fn len(&self) -> usize {
         self.tests.len()

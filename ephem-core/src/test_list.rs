@@ -486,6 +486,86 @@ mod tests {
         assert_eq!(f.select(&case("fast_one", false)), Selection::Run);
     }
 
+    fn two_binaries() -> TestList {
+        let bin = |id: &str| TestBinary {
+            binary_id: id.into(),
+            ..binary_at("/ws/target/debug/deps/x")
+        };
+        TestList::new(
+            vec![
+                (bin("a"), vec![("t1".into(), false), ("t2".into(), true)]),
+                (bin("b"), vec![("t1".into(), false), ("t3".into(), false)]),
+            ],
+            "/ws/target".into(),
+        )
+    }
+
+    #[test]
+    fn mismatch_reasons_follow_nextests_order() {
+        let list = two_binaries();
+        let selector = Selector::by_name(TestFilter {
+            patterns: vec!["t1".into()],
+            ..Default::default()
+        });
+        let got: Vec<_> = selector
+            .decide(&list)
+            .iter()
+            .map(|d| (d.selection, d.mismatch))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Selection::Run, None),
+                // Ignored and not matching the name: nextest says "ignored".
+                (Selection::FilteredOut, Some(MismatchReason::Ignored)),
+                (Selection::Run, None),
+                (Selection::FilteredOut, Some(MismatchReason::String)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rerun_runs_its_tests_only_ignored_ones_included() {
+        let list = two_binaries();
+        let rerun = RerunSet::from_tests([
+            ("a".to_owned(), "t2".to_owned()),
+            ("b".to_owned(), "t1".to_owned()),
+        ]);
+        let selector = Selector {
+            rerun: Some(Arc::new(rerun)),
+            ..Default::default()
+        };
+        assert_eq!(
+            selector.select(&list),
+            [
+                Selection::FilteredOut,
+                Selection::Run,
+                Selection::Run,
+                Selection::FilteredOut
+            ]
+        );
+    }
+
+    #[test]
+    fn set_aside_binaries_take_their_tests_along() {
+        let mut list = two_binaries();
+        list.set_aside(|b| (b.binary_id == "a").then_some(SkipReason::Expression));
+        assert_eq!(list.binaries.len(), 1);
+        assert_eq!(list.skipped.len(), 1);
+        let names: Vec<_> = list
+            .tests
+            .iter()
+            .map(|t| (t.binary, t.name.as_str()))
+            .collect();
+        assert_eq!(names, [(0, "t1"), (0, "t3")]);
+        assert_eq!(list.binary_id(1), "b");
+        let summary = list.to_summary(&Selector::default().decide(&list));
+        assert_eq!(
+            summary.rust_suites[&RustBinaryId::new("a")].status,
+            RustTestSuiteStatusSummary::SKIPPED
+        );
+    }
+
     fn binary_at(path: &str) -> TestBinary {
         TestBinary {
             binary_id: "pkg".into(),
