@@ -351,10 +351,18 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
         );
         return exit_codes::OK;
     }
-    let rerun = rerun_prefix(options, done.selector);
+    let prefix = rerun_prefix(options, done.selector);
+    let record = options
+        .junit
+        .as_ref()
+        .map(|junit| record_file(junit, options.sharding).to_string());
+    let hint = summary::RerunHint {
+        prefix: &prefix,
+        record: record.as_deref(),
+    };
     eprint!(
         "{}",
-        summary::render(result, &plan.list, &rerun, plan.shard_count)
+        summary::render(result, &plan.list, hint, plan.shard_count)
     );
     if let Some(rerun) = done.rerun {
         let left = rerun.outstanding(&plan.list, &plan.selection).len();
