@@ -975,6 +975,49 @@ mod tests {
     }
 
     #[test]
+    fn rerun_failed_takes_latest_or_files_and_filtersets_repeat() {
+        let test = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Test(args) => args.options(),
+            other => panic!("not test: {other:?}"),
+        };
+        assert_eq!(test(&["test"]).rerun, None);
+        assert_eq!(
+            test(&["test", "--rerun-failed"]).rerun,
+            Some(RerunFrom::Latest)
+        );
+        assert_eq!(
+            test(&["test", "-R", "latest"]).rerun,
+            Some(RerunFrom::Latest)
+        );
+        let files = test(&["test", "-R", "a.json", "--rerun-failed", "b.json", "db_"]);
+        assert_eq!(
+            files.rerun,
+            Some(RerunFrom::Files(vec!["a.json".into(), "b.json".into()]))
+        );
+        assert_eq!(files.filter.patterns, ["db_"]);
+        let exprs = test(&["test", "-E", "package(a)", "--filterset", "kind(test)"]);
+        assert_eq!(exprs.filter.filtersets, ["package(a)", "kind(test)"]);
+        let Command::List(list) = parse(&["list", "--filter-expr", "all()"]).unwrap().command
+        else {
+            panic!("not list");
+        };
+        assert_eq!(list.options().filter.filtersets, ["all()"]);
+        let Command::Archive(archive) = parse(&[
+            "archive",
+            "--archive-file",
+            "a.tar.zst",
+            "-E",
+            "rdeps(core)",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not archive");
+        };
+        assert_eq!(archive.options().filtersets, ["rdeps(core)"]);
+    }
+
+    #[test]
     fn an_unknown_backend_names_the_ones_that_exist() {
         for command in ["test", "up", "down", "gc", "render"] {
             let err = parse(&[command, "--backend", "podman"]).unwrap_err();

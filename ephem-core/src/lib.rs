@@ -9,6 +9,7 @@
 //! and [`teardown`] beside them; [`pipeline`] strings them together.
 
 pub mod archive;
+mod cargo_build;
 pub mod dev;
 pub mod discover;
 pub mod environments;

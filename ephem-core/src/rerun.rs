@@ -295,6 +295,15 @@ fn short_id(run_id: &str) -> &str {
 
 /// Reads a record, refusing files too big to be one before reading them.
 fn read_bounded(path: &Utf8Path) -> Result<RunRecord> {
+    if !path.exists() {
+        // `--rerun-failed db_` takes `db_` as its file: say how to mean a filter.
+        return Err(EphemError::Input {
+            path: path.to_owned(),
+            message: "no such run record; to rerun the last run's failures with a name filter, \
+                      put the filter before the flag (`cargo ephem test FILTER --rerun-failed`)"
+                .to_owned(),
+        });
+    }
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.len() > MAX_RECORD_BYTES {
             return Err(EphemError::Input {
