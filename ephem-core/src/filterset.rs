@@ -208,6 +208,9 @@ impl BinaryFilter<'_> {
     /// `None` when the test is selected, else why not: `Expression` (no
     /// `-E` matches) or `DefaultFilter` (outside the default set).
     pub fn mismatch(&self, name: &str) -> Option<MismatchReason> {
+        if self.sets.sets.is_empty() && self.sets.default_filter.is_all() {
+            return None;
+        }
         let name = TestCaseName::new(name);
         let query = TestQuery {
             binary_query: self.keys.query(self.binary),
