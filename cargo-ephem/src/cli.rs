@@ -12,7 +12,7 @@ use ephem_core::limits;
 use ephem_core::options::{
     ArchiveInput, ConfigSource, DownOptions, EnvOptions, ExecOptions, ExecShards, GcOptions,
     ImagesAction, ImagesOptions, ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch,
-    Sharding, TestOptions, UpOptions, VarsFormat,
+    RerunFrom, Sharding, TestOptions, UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
@@ -638,11 +638,15 @@ pub struct FilterArgs {
     /// Run tests marked #[ignore] too.
     #[arg(long)]
     include_ignored: bool,
+    /// Test filterset, nextest's language: e.g. 'package(app) & test(/^db::/)', 'rdeps(core) - kind(bench)' (repeatable: OR-ed; combined with name filters by AND). See https://nexte.st/docs/filtersets.
+    #[arg(short = 'E', long = "filterset", alias = "filter-expr", value_name = "EXPR", action = clap::ArgAction::Append)]
+    filtersets: Vec<String>,
 }
 
 impl FilterArgs {
     fn filter(self) -> TestFilter {
         TestFilter {
+            filtersets: self.filtersets,
             patterns: self.filters,
             exact: self.exact,
             skip: self.skip,
@@ -740,6 +744,18 @@ pub struct TestArgs {
 
     #[command(flatten)]
     archive: ArchiveInputArgs,
+
+    /// Run only the tests the last run of this workspace left failed, timed out or not run (its record in target/ephem/runs/), with the same environments configuration; or those of run records from elsewhere (--rerun-failed FILE, repeatable: a CI job's <stem>.record.json, several shards'). Other filters still apply (AND). `-R latest` is the same as the flag alone.
+    #[arg(
+        short = 'R',
+        long = "rerun-failed",
+        value_name = "FILE",
+        num_args = 0..=1,
+        default_missing_value = "latest",
+        action = clap::ArgAction::Append,
+        help_heading = "Test selection"
+    )]
+    rerun_failed: Vec<Utf8PathBuf>,
 }
 
 impl TestArgs {
@@ -771,7 +787,20 @@ impl TestArgs {
             reuse: self.reuse,
             reaper: ReaperLaunch::ThisExecutable,
             archive: self.archive.input(),
+            rerun: rerun_from(self.rerun_failed),
         }
+    }
+}
+
+/// `--rerun-failed` alone or `-R latest`: the workspace's last run; else
+/// the files given.
+fn rerun_from(values: Vec<Utf8PathBuf>) -> Option<RerunFrom> {
+    if values.is_empty() {
+        None
+    } else if values.iter().any(|v| v == "latest") {
+        Some(RerunFrom::Latest)
+    } else {
+        Some(RerunFrom::Files(values))
     }
 }
 
@@ -803,6 +832,9 @@ pub struct ArchiveArgs {
     /// Where to write the archive (zstd-compressed tar).
     #[arg(long, value_name = "FILE")]
     archive_file: Utf8PathBuf,
+    /// Archive only the binaries this filterset can match (repeatable: OR-ed); nextest's language without test() and group(), which an archive of whole binaries cannot honour.
+    #[arg(short = 'E', long = "filterset", alias = "filter-expr", value_name = "EXPR", action = clap::ArgAction::Append, help_heading = "Test selection")]
+    filtersets: Vec<String>,
 }
 
 impl ArchiveArgs {
@@ -810,6 +842,7 @@ impl ArchiveArgs {
         ArchiveOptions {
             cargo: self.cargo.options(),
             archive_file: self.archive_file,
+            filtersets: self.filtersets,
         }
     }
 }
@@ -1067,6 +1100,49 @@ mod tests {
         assert!(err.to_string().contains("without a kind"), "{err}");
         let err = parse(&["exec", "--shards", "0", "--", "true"]).unwrap_err();
         assert!(err.to_string().contains("1 to 1024"), "{err}");
+    }
+
+    #[test]
+    fn rerun_failed_takes_latest_or_files_and_filtersets_repeat() {
+        let test = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Test(args) => args.options(),
+            other => panic!("not test: {other:?}"),
+        };
+        assert_eq!(test(&["test"]).rerun, None);
+        assert_eq!(
+            test(&["test", "--rerun-failed"]).rerun,
+            Some(RerunFrom::Latest)
+        );
+        assert_eq!(
+            test(&["test", "-R", "latest"]).rerun,
+            Some(RerunFrom::Latest)
+        );
+        let files = test(&["test", "-R", "a.json", "--rerun-failed", "b.json", "db_"]);
+        assert_eq!(
+            files.rerun,
+            Some(RerunFrom::Files(vec!["a.json".into(), "b.json".into()]))
+        );
+        assert_eq!(files.filter.patterns, ["db_"]);
+        let exprs = test(&["test", "-E", "package(a)", "--filterset", "kind(test)"]);
+        assert_eq!(exprs.filter.filtersets, ["package(a)", "kind(test)"]);
+        let Command::List(list) = parse(&["list", "--filter-expr", "all()"]).unwrap().command
+        else {
+            panic!("not list");
+        };
+        assert_eq!(list.options().filter.filtersets, ["all()"]);
+        let Command::Archive(archive) = parse(&[
+            "archive",
+            "--archive-file",
+            "a.tar.zst",
+            "-E",
+            "rdeps(core)",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not archive");
+        };
+        assert_eq!(archive.options().filtersets, ["rdeps(core)"]);
     }
 
     #[test]

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::discover::{CargoOptions, Workspace};
+use crate::discover::{BuildControl, CargoOptions, Workspace};
 use crate::error::{exit_codes, EphemError, Result};
+use crate::filterset::{self, FiltersetUse, Filtersets};
 use crate::test_list::{TestBinary, TestList};
 
 /// The archive layout this build reads and writes; another is refused.
@@ -33,6 +34,11 @@ const TARGET: &str = "target";
 
 /// Where the toolchain's shared libraries go.
 const TOOLCHAIN: &str = "toolchain";
+
+/// `cargo metadata`'s JSON (with the dependency graph), so that `-E`
+/// filtersets parse where the archive runs, without cargo, as nextest's
+/// archives allow.
+const METADATA: &str = "cargo-metadata.json";
 
 /// What an archive says of itself and its binaries.
 #[derive(Debug, Serialize, Deserialize)]
@@ -157,25 +163,46 @@ pub struct ArchiveOptions {
     pub cargo: CargoOptions,
     /// Where the archive goes.
     pub archive_file: Utf8PathBuf,
+    /// `-E`: only the binaries these filtersets can match go in (`test()`
+    /// and `group()` are refused: an archive holds whole binaries).
+    pub filtersets: Vec<String>,
 }
 
 /// Runs `cargo ephem archive`: builds, lists, packs. Returns the exit code.
 pub fn archive(options: &ArchiveOptions) -> Result<i32> {
     check_writable(&options.archive_file)?;
-    let workspace = Workspace::load(&options.cargo)?;
-    let list = workspace.discover(&options.cargo)?;
+    let workspace = Workspace::load_with_graph(&options.cargo)?;
+    let graph_json = workspace.graph_json.clone().unwrap_or_default();
+    let filtersets = if options.filtersets.is_empty() {
+        Filtersets::none()
+    } else {
+        let graph = filterset::package_graph(&graph_json)?;
+        Filtersets::parse(&options.filtersets, &graph, FiltersetUse::Archive)?
+    };
+    let list = workspace.discover_with(&options.cargo, &BuildControl::default(), &|b| {
+        filtersets.set_aside(b)
+    })?;
     let paths = Paths {
         workspace: workspace.root.clone(),
         target: workspace.target_dir.clone(),
         toolchain: crate::discover::toolchain_lib_dirs(&workspace.root),
     };
     let (manifest, files) = pack_plan(&list, &paths, &workspace)?;
-    let written = write_archive(&options.archive_file, &manifest, &files)?;
+    let written = write_archive(
+        &options.archive_file,
+        &manifest,
+        graph_json.as_bytes(),
+        &files,
+    )?;
     let tests: usize = manifest.binaries.iter().map(|b| b.tests.len()).sum();
+    let left_out = match list.skipped.len() {
+        0 => String::new(),
+        n => format!(" ({n} left out by -E)"),
+    };
     eprintln!(
-        "  Archived {} test binaries ({tests} tests), {} files, {} to {}",
+        "  Archived {} test binaries{left_out} ({tests} tests), {} files, {} to {}",
         manifest.binaries.len(),
-        files.len() + 1,
+        files.len() + 2,
         human_size(written),
         options.archive_file
     );
@@ -338,6 +365,7 @@ fn shared_libraries(dir: &Utf8Path) -> Vec<Utf8PathBuf> {
 fn write_archive(
     path: &Utf8Path,
     manifest: &Manifest,
+    metadata: &[u8],
     files: &[(String, Utf8PathBuf)],
 ) -> Result<u64> {
     let io = |source| EphemError::Io {
@@ -357,6 +385,12 @@ fn write_archive(
     header.set_mode(0o644);
     header.set_cksum();
     tar.append_data(&mut header, MANIFEST, &json[..])
+        .map_err(io)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(metadata.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, METADATA, metadata)
         .map_err(io)?;
     for (inside, real) in files {
         tar.append_path_with_name(real, inside).map_err(io)?;
@@ -437,10 +471,13 @@ pub fn extract(archive: &Utf8Path, remap: Option<&Utf8Path>) -> Result<Extracted
         toolchain: Vec::new(),
     };
     let list = rebuild_list(manifest, &paths, &extracted, &target_dir);
-    Ok(Extracted {
-        workspace: Workspace::at(root, target_dir),
-        list,
-    })
+    let mut workspace = Workspace::at(root, target_dir);
+    // Archives of older versions carry no graph: `-E` says so when used.
+    workspace.graph_json = std::fs::read_to_string(extracted.join(METADATA))
+        .ok()
+        .filter(|json| !json.is_empty())
+        .map(Into::into);
+    Ok(Extracted { workspace, list })
 }
 
 /// Reads only the manifest (the archive's first entry).

@@ -1,17 +1,18 @@
 //! Builds a workspace's tests with cargo and lists every test of every binary.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::BufReader;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use cargo_metadata::{Artifact, Message, Package};
+use cargo_metadata::{Artifact, Package};
 use rayon::prelude::*;
 
 use crate::error::{EphemError, Result};
-use crate::test_list::{TestBinary, TestList};
+use crate::test_list::{SkipReason, TestBinary, TestList};
+
+pub use crate::cargo_build::BuildControl;
+use crate::cargo_build::{build, BuildOutput};
 
 /// Cargo's package selection and build flags, passed through to `cargo test --no-run`.
 #[derive(Clone, Debug, Default)]
@@ -192,15 +193,6 @@ fn one_line(s: &str) -> String {
         .join(" ")
 }
 
-/// What the build produced, before listing.
-struct BuildOutput {
-    artifacts: Vec<Artifact>,
-    /// Package id to the `-L` paths its build script asked for.
-    linked_paths: HashMap<String, Vec<Utf8PathBuf>>,
-    /// Package id to its build script's `OUT_DIR`.
-    out_dirs: HashMap<String, Utf8PathBuf>,
-}
-
 /// A cargo workspace as `cargo metadata` describes it, read before the build.
 pub struct Workspace {
     /// The workspace's root directory (where `ephem.toml` lives).
@@ -208,6 +200,10 @@ pub struct Workspace {
     /// The target directory (`--target-dir` or cargo's).
     pub target_dir: Utf8PathBuf,
     packages: HashMap<String, Package>,
+    /// `cargo metadata`'s JSON with the dependency graph, when it was read
+    /// with one ([`Workspace::load_with_graph`]): what filtersets' package
+    /// predicates are parsed against, and what an archive carries.
+    pub graph_json: Option<Arc<str>>,
 }
 
 impl Workspace {
@@ -218,6 +214,7 @@ impl Workspace {
             root,
             target_dir,
             packages: HashMap::new(),
+            graph_json: None,
         }
     }
 
@@ -228,13 +225,51 @@ impl Workspace {
         if let Some(m) = &opts.manifest_path {
             cmd.manifest_path(m);
         }
-        let metadata = cmd.exec().map_err(|e| {
-            EphemError::Usage(format!(
-                "cannot read the workspace's metadata: {}; run inside a cargo workspace or pass --manifest-path",
-                one_line(&e.to_string())
-            ))
-        })?;
-        Ok(Workspace {
+        let metadata = cmd.exec().map_err(metadata_error)?;
+        Ok(Workspace::from_metadata(metadata, opts, None))
+    }
+
+    /// Reads the workspace's metadata with its resolved dependency graph, as
+    /// nextest reads it (`--all-features --filter-platform <host>`), so that
+    /// `deps()` and `rdeps()` see the same edges. One `cargo metadata` run:
+    /// its JSON is kept for the filtersets and for archives.
+    pub fn load_with_graph(opts: &CargoOptions) -> Result<Workspace> {
+        let mut cmd = cargo_metadata::MetadataCommand::new();
+        cmd.cargo_path(cargo_path())
+            .features(cargo_metadata::CargoOpt::AllFeatures);
+        if let Some(m) = &opts.manifest_path {
+            cmd.manifest_path(m);
+        }
+        if let Some(host) = host_triple() {
+            cmd.other_options(vec!["--filter-platform".to_owned(), host]);
+        }
+        let mut command = cmd.cargo_command();
+        let output = command
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| {
+                EphemError::Usage(format!(
+                    "cannot run `{}`: {e}; is cargo on PATH?",
+                    cargo_path()
+                ))
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(metadata_error(stderr.trim()));
+        }
+        let json = String::from_utf8(output.stdout)
+            .map_err(|_| metadata_error("`cargo metadata` printed invalid UTF-8"))?;
+        let metadata = cargo_metadata::MetadataCommand::parse(&json).map_err(metadata_error)?;
+        Ok(Workspace::from_metadata(metadata, opts, Some(json.into())))
+    }
+
+    fn from_metadata(
+        metadata: cargo_metadata::Metadata,
+        opts: &CargoOptions,
+        graph_json: Option<Arc<str>>,
+    ) -> Workspace {
+        Workspace {
             root: metadata.workspace_root,
             target_dir: opts.target_dir.clone().unwrap_or(metadata.target_directory),
             packages: metadata
@@ -242,174 +277,82 @@ impl Workspace {
                 .into_iter()
                 .map(|p| (p.id.repr.clone(), p))
                 .collect(),
-        })
+            graph_json,
+        }
     }
 
     /// Builds the tests, then lists every test of every test binary.
     pub fn discover(&self, opts: &CargoOptions) -> Result<TestList> {
-        self.discover_with(opts, &BuildControl::default())
+        self.discover_with(opts, &BuildControl::default(), &|_| None)
     }
 
     /// Like [`discover`](Self::discover), with `control` able to stop the
-    /// build from another thread.
-    pub fn discover_with(&self, opts: &CargoOptions, control: &BuildControl) -> Result<TestList> {
+    /// build from another thread. A binary for which `set_aside` gives a
+    /// reason is not run to list its tests (a filterset rules it out
+    /// whatever its tests): it is kept in [`TestList::skipped`], as nextest
+    /// reports it.
+    pub fn discover_with(
+        &self,
+        opts: &CargoOptions,
+        control: &BuildControl,
+        set_aside: &(dyn Fn(&TestBinary) -> Option<SkipReason> + Sync),
+    ) -> Result<TestList> {
         let build = build(opts, control)?;
         let toolchain_libs = toolchain_lib_dirs(&self.root);
         let binaries = test_binaries(&build, &self.packages, &toolchain_libs);
+        let (binaries, skipped): (Vec<_>, Vec<_>) = binaries
+            .into_iter()
+            .map(|b| {
+                let reason = set_aside(&b);
+                (b, reason)
+            })
+            .partition(|(_, reason)| reason.is_none());
         let listed = binaries
             .into_par_iter()
-            .map(|b| {
+            .map(|(b, _)| {
                 let tests = list_binary(&b)?;
                 Ok((b, tests))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut list = TestList::new(listed, self.target_dir.clone());
         list.profile_dir = Utf8PathBuf::from(opts.profile_dir());
+        list.set_skipped(
+            skipped
+                .into_iter()
+                .filter_map(|(b, r)| Some((b, r?)))
+                .collect(),
+        );
         Ok(list)
     }
+}
+
+fn metadata_error(e: impl std::fmt::Display) -> EphemError {
+    EphemError::Usage(format!(
+        "cannot read the workspace's metadata: {}; run inside a cargo workspace or pass --manifest-path",
+        one_line(&e.to_string())
+    ))
+}
+
+/// The host's target triple (`rustc -vV`), which nextest filters the
+/// package graph by; `None` if rustc cannot say (no filter then).
+fn host_triple() -> Option<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_owned())
 }
 
 /// Reads the workspace, builds its tests and lists them.
 pub fn discover(opts: &CargoOptions) -> Result<TestList> {
     Workspace::load(opts)?.discover(opts)
-}
-
-/// Lets another thread stop the cargo build this crate started: cargo runs
-/// in a process group of its own (so rustc and build scripts stop with it),
-/// and is reaped under the same lock that guards a signal, so a signal can
-/// never reach a recycled pid or a group that is not ours.
-#[derive(Clone, Default)]
-pub struct BuildControl {
-    inner: Arc<Mutex<BuildState>>,
-}
-
-#[derive(Default)]
-struct BuildState {
-    /// The running cargo, until it has been reaped.
-    child: Option<std::process::Child>,
-    /// The signal sent to it, if any; the build then ends as interrupted.
-    sent: Option<i32>,
-}
-
-impl BuildControl {
-    /// Sends `signal` to the cargo build (its whole process group) if it
-    /// still runs: it stops, and the build ends as interrupted by that
-    /// signal; later builds are refused.
-    pub fn stop(&self, signal: i32) {
-        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        state.sent.get_or_insert(signal);
-        if let Some(child) = state.child.as_mut() {
-            if matches!(child.try_wait(), Ok(None)) {
-                signal_group(child, signal);
-            }
-        }
-    }
-
-    fn stopped(&self) -> Option<i32> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).sent
-    }
-
-    /// Waits for the child handed over with `adopt`, reaping it under the lock.
-    fn wait(&self) -> std::io::Result<std::process::ExitStatus> {
-        loop {
-            {
-                let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                let child = state.child.as_mut().expect("a child was adopted");
-                if let Some(status) = child.try_wait()? {
-                    state.child = None;
-                    return Ok(status);
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-
-    fn adopt(&self, child: std::process::Child) {
-        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        state.child = Some(child);
-        if let Some(signal) = state.sent {
-            // Stopped before cargo even started.
-            if let Some(child) = state.child.as_mut() {
-                signal_group(child, signal);
-            }
-        }
-    }
-}
-
-/// Signals the process group our cargo leads.
-fn signal_group(child: &std::process::Child, signal: i32) {
-    if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
-        if pgid > 1 {
-            // SAFETY: kill(2) on the group of our own child, not yet reaped
-            // (the caller holds the lock it is reaped under), so the group
-            // is still ours; pgid > 1 never addresses every process.
-            unsafe { libc::kill(-pgid, signal) };
-        }
-    }
-}
-
-fn build(opts: &CargoOptions, control: &BuildControl) -> Result<BuildOutput> {
-    if let Some(signal) = control.stopped() {
-        return Err(EphemError::Interrupted { signal });
-    }
-    let cargo = cargo_path();
-    let mut args = vec![
-        "test".to_owned(),
-        "--no-run".to_owned(),
-        "--message-format".to_owned(),
-        "json-render-diagnostics".to_owned(),
-    ];
-    args.extend(opts.build_args());
-    let command = format!("cargo {}", args.join(" "));
-    // Diagnostics go to our stderr as cargo renders them; stdout is the JSON stream.
-    // A process group of its own: stopping the build stops rustc and build
-    // scripts too (the runner forwards Ctrl-C, which no longer reaches it).
-    let mut child = Command::new(&cargo)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| EphemError::Usage(format!("cannot run `{cargo}`: {e}; is cargo on PATH?")))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    control.adopt(child);
-    let mut out = BuildOutput {
-        artifacts: Vec::new(),
-        linked_paths: HashMap::new(),
-        out_dirs: HashMap::new(),
-    };
-    for message in Message::parse_stream(BufReader::new(stdout)) {
-        let Ok(message) = message else { continue };
-        match message {
-            Message::CompilerArtifact(a) if a.profile.test && a.executable.is_some() => {
-                out.artifacts.push(a)
-            }
-            Message::BuildScriptExecuted(s) => {
-                let id = s.package_id.repr.clone();
-                out.linked_paths.insert(id.clone(), s.linked_paths);
-                out.out_dirs.insert(id, s.out_dir);
-            }
-            _ => {}
-        }
-    }
-    let status = control
-        .wait()
-        .map_err(|e| EphemError::Internal(format!("waiting for cargo: {e}")))?;
-    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
-        return Err(EphemError::Interrupted { signal });
-    }
-    // Stopped on purpose: cargo may catch the signal and exit with a code.
-    if let Some(signal) = control.stopped() {
-        return Err(EphemError::Interrupted { signal });
-    }
-    if !status.success() {
-        return Err(EphemError::BuildFailed {
-            command,
-            status: status.to_string(),
-        });
-    }
-    Ok(out)
 }
 
 /// The toolchain's library folders that test binaries linking the shared
@@ -445,6 +388,21 @@ pub fn binary_id(package: &str, kind: &str, target: &str) -> String {
     }
 }
 
+/// A test binary's kind as nextest names it (what `kind()` matches): `lib`
+/// for any library crate type (`rlib`, `cdylib`, ...), else the target's
+/// kind (`proc-macro`, `test`, `bin`, `example`, `bench`).
+pub fn binary_kind(kinds: &[cargo_metadata::TargetKind]) -> String {
+    use cargo_metadata::TargetKind as K;
+    let library = kinds
+        .iter()
+        .any(|k| matches!(k, K::Lib | K::RLib | K::DyLib | K::CDyLib | K::StaticLib));
+    match kinds.first() {
+        _ if library => "lib".to_owned(),
+        Some(first) => first.to_string(),
+        None => "lib".to_owned(),
+    }
+}
+
 fn test_binaries(
     build: &BuildOutput,
     packages: &HashMap<String, Package>,
@@ -463,18 +421,14 @@ fn test_binaries(
         let package_name = package
             .map(|p| p.name.to_string())
             .unwrap_or_else(|| artifact.target.name.clone());
-        let kind = artifact
-            .target
-            .kind
-            .first()
-            .map(|k| k.to_string())
-            .unwrap_or_else(|| "lib".to_owned());
+        let kind = binary_kind(&artifact.target.kind);
         let cwd = artifact
             .manifest_path
             .parent()
             .map(Utf8Path::to_path_buf)
             .unwrap_or_default();
-        let binary_name = exe.file_name().unwrap_or_default().to_owned();
+        // nextest's binary name is the target's (what `binary()` matches).
+        let binary_name = artifact.target.name.clone();
         let env = binary_env(&exe, artifact, package, build, toolchain_libs);
         binaries.push(TestBinary {
             binary_id: binary_id(&package_name, &kind, &artifact.target.name),
@@ -686,6 +640,15 @@ mod tests {
         assert_eq!(binary_id("app", "test", "integration"), "app::integration");
         assert_eq!(binary_id("app", "bin", "app-cli"), "app::bin/app-cli");
         assert_eq!(binary_id("app", "example", "demo"), "app::example/demo");
+    }
+
+    #[test]
+    fn binary_kinds_follow_nextest() {
+        use cargo_metadata::TargetKind as K;
+        assert_eq!(binary_kind(&[K::CDyLib, K::RLib]), "lib");
+        assert_eq!(binary_kind(&[K::ProcMacro]), "proc-macro");
+        assert_eq!(binary_kind(&[K::Test]), "test");
+        assert_eq!(binary_kind(&[K::Example]), "example");
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! and [`teardown`] beside them; [`pipeline`] strings them together.
 
 pub mod archive;
+mod cargo_build;
 pub mod dev;
 pub mod discover;
 pub mod environments;
 pub mod error;
 pub mod exec;
 mod hold;
+pub mod filterset;
 pub mod images;
 pub mod limits;
 pub mod mask;
@@ -24,7 +26,9 @@ pub mod pipeline;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod rerun;
 pub mod run;
+pub mod select;
 mod signals;
 pub mod teardown;
 pub mod test_list;

@@ -10,6 +10,7 @@ use crate::discover::CargoOptions;
 use crate::error::{EphemError, Result};
 use crate::limits::{MAX_DURATION, MAX_RETRIES, MAX_SHARDS, MAX_TEST_THREADS};
 use crate::partition::{PartitionKind, PartitionSpec};
+pub use crate::rerun::RerunFrom;
 use crate::test_list::TestFilter;
 
 /// Everything `cargo ephem test` needs to know.
@@ -50,6 +51,8 @@ pub struct TestOptions {
     pub reaper: ReaperLaunch,
     /// Run from an archive instead of building.
     pub archive: Option<ArchiveInput>,
+    /// `--rerun-failed`: only what an earlier run left failed or not run.
+    pub rerun: Option<RerunFrom>,
 }
 
 /// `--archive-file FILE [--workspace-remap DIR]`: tests built elsewhere.
@@ -98,6 +101,7 @@ impl TestOptions {
             reuse: false,
             reaper: ReaperLaunch::default(),
             archive: None,
+            rerun: None,
         }
     }
 

@@ -9,8 +9,7 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 use ephem_fixtures::Environment;
 
-use crate::archive;
-use crate::discover::{self, BuildControl, Workspace};
+use crate::discover::{BuildControl, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
 use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
@@ -20,14 +19,16 @@ use crate::report::command::HTML_IS_A_FOLDER;
 use crate::report::display::{Display, DisplayMode};
 use crate::report::html;
 use crate::report::junit;
-use crate::report::record::{self, RunMeta, RunRecord, SourcedRecord};
+use crate::report::record::{self, RecordEnvironments, RunMeta, RunRecord, SourcedRecord};
 use crate::report::summary::{self, shell_quote, Counts};
+use crate::rerun::{self, Rerun};
 use crate::run::{
     self, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult, TestsSource,
 };
+use crate::select;
 use crate::signals::Signals;
 use crate::teardown::{self, Reaper, RunEnd};
-use crate::test_list::{IgnoredMode, Selection};
+use crate::test_list::{IgnoredMode, Selection, Selector};
 
 /// Runs `cargo ephem test`; returns the exit code.
 pub fn test(options: &TestOptions) -> Result<i32> {
@@ -46,15 +47,26 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     if let Some(path) = &options.html {
         record::check_writable("--html", path, HTML_IS_A_FOLDER)?;
     }
-    // From an archive, the tests were built elsewhere: unpack them now.
-    let (workspace, archived) = match &options.archive {
-        Some(input) => {
-            let extracted = archive::extract(&input.file, input.workspace_remap.as_deref())?;
-            (extracted.workspace, Some(extracted.list))
-        }
-        None => (Workspace::load(&options.cargo)?, None),
+    // The workspace (from an archive, the tests were built elsewhere:
+    // unpack them now), the filtersets, the run a rerun repeats.
+    let select::Prepared {
+        workspace,
+        archived,
+        selector,
+        rerun,
+    } = select::prepare(
+        &options.cargo,
+        &options.filter,
+        options.archive.as_ref(),
+        options.rerun.as_ref(),
+    )?;
+    let env_options = match &rerun {
+        Some(rerun) => rerun.environments(&options.env, &workspace.root),
+        None => options.env.clone(),
     };
-    let mut setup = EnvSetup::load(&workspace.root, &options.env)?;
+    let mut setup = EnvSetup::load(&workspace.root, &env_options)?;
+    let record_env =
+        rerun::recorded_environments(setup.as_ref().map(|s| s.path.as_path()), &workspace.root);
     let shard_test_threads = setup.as_ref().and_then(|s| s.config.shards.test_threads);
     let reuse_ttl = match setup.as_mut() {
         Some(setup) if options.reuse => Some(setup.enable_reuse(&workspace.root)?),
@@ -92,15 +104,25 @@ pub fn test(options: &TestOptions) -> Result<i32> {
             .map(|c| format!(", {} environments from {}", c.kind, c.config_path))
             .unwrap_or_default();
         let run_id = run_id.clone();
+        let target_dir = workspace.target_dir.clone();
+        let rerun = rerun.clone();
         runtime.spawn_blocking(move || {
             let list = match archived {
                 Some(list) => list,
-                None => workspace.discover_with(&options.cargo, &control)?,
+                None => workspace.discover_with(&options.cargo, &control, &|b| {
+                    selector.filtersets.set_aside(b)
+                })?,
             };
-            let plan = TestPlan::new(Arc::new(list), &options.filter, options.sharding, &timings);
-            let headline = headline(&plan, &options, &env_note, &run_id);
+            let plan = TestPlan::new(Arc::new(list), &selector, options.sharding, &timings);
+            let mut headline = headline(&plan, &options, &env_note, &run_id);
+            if let Some(rerun) = &rerun {
+                headline = format!(
+                    "{}\n{headline}",
+                    rerun.announce(&plan.list, &plan.selection)
+                );
+            }
             let _ = plan_tx.send(Some(plan.planned_tests(headline)));
-            Ok::<_, EphemError>(plan)
+            Ok::<_, EphemError>((plan, selector, target_dir))
         })
     };
 
@@ -135,8 +157,8 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     } else {
         RunEnd::Done
     });
-    let plan = match runtime.block_on(planning) {
-        Ok(plan) => plan?,
+    let (plan, selector, target_dir) = match runtime.block_on(planning) {
+        Ok(planned) => planned?,
         Err(e) => {
             return Err(EphemError::Internal(format!(
                 "the build and listing task failed: {e}"
@@ -144,8 +166,24 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         }
     };
 
-    // 6. Report.
-    report(&plan, options, &result, &run_id)
+    // 6. Report, and leave the run's record for `--rerun-failed`.
+    let done = Done {
+        plan: &plan,
+        selector: &selector,
+        rerun: rerun.as_ref(),
+        record_env,
+        target_dir: &target_dir,
+    };
+    report(&done, options, &result, &run_id)
+}
+
+/// What the report of a finished run needs besides its result.
+struct Done<'a> {
+    plan: &'a TestPlan,
+    selector: &'a Selector,
+    rerun: Option<&'a Rerun>,
+    record_env: RecordEnvironments,
+    target_dir: &'a Utf8Path,
 }
 
 fn read_timings(paths: &[Utf8PathBuf]) -> Result<Timings> {
@@ -229,35 +267,40 @@ fn headline(plan: &TestPlan, options: &TestOptions, env_note: &str, run_id: &str
 
 /// The end of a run: JUnit, run record and HTML page, summary, errors,
 /// kept environments, exit code.
-fn report(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &str) -> Result<i32> {
+fn report(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: &str) -> Result<i32> {
+    let plan = done.plan;
     if let Some(path) = &options.junit {
         write_junit(path, plan, result)?;
     }
     // After JUnit, so that failing to write these never loses it; their
     // error comes once the summary has been shown.
-    let pictured = write_picture(plan, options, result, run_id);
-    let code = conclude(plan, options, result, run_id);
+    let pictured = write_picture(done, options, result, run_id);
+    let code = conclude(done, options, result, run_id);
     pictured.map(|()| code)
 }
 
-/// The run record beside the JUnit report (`--junit`) and the HTML page
-/// (`--html`): each is tried even if the other fails.
+/// The run record: always where `--rerun-failed` finds it, beside the JUnit
+/// report (`--junit`), and drawn as the HTML page (`--html`); each is
+/// tried even if another fails.
 fn write_picture(
-    plan: &TestPlan,
+    done: &Done<'_>,
     options: &TestOptions,
     result: &RunResult,
     run_id: &str,
 ) -> Result<()> {
-    if options.junit.is_none() && options.html.is_none() {
-        return Ok(());
-    }
+    let plan = done.plan;
     let meta = RunMeta {
         run_id: run_id.to_owned(),
         group: record::group_key(run_id),
         shard_count: plan.shard_count,
         partition: plan.kind.to_string(),
     };
-    let record = RunRecord::from_run(result, &plan.list, meta);
+    let mut record = RunRecord::from_run(result, &plan.list, meta);
+    record.environments = Some(done.record_env.clone());
+    if let Some(rerun) = done.rerun {
+        record.outstanding = rerun.outstanding(&plan.list, &plan.selection);
+    }
+    rerun::record_latest(&record, done.target_dir);
     let mut source = "this run".to_owned();
     let recorded = options.junit.as_ref().map_or(Ok(()), |junit| {
         let path = record_file(junit, options.sharding);
@@ -287,9 +330,10 @@ fn record_file(junit: &Utf8Path, sharding: Sharding) -> Utf8PathBuf {
 }
 
 /// The summary, errors and kept environments; the exit code.
-fn conclude(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: &str) -> i32 {
+fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: &str) -> i32 {
+    let plan = done.plan;
     if plan.to_run_total == 0 {
-        return no_tests(options, plan);
+        return no_tests(options, plan, done.rerun.is_some());
     }
     if plan.to_run_here() == 0 {
         let skipped = Counts::of(&result.outcomes).skipped;
@@ -306,11 +350,31 @@ fn conclude(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: 
         );
         return exit_codes::OK;
     }
-    let rerun = rerun_prefix(options);
+    let prefix = rerun_prefix(options, done.selector);
+    let record = options
+        .junit
+        .as_ref()
+        .map(|junit| record_file(junit, options.sharding).to_string());
+    let hint = summary::RerunHint {
+        prefix: &prefix,
+        record: record.as_deref(),
+    };
     eprint!(
         "{}",
-        summary::render(result, &plan.list, &rerun, plan.shard_count)
+        summary::render(result, &plan.list, hint, plan.shard_count)
     );
+    if let Some(rerun) = done.rerun {
+        let left = rerun.outstanding(&plan.list, &plan.selection).len();
+        if left > 0 {
+            eprintln!(
+                "note: {left} test{} of the earlier run {} still to rerun (left out by this run's \
+                 filters); `--rerun-failed` runs {} next",
+                if left == 1 { "" } else { "s" },
+                if left == 1 { "is" } else { "are" },
+                if left == 1 { "it" } else { "them" },
+            );
+        }
+    }
     for (shard, error) in &result.env_errors {
         let text = error.to_string();
         let named = *shard == 0 || text.starts_with(&format!("shard {shard}"));
@@ -350,23 +414,38 @@ fn write_junit(path: &Utf8Path, plan: &TestPlan, result: &RunResult) -> Result<(
     Ok(())
 }
 
-/// What an empty selection means: `--no-tests` judges the whole plan.
-fn no_tests(options: &TestOptions, plan: &TestPlan) -> i32 {
+/// What an empty selection means: `--no-tests` judges the whole plan. A
+/// rerun with nothing left to run has converged: a note and exit 0, as in
+/// nextest (unless `--no-tests fail`).
+fn no_tests(options: &TestOptions, plan: &TestPlan, rerun: bool) -> i32 {
     let filter = &options.filter;
-    let what = if filter.patterns.is_empty() && filter.skip.is_empty() {
+    let what = if rerun {
+        "nothing to rerun: the earlier run left no failed or unrun test that this selection \
+         holds"
+            .to_owned()
+    } else if filter.patterns.is_empty() && filter.skip.is_empty() && filter.filtersets.is_empty() {
         format!(
             "no tests to run in {} test binaries",
             plan.list.binaries.len()
         )
     } else {
+        let exprs = filter
+            .filtersets
+            .iter()
+            .map(|e| format!(" -E {e:?}"))
+            .collect::<String>();
         format!(
-            "no test matches the filters {:?} among {} tests",
+            "no test matches the filters {:?}{exprs} among {} tests",
             filter.patterns,
             plan.list.tests.len()
         )
     };
     match options.no_tests {
         NoTests::Pass => exit_codes::OK,
+        NoTests::Warn if rerun => {
+            eprintln!("note: {what}");
+            exit_codes::OK
+        }
         NoTests::Warn => {
             eprintln!(
                 "note: {what}; nothing was run (use `cargo ephem list` to see the test names)"
@@ -394,7 +473,7 @@ fn print_kept(kept: &[(u32, Environment)], run_id: &str, options: &TestOptions) 
 }
 
 /// The command line that reruns this selection; failed tests are appended.
-fn rerun_prefix(options: &TestOptions) -> String {
+fn rerun_prefix(options: &TestOptions, selector: &Selector) -> String {
     let mut words = vec!["cargo".to_owned(), "ephem".to_owned(), "test".to_owned()];
     words.extend(options.cargo.rerun_args().iter().map(|a| shell_quote(a)));
     if let Some(input) = &options.archive {
@@ -410,6 +489,9 @@ fn rerun_prefix(options: &TestOptions) -> String {
         IgnoredMode::Only => words.push("--ignored".to_owned()),
         IgnoredMode::Include => words.push("--include-ignored".to_owned()),
         IgnoredMode::Default => {}
+    }
+    for expr in selector.filtersets.inputs() {
+        words.extend(["-E".to_owned(), shell_quote(expr)]);
     }
     words.join(" ")
 }
@@ -432,16 +514,29 @@ fn exit_code(result: &RunResult) -> i32 {
 
 /// Runs `cargo ephem list`; returns the exit code.
 pub fn list(options: &ListOptions) -> Result<i32> {
-    let list = match &options.archive {
-        Some(input) => archive::extract(&input.file, input.workspace_remap.as_deref())?.list,
-        None => discover::discover(&options.cargo)?,
-    };
-    let selection = list.select(&options.filter);
+    let prepared = select::prepare(
+        &options.cargo,
+        &options.filter,
+        options.archive.as_ref(),
+        None,
+    )?;
+    let selector = &prepared.selector;
+    let list =
+        match prepared.archived {
+            Some(list) => list,
+            None => prepared.workspace.discover_with(
+                &options.cargo,
+                &BuildControl::default(),
+                &|b| selector.filtersets.set_aside(b),
+            )?,
+        };
+    let decisions = selector.decide(&list);
+    let selection: Vec<Selection> = decisions.iter().map(|d| d.selection).collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match options.format {
         ListFormat::Json => {
-            let summary = list.to_summary(&selection);
+            let summary = list.to_summary(&decisions);
             serde_json::to_writer_pretty(&mut out, &summary)
                 .map_err(|e| EphemError::Internal(format!("writing JSON: {e}")))?;
             let _ = writeln!(out);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::options::Sharding;
 use crate::partition::{PartitionItem, PartitionKind, ShardPlan, Timings};
 use crate::run::PlannedTests;
-use crate::test_list::{Selection, TestFilter, TestIdx, TestList};
+use crate::test_list::{Selection, Selector, TestIdx, TestList};
 
 /// The tests of a run, split into shards.
 pub struct TestPlan {
@@ -26,14 +26,14 @@ pub struct TestPlan {
 }
 
 impl TestPlan {
-    /// Selects tests by `filter` and splits the selection by `sharding`.
+    /// Selects tests by `selector` and splits the selection by `sharding`.
     pub fn new(
         list: Arc<TestList>,
-        filter: &TestFilter,
+        selector: &Selector,
         sharding: Sharding,
         timings: &Timings,
     ) -> TestPlan {
-        let selection = list.select(filter);
+        let selection = selector.select(&list);
         let selected: Vec<TestIdx> = (0..list.tests.len())
             .filter(|&i| selection[i] != Selection::FilteredOut)
             .collect();
@@ -99,7 +99,7 @@ impl TestPlan {
 mod tests {
     use super::*;
     use crate::partition::PartitionSpec;
-    use crate::test_list::{IgnoredMode, TestBinary};
+    use crate::test_list::{IgnoredMode, TestBinary, TestFilter};
 
     fn list(tests: &[(&str, bool)]) -> Arc<TestList> {
         let binary = TestBinary {
@@ -129,7 +129,7 @@ mod tests {
         let list = list(&[("a", false), ("b", false)]);
         let plan = TestPlan::new(
             list,
-            &TestFilter::default(),
+            &Selector::default(),
             partition(4, 4),
             &Timings::default(),
         );
@@ -144,7 +144,7 @@ mod tests {
         let list = list(&[("a", false), ("b", true)]);
         let plan = TestPlan::new(
             list,
-            &TestFilter::default(),
+            &Selector::default(),
             partition(2, 2),
             &Timings::default(),
         );
@@ -158,7 +158,7 @@ mod tests {
         let list = list(&[("a", true)]);
         let plan = TestPlan::new(
             list,
-            &TestFilter::default(),
+            &Selector::default(),
             Sharding::All { count: 3 },
             &Timings::default(),
         );
@@ -172,7 +172,7 @@ mod tests {
         };
         let plan = TestPlan::new(
             list,
-            &only_ignored,
+            &Selector::by_name(only_ignored),
             Sharding::default(),
             &Timings::default(),
         );

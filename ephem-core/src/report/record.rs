@@ -142,6 +142,32 @@ pub struct RunRecord {
     /// A runner task panicked (a bug) and the run was stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_error: Option<String>,
+    /// The environments configuration the run used, for `--rerun-failed`
+    /// to provision the same (absent in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<RecordEnvironments>,
+    /// Tests a `--rerun-failed` run was to rerun but left out (other
+    /// filters): still to be rerun by the next one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outstanding: Vec<TestRef>,
+}
+
+/// Which environments configuration a run used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordEnvironments {
+    /// The configuration file, relative to the workspace root when inside
+    /// it; absent when the run had no environments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+}
+
+/// A test by binary id and name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRef {
+    /// Its binary.
+    pub binary_id: String,
+    /// Its full name.
+    pub name: String,
 }
 
 /// One environment failure.
@@ -321,6 +347,8 @@ impl RunRecord {
             service_deaths: result.service_deaths.clone(),
             interrupted: result.interrupted,
             internal_error: result.internal_error.clone(),
+            environments: None,
+            outstanding: Vec::new(),
         }
     }
 

@@ -53,9 +53,25 @@ impl Counts {
 /// has the rest.
 const MAX_LINES: usize = 200;
 
-/// Renders the summary. `rerun_prefix` is the command line that reruns this
-/// selection (e.g. `cargo ephem test -p app`); failed test names are appended.
-pub fn render(result: &RunResult, list: &TestList, rerun_prefix: &str, shard_count: u32) -> String {
+/// How the summary says to rerun what did not pass.
+#[derive(Clone, Copy, Debug)]
+pub struct RerunHint<'a> {
+    /// The command line that reruns this selection (e.g. `cargo ephem test
+    /// -p app`); `--exact` and the failed names, or `--rerun-failed`, follow.
+    pub prefix: &'a str,
+    /// The record written beside the JUnit report, if any: what
+    /// `--rerun-failed FILE` takes elsewhere (a CI job's artifact).
+    pub record: Option<&'a str>,
+}
+
+/// Renders the summary, ending with the commands that rerun what failed.
+pub fn render(
+    result: &RunResult,
+    list: &TestList,
+    rerun: RerunHint<'_>,
+    shard_count: u32,
+) -> String {
+    let rerun_prefix = rerun.prefix;
     let counts = Counts::of(&result.outcomes);
     let mut out = String::new();
     let label = |o: &TestOutcome| {
@@ -186,8 +202,38 @@ pub fn render(result: &RunResult, list: &TestList, rerun_prefix: &str, shard_cou
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        let _ = writeln!(
+            out,
+            "  {rerun_prefix} --rerun-failed   (by binary and name, with any test not run{})",
+            record_hint(rerun.record)
+        );
+    } else {
+        let not_run = result
+            .outcomes
+            .iter()
+            .filter(|o| matches!(&o.verdict, Verdict::Skipped(why) if why != "ignored"))
+            .count();
+        if not_run > 0 {
+            let _ = writeln!(
+                out,
+                "To run the {not_run} test{} that did not run:",
+                if not_run == 1 { "" } else { "s" }
+            );
+            let _ = writeln!(
+                out,
+                "  {rerun_prefix} --rerun-failed{}",
+                record_hint(rerun.record).replacen(';', "   (", 1)
+                    + if rerun.record.is_some() { ")" } else { "" }
+            );
+        }
     }
     out
+}
+
+fn record_hint(record: Option<&str>) -> String {
+    record
+        .map(|r| format!("; elsewhere: --rerun-failed {}", shell_quote(r)))
+        .unwrap_or_default()
 }
 
 fn tail_lines(text: &str, max: usize) -> String {
