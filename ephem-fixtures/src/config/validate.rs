@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Locator;
-use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar};
+use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar, RESET_FORMS};
 use super::{
     ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, Reset, ReuseConfig,
     ServiceSpec, ShardsConfig, WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT,
@@ -324,10 +324,12 @@ impl ServiceChecker<'_, '_> {
                     return Err(self.at.error(
                         r.span(),
                         format!("{key}.reset"),
-                        format!("unknown reset {other:?}; write \"postgres\", \"redis\" or {{ exec = [\"cmd\", \"arg\"] }}"),
+                        format!("unknown reset {other:?}; write {RESET_FORMS}"),
                     ))
                 }
-                RawReset::Exec(exec) => Reset::Exec(self.exec(&exec.exec, &format!("{key}.reset.exec"))?),
+                RawReset::Exec(exec) => {
+                    Reset::Exec(self.exec(&exec.exec, &format!("{key}.reset.exec"))?)
+                }
             }),
         };
         let per_test = match &raw.databases {
