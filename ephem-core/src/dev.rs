@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::discover::{CargoOptions, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
+use crate::mask;
 use crate::options::{DownOptions, UpOptions, VarsFormat};
 use crate::report::summary::shell_quote;
 use crate::signals::Signals;
@@ -186,8 +187,10 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
                     "warning: service {service} of shard {shard} exited (code {})",
                     exit_code.map_or("?".to_owned(), |c| c.to_string())
                 ),
-                EnvEvent::Warning { message, .. } => eprintln!("warning: {message}"),
-                EnvEvent::Note { message } => eprintln!("note: {message}"),
+                EnvEvent::Warning { message, .. } => {
+                    eprintln!("warning: {}", mask::error_text(&message))
+                }
+                EnvEvent::Note { message } => eprintln!("note: {}", mask::error_text(&message)),
                 _ => {}
             }
         }
@@ -203,6 +206,9 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
     let ttl = options.env.env_ttl;
     let code = match provisioned {
         Some(Ok(env)) => {
+            for secret in &env.secrets {
+                ephem_fixtures::secret::register(secret);
+            }
             print_env(&env, &ctx, options.format);
             eprintln!(
                 "environment of shard {} is up (run {}); Ctrl-C here or `cargo ephem down` removes it",
@@ -216,7 +222,7 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
                     _ = renew.tick() => {
                         ctx.run.expires_at = SystemTime::now() + ttl;
                         if let Err(e) = cleanup.renew(&ctx.run.run_id, ctx.run.expires_at, false).await {
-                            eprintln!("warning: {e}");
+                            eprintln!("warning: {}", mask::error_text(&e.to_string()));
                         }
                     }
                 }
@@ -225,7 +231,9 @@ async fn keep_up(connected: Connected, mut ctx: ShardContext, options: &UpOption
             exit_codes::OK
         }
         Some(Err(e)) => {
-            eprintln!("error: {e}");
+            // `up` prints real values on stdout on purpose; its errors and
+            // notes are masked like everything else.
+            eprintln!("error: {}", mask::error_text(&e.to_string()));
             exit_codes::ENVIRONMENT_FAILED
         }
         None => {

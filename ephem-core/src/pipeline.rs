@@ -13,7 +13,7 @@ use crate::archive;
 use crate::discover::{self, BuildControl, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
-use crate::mask::Masker;
+use crate::mask;
 use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
 use crate::partition::Timings;
 use crate::plan::TestPlan;
@@ -310,10 +310,15 @@ fn conclude(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: 
     let rerun = rerun_prefix(options);
     eprint!(
         "{}",
-        summary::render(result, &plan.list, &rerun, plan.shard_count)
+        mask::mask(&summary::render(
+            result,
+            &plan.list,
+            &rerun,
+            plan.shard_count
+        ))
     );
     for (shard, error) in &result.env_errors {
-        let text = error.to_string();
+        let text = mask::error_text(&error.to_string());
         let named = *shard == 0 || text.starts_with(&format!("shard {shard}"));
         let place = if named {
             String::new()
@@ -324,8 +329,9 @@ fn conclude(plan: &TestPlan, options: &TestOptions, result: &RunResult, run_id: 
     }
     if let Some(error) = &result.internal_error {
         eprintln!(
-            "error: internal error: {error} (please report this bug); the run was stopped and its \
-             environments removed"
+            "error: internal error: {} (please report this bug); the run was stopped and its \
+             environments removed",
+            mask::error_text(error)
         );
     }
     print_kept(&result.kept, run_id, options);
@@ -390,13 +396,12 @@ fn print_kept(kept: &[(u32, Environment)], run_id: &str, options: &TestOptions) 
     }
     eprintln!("Kept {} environment(s) of run {run_id}:", kept.len());
     for (shard, env) in kept {
-        let masker = Masker::new(env.secrets.clone());
         eprintln!("  shard {shard}:");
         for var in &env.vars {
-            eprintln!("    {}={}", var.name, masker.mask(&var.value));
+            eprintln!("    {}={}", var.name, mask::mask(&var.value));
         }
         for hint in &env.connect_hints {
-            eprintln!("    {}", masker.mask(hint));
+            eprintln!("    {}", mask::mask(hint));
         }
     }
     let mut remove = vec!["cargo".to_owned(), "ephem".to_owned(), "gc".to_owned()];

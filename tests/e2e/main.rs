@@ -20,5 +20,6 @@ mod render;
 mod report;
 mod reuse;
 mod run;
+mod secrets;
 mod selection;
 mod signals;

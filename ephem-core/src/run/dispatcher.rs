@@ -22,7 +22,7 @@ use super::{
     ShardTimeline, Span, TestOutcome, Verdict,
 };
 use crate::discover::BuildControl;
-use crate::mask::Masker;
+use crate::mask;
 use crate::signals::Signals;
 use crate::test_list::{Selection, TestIdx, TestList};
 
@@ -76,7 +76,6 @@ struct ShardState {
     queue: VecDeque<Pending>,
     phase: EnvPhase,
     vars: Arc<Vec<(String, String)>>,
-    masker: Masker,
     env: Option<Environment>,
     running: usize,
     provision_task: Option<AbortHandle>,
@@ -377,7 +376,6 @@ impl<'a> Dispatcher<'a> {
                 queue: VecDeque::new(),
                 phase,
                 vars: Arc::new(Vec::new()),
-                masker: Masker::default(),
                 env: None,
                 running: 0,
                 provision_task: None,
@@ -702,7 +700,11 @@ impl<'a> Dispatcher<'a> {
                                 .map(|v| (v.name.clone(), v.value.clone()))
                                 .collect(),
                         );
-                        shard.masker = Masker::new(env.secrets.clone());
+                        // Secrets a backend read rather than generated
+                        // (a kept environment's): every sink masks them.
+                        for secret in &env.secrets {
+                            ephem_fixtures::secret::register(secret);
+                        }
                         shard.hooks = env.test_hooks.clone();
                         shard.serial = env.serial;
                         shard.env = Some(env);
@@ -778,8 +780,10 @@ impl<'a> Dispatcher<'a> {
         let idx = self.shard_idx(number);
         let shard = &mut self.shards[idx];
         shard.running -= 1;
-        shard.masker.mask_in_place(&mut attempt.stdout);
-        shard.masker.mask_in_place(&mut attempt.stderr);
+        // Masked before anything cuts the output to a tail, which could
+        // leave half a secret.
+        mask::mask_in_place(&mut attempt.stdout);
+        mask::mask_in_place(&mut attempt.stderr);
         let diagnosis = shard.diagnosis.clone();
         let status = attempt.status.clone();
         if status.is_pass() {

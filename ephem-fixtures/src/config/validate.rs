@@ -1,6 +1,7 @@
 //! From the raw file to a checked [`EphemConfig`]: every mistake becomes one
 //! [`ConfigError`] pointing at the value at fault.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use super::error::Locator;
 use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar, RESET_FORMS};
 use super::{
     ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, Reset, ReuseConfig,
-    ServiceSpec, ShardsConfig, WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT,
+    SecretRef, ServiceSpec, ShardsConfig, WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
 };
 use crate::image_ref::ImageRef;
@@ -86,8 +87,11 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
 
     let has_helm = kubernetes.helm.is_some();
     let mut services = Vec::new();
+    let secrets = RefCell::new(Vec::new());
     for (name, svc) in &raw.services {
-        services.push(check_service(&at, name, svc, &env_keys, has_helm)?);
+        services.push(check_service(
+            &at, name, svc, &env_keys, has_helm, &secrets,
+        )?);
     }
     check_dependencies(&at, &raw.services)?;
     check_exports_unique(&at, &raw.services)?;
@@ -100,6 +104,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         images: ImagesConfig { mirror, cache },
         kubernetes,
         services,
+        secrets: secrets.into_inner(),
     })
 }
 
@@ -154,6 +159,8 @@ struct ServiceChecker<'a, 'b> {
     ports: Vec<u16>,
     /// Whether `[kubernetes.helm]` gives `${service.NAME}` something to name.
     has_helm: bool,
+    /// Where each `${secret.NAME}` is written, for the file's list.
+    secrets: &'a RefCell<Vec<SecretRef>>,
 }
 
 fn check_service(
@@ -162,6 +169,7 @@ fn check_service(
     svc: &Spanned<RawService>,
     env_keys: &HashMap<String, Vec<String>>,
     has_helm: bool,
+    secrets: &RefCell<Vec<SecretRef>>,
 ) -> Result<ServiceSpec, ConfigError> {
     let key = format!("services.{}", name.get_ref());
     if !is_service_name(name.get_ref()) {
@@ -205,6 +213,7 @@ fn check_service(
         image,
         ports,
         has_helm,
+        secrets,
     };
     checker.finish(&key)
 }
@@ -437,6 +446,12 @@ impl ServiceChecker<'_, '_> {
             if let Some(problem) = self.check_var(var, site) {
                 return Err(self.at.error(span, key, problem));
             }
+            if let Var::Secret(name) = var {
+                let at = self.at.error(span.clone(), key, String::new());
+                self.secrets
+                    .borrow_mut()
+                    .push(SecretRef::new(name.clone(), at));
+            }
         }
         Ok(template)
     }
@@ -445,7 +460,7 @@ impl ServiceChecker<'_, '_> {
     fn check_var(&self, var: &Var, site: Site) -> Option<String> {
         let name = self.name;
         match var {
-            Var::Random | Var::Shard | Var::Run => None,
+            Var::Random | Var::Secret(_) | Var::Shard | Var::Run => None,
             Var::Database if site == Site::Export => None,
             Var::Database => Some(format!(
                 "{var} is the test's own database, known per test; use it in export (e.g. DATABASE_URL)"
