@@ -16,6 +16,11 @@ const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 /// Length of every generated token.
 pub const TOKEN_LEN: usize = 24;
 
+/// The shortest value `${secret.NAME}` takes (GitLab's rule for masked
+/// variables too): masking a shorter one would hide ordinary words, and
+/// could cut into the syntax of the reports it is masked in.
+pub const MIN_SECRET_LEN: usize = 8;
+
 static KNOWN: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(Default::default);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -44,15 +49,19 @@ pub fn random_token() -> Result<String, String> {
 
 /// The value of the runner's environment variable `name` for
 /// `${secret.NAME}`, registered as a secret; an error when it is unset,
-/// empty or not UTF-8.
+/// shorter than [`MIN_SECRET_LEN`] or not UTF-8.
 pub fn from_runner_env(name: &str) -> Result<String, String> {
     match std::env::var(name) {
-        Ok(value) if !value.is_empty() => {
+        Ok(value) if value.chars().count() >= MIN_SECRET_LEN => {
             register(&value);
             Ok(value)
         }
-        Ok(_) => Err(format!(
+        Ok(value) if value.is_empty() => Err(format!(
             "${{secret.{name}}}: the runner's environment variable {name} is empty; set it to the secret (in CI, from the secret store)"
+        )),
+        Ok(value) => Err(format!(
+            "${{secret.{name}}}: the runner's environment variable {name} has {} characters, and a secret needs at least {MIN_SECRET_LEN} (masking a shorter one would hide ordinary text); use a longer secret",
+            value.chars().count()
         )),
         Err(std::env::VarError::NotPresent) => Err(format!(
             "${{secret.{name}}}: the runner's environment has no {name}; set it to the secret (in CI, from the secret store)"
@@ -112,5 +121,12 @@ mod tests {
             missing.contains("has no EPHEM_SECRET_TEST_UNSET"),
             "{missing}"
         );
+        std::env::set_var("EPHEM_SECRET_TEST_SHORT", "1234567");
+        let short = from_runner_env("EPHEM_SECRET_TEST_SHORT").unwrap_err();
+        assert!(
+            short.contains("has 7 characters, and a secret needs at least 8"),
+            "{short}"
+        );
+        assert!(!known().contains(&"1234567".to_owned()));
     }
 }

@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn secrets_come_from_the_runners_environment_and_are_recorded() {
-        std::env::set_var("EPHEM_TEMPLATE_TEST_TOKEN", "t0k&n");
+        std::env::set_var("EPHEM_TEMPLATE_TEST_TOKEN", "t0k&n-of-the-ci");
         let t = Template::parse("Bearer ${secret.EPHEM_TEMPLATE_TEST_TOKEN}").unwrap();
         assert_eq!(
             t.vars().next(),
@@ -384,9 +384,9 @@ mod tests {
         );
         let mut secrets = Vec::new();
         let out = t.render(&Bindings::default(), &mut secrets).unwrap();
-        assert_eq!(out, "Bearer t0k&n");
-        assert_eq!(secrets, ["t0k&n"]);
-        assert!(crate::secret::known().contains(&"t0k&n".to_owned()));
+        assert_eq!(out, "Bearer t0k&n-of-the-ci");
+        assert_eq!(secrets, ["t0k&n-of-the-ci"]);
+        assert!(crate::secret::known().contains(&"t0k&n-of-the-ci".to_owned()));
         let unset = Template::parse("${secret.EPHEM_TEMPLATE_TEST_UNSET}").unwrap();
         let err = unset
             .render(&Bindings::default(), &mut secrets)

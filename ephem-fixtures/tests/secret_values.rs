@@ -56,6 +56,12 @@ fn a_runner_secret_is_checked_at_its_line_then_kept_out_of_pod_specs() {
         .unwrap_err()
         .to_string()
         .contains("is empty"));
+    std::env::set_var("EPHEM_SECRET_VALUES_TOKEN", "short");
+    assert!(config
+        .check_secrets()
+        .unwrap_err()
+        .to_string()
+        .starts_with("ephem.toml:4:21: services.api.env.API_TOKEN: ${secret.EPHEM_SECRET_VALUES_TOKEN}: the runner's environment variable EPHEM_SECRET_VALUES_TOKEN has 5 characters, and a secret needs at least 8"));
 
     let value = "tok-from-the-ci-store-7f3a";
     std::env::set_var("EPHEM_SECRET_VALUES_TOKEN", value);
@@ -90,7 +96,7 @@ fn a_runner_secret_is_checked_at_its_line_then_kept_out_of_pod_specs() {
 
 #[test]
 fn a_runner_secret_in_a_command_is_refused_on_kubernetes() {
-    std::env::set_var("EPHEM_SECRET_VALUES_CMD", "abc");
+    std::env::set_var("EPHEM_SECRET_VALUES_CMD", "abcdefgh");
     let config = EphemConfig::parse(
         "[services.w]\nimage = \"busybox\"\ncmd = [\"run\", \"--token=${secret.EPHEM_SECRET_VALUES_CMD}\"]\n",
         "ephem.toml",
