@@ -375,18 +375,14 @@ mod tests {
     }
 
     #[test]
-    fn secrets_come_from_the_runners_environment_and_are_recorded() {
-        std::env::set_var("EPHEM_TEMPLATE_TEST_TOKEN", "t0k&n-of-the-ci");
+    fn secrets_name_a_variable_of_the_runners_environment() {
+        // Rendering a set one: tests/secret_values.rs (it sets variables).
         let t = Template::parse("Bearer ${secret.EPHEM_TEMPLATE_TEST_TOKEN}").unwrap();
         assert_eq!(
             t.vars().next(),
             Some(&Var::Secret("EPHEM_TEMPLATE_TEST_TOKEN".into()))
         );
         let mut secrets = Vec::new();
-        let out = t.render(&Bindings::default(), &mut secrets).unwrap();
-        assert_eq!(out, "Bearer t0k&n-of-the-ci");
-        assert_eq!(secrets, ["t0k&n-of-the-ci"]);
-        assert!(crate::secret::known().contains(&"t0k&n-of-the-ci".to_owned()));
         let unset = Template::parse("${secret.EPHEM_TEMPLATE_TEST_UNSET}").unwrap();
         let err = unset
             .render(&Bindings::default(), &mut secrets)

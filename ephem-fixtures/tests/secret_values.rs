@@ -7,6 +7,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use ephem_fixtures::kubernetes::render::{render_shard, RenderContext};
+use ephem_fixtures::template::{Bindings, Template};
 use ephem_fixtures::{EphemConfig, RunContext, ShardContext};
 
 const CONFIG: &str = r#"
@@ -123,4 +124,24 @@ fn malformed_secret_names_are_refused_at_their_line() {
         message.starts_with("ephem.toml:3:13: services.w.env.T: ${secret.API-TOKEN}: `API-TOKEN` is not an environment variable name"),
         "{message}"
     );
+}
+
+#[test]
+fn a_template_renders_the_value_and_records_it_as_a_secret() {
+    std::env::set_var("EPHEM_SECRET_VALUES_BEARER", "t0k&n-of-the-ci");
+    let t = Template::parse("Bearer ${secret.EPHEM_SECRET_VALUES_BEARER}").unwrap();
+    let mut secrets = Vec::new();
+    let out = t.render(&Bindings::default(), &mut secrets).unwrap();
+    assert_eq!(out, "Bearer t0k&n-of-the-ci");
+    assert_eq!(secrets, ["t0k&n-of-the-ci"]);
+    assert!(ephem_fixtures::secret::known().contains(&"t0k&n-of-the-ci".to_owned()));
+
+    std::env::set_var("EPHEM_SECRET_VALUES_SHORT", "1234567");
+    let t = Template::parse("${secret.EPHEM_SECRET_VALUES_SHORT}").unwrap();
+    let short = t.render(&Bindings::default(), &mut secrets).unwrap_err();
+    assert!(
+        short.contains("has 7 characters, and a secret needs at least 8"),
+        "{short}"
+    );
+    assert!(!ephem_fixtures::secret::known().contains(&"1234567".to_owned()));
 }
