@@ -35,7 +35,9 @@ fn main() {
     let code = match std::panic::catch_unwind(|| run(app.command)) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
+            // Secrets a failing service printed, URLs with credentials in
+            // their query: masked, whatever the command.
+            eprintln!("error: {}", ephem_core::mask::error_text(&e.to_string()));
             e.exit_code()
         }
         Err(_) => {
@@ -88,7 +90,10 @@ fn install_panic_hook() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        eprintln!("note: cargo-ephem panicked{place}: {message}");
+        eprintln!(
+            "note: cargo-ephem panicked{place}: {}",
+            ephem_core::mask::error_text(&message)
+        );
     }));
 }
 

@@ -13,6 +13,7 @@ use crate::discover::{CargoOptions, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
 use crate::hold::{self, Renewal};
+use crate::mask;
 use crate::options::{DownOptions, UpOptions, VarsFormat};
 use crate::report::summary::shell_quote;
 use crate::signals::Signals;
@@ -187,14 +188,16 @@ async fn keep_up(connected: Connected, ctx: ShardContext, options: &UpOptions) -
                     "warning: service {service} of shard {shard} exited (code {})",
                     exit_code.map_or("?".to_owned(), |c| c.to_string())
                 ),
-                EnvEvent::Warning { message, .. } => eprintln!("warning: {message}"),
-                EnvEvent::Note { message } => eprintln!("note: {message}"),
+                EnvEvent::Warning { message, .. } => {
+                    eprintln!("warning: {}", mask::error_text(&message))
+                }
+                EnvEvent::Note { message } => eprintln!("note: {}", mask::error_text(&message)),
                 EnvEvent::Waiting {
                     service,
                     message,
                     warning: true,
                     ..
-                } => eprintln!("   WAITING {service}: {message}"),
+                } => eprintln!("   WAITING {service}: {}", mask::error_text(&message)),
                 _ => {}
             }
         }
@@ -210,6 +213,9 @@ async fn keep_up(connected: Connected, ctx: ShardContext, options: &UpOptions) -
     let ttl = options.env.env_ttl;
     let code = match provisioned {
         Some(Ok(env)) => {
+            for secret in &env.secrets {
+                ephem_fixtures::secret::register(secret);
+            }
             print_env(&env, &ctx, options.format);
             eprintln!(
                 "environment of shard {} is up (run {}); Ctrl-C here or `cargo ephem down` removes it",
@@ -222,7 +228,9 @@ async fn keep_up(connected: Connected, ctx: ShardContext, options: &UpOptions) -
             exit_codes::OK
         }
         Some(Err(e)) => {
-            eprintln!("error: {e}");
+            // `up` prints real values on stdout on purpose; its errors and
+            // notes are masked like everything else.
+            eprintln!("error: {}", mask::error_text(&e.to_string()));
             exit_codes::ENVIRONMENT_FAILED
         }
         None => {

@@ -77,9 +77,13 @@ impl EnvSetup {
         !self.config.services.is_empty()
     }
 
-    /// Connects the backend (each backend answers within 5 s or fails with
-    /// exit 102).
+    /// Checks that the runner's environment holds every `${secret.NAME}`
+    /// (exit 2), then connects the backend (each backend answers within 5 s
+    /// or fails with exit 102).
     pub async fn connect(self) -> Result<Connected> {
+        // `${secret.NAME}` values are read, and registered for masking,
+        // before anything starts; a missing one is an error at its line.
+        self.config.check_secrets()?;
         let (tx, events) = unbounded_channel();
         let backend = self.backend.connect(self.config, tx).await?;
         Ok(Connected {

@@ -100,7 +100,7 @@ impl Renewal {
                         // before `stop` returns, so none outlives the run.
                         let until = SystemTime::now() + ttl;
                         if let Err(e) = cleanup.renew(&run_id, until, false).await {
-                            eprintln!("warning: {e}");
+                            eprintln!("warning: {}", crate::mask::error_text(&e.to_string()));
                         }
                     }
                 }

@@ -12,6 +12,7 @@ use ephem_fixtures::Environment;
 use crate::discover::{BuildControl, Workspace};
 use crate::environments::{Connected, EnvSetup};
 use crate::error::{exit_codes, EphemError, Result};
+use crate::mask;
 use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
 use crate::partition::Timings;
 use crate::plan::TestPlan;
@@ -361,7 +362,12 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
     };
     eprint!(
         "{}",
-        summary::render(result, &plan.list, hint, plan.shard_count)
+        mask::mask(&summary::render(
+            result,
+            &plan.list,
+            hint,
+            plan.shard_count
+        ))
     );
     if let Some(rerun) = done.rerun {
         let left = rerun.outstanding(&plan.list, &plan.selection).len();
@@ -376,7 +382,7 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
         }
     }
     for (shard, error) in &result.env_errors {
-        let text = error.to_string();
+        let text = mask::error_text(&error.to_string());
         let named = *shard == 0 || text.starts_with(&format!("shard {shard}"));
         let place = if named {
             String::new()
@@ -387,8 +393,9 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
     }
     if let Some(error) = &result.internal_error {
         eprintln!(
-            "error: internal error: {error} (please report this bug); the run was stopped and its \
-             environments removed"
+            "error: internal error: {} (please report this bug); the run was stopped and its \
+             environments removed",
+            mask::error_text(error)
         );
     }
     print_kept(&result.kept, run_id, options);

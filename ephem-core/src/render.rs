@@ -122,6 +122,8 @@ pub fn render(options: &RenderOptions) -> Result<i32> {
             "render prints the Kubernetes objects of each shard, and the {backend} backend has none; pass --backend kubernetes"
         )));
     }
+    // Rendered values need the runner's `${secret.NAME}`s (shown as ***).
+    config.check_secrets()?;
     let stream = yaml_stream(&config, &path, options)?;
     print!("{stream}");
     Ok(exit_codes::OK)

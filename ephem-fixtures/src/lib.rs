@@ -14,7 +14,7 @@ pub mod image_cache;
 pub mod image_ref;
 pub mod kubernetes;
 pub mod process;
-mod secret;
+pub mod secret;
 pub mod sweep;
 pub mod template;
 
@@ -23,6 +23,6 @@ pub use backend::{
     RunContext, ShardContext, TestHooks,
 };
 pub use cleanup::{Cleanup, HoldingCondition, ResourceKind, RunResource, Terminating};
-pub use config::{ConfigError, EphemConfig, ServiceSpec, WaitKind, WaitStrategy};
+pub use config::{ConfigError, EphemConfig, SecretRef, ServiceSpec, WaitKind, WaitStrategy};
 pub use docker::DockerBackend;
 pub use image_ref::ImageRef;

@@ -19,6 +19,9 @@ pub enum Var {
     Env(String),
     /// `${random}`: 24 fresh alphanumeric characters per shard and occurrence.
     Random,
+    /// `${secret.NAME}`: the runner's environment variable NAME, masked
+    /// wherever the runner shows or writes text.
+    Secret(String),
     /// `${shard}`: the 1-based shard number.
     Shard,
     /// `${run}`: the run id.
@@ -45,6 +48,7 @@ impl fmt::Display for Var {
             Var::Port(port) => write!(f, "${{port.{port}}}"),
             Var::Env(name) => write!(f, "${{env.{name}}}"),
             Var::Random => write!(f, "${{random}}"),
+            Var::Secret(name) => write!(f, "${{secret.{name}}}"),
             Var::Shard => write!(f, "${{shard}}"),
             Var::Run => write!(f, "${{run}}"),
             Var::Database => write!(f, "${{database}}"),
@@ -138,8 +142,10 @@ impl Template {
         })
     }
 
-    /// Substitutes every variable; each `${random}` draws a fresh value, which is
-    /// appended to `secrets` so the runner can mask it.
+    /// Substitutes every variable; each `${random}` draws a fresh value and
+    /// each `${secret.NAME}` reads the runner's environment; both are
+    /// appended to `secrets` (and registered in [`crate::secret`]) so the
+    /// runner masks them.
     pub fn render(
         &self,
         bindings: &Bindings<'_>,
@@ -186,6 +192,11 @@ impl Template {
                 let token = secret::random_token()?;
                 secrets.push(token.clone());
                 Some(token)
+            }
+            Var::Secret(name) => {
+                let value = secret::from_runner_env(name)?;
+                secrets.push(value.clone());
+                Some(value)
             }
             Var::Shard => Some(b.shard.to_string()),
             Var::Run => Some(b.run.to_owned()),
@@ -239,6 +250,13 @@ fn parse_var(body: &str) -> Result<Var, String> {
                         ))
                     }
                 }
+            } else if let Some(name) = body.strip_prefix("secret.") {
+                if !is_env_name(name) {
+                    return Err(format!(
+                        "${{{body}}}: `{name}` is not an environment variable name; write ${{secret.NAME}} with letters, digits and _, e.g. ${{secret.API_TOKEN}}"
+                    ));
+                }
+                Var::Secret(name.to_owned())
             } else if let Some(name) = body.strip_prefix("service.") {
                 if name.is_empty() || name.contains('.') {
                     return Err(format!(
@@ -248,12 +266,22 @@ fn parse_var(body: &str) -> Result<Var, String> {
                 Var::ChartService(name.to_owned())
             } else {
                 return Err(format!(
-                    "unknown variable ${{{body}}}; use ${{host}}, ${{port.N}}, ${{env.NAME}}, ${{random}}, ${{shard}}, ${{run}}, ${{services.NAME.env.KEY}} or ${{service.NAME}} (write $${{ for a literal ${{)"
+                    "unknown variable ${{{body}}}; use ${{host}}, ${{port.N}}, ${{env.NAME}}, ${{random}}, ${{secret.NAME}}, ${{shard}}, ${{run}}, ${{database}}, ${{services.NAME.env.KEY}} or ${{service.NAME}} (write $${{ for a literal ${{)"
                 ));
             }
         }
     };
     Ok(var)
+}
+
+/// Letters, digits and `_`, not starting with a digit: a name every shell
+/// and CI system can set.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -344,6 +372,32 @@ mod tests {
         assert_eq!(t.vars().next().unwrap().to_string(), "${service.api}");
         assert!(Template::parse("${service.}").is_err());
         assert!(Template::parse("${service.a.b}").is_err());
+    }
+
+    #[test]
+    fn secrets_name_a_variable_of_the_runners_environment() {
+        // Rendering a set one: tests/secret_values.rs (it sets variables).
+        let t = Template::parse("Bearer ${secret.EPHEM_TEMPLATE_TEST_TOKEN}").unwrap();
+        assert_eq!(
+            t.vars().next(),
+            Some(&Var::Secret("EPHEM_TEMPLATE_TEST_TOKEN".into()))
+        );
+        let mut secrets = Vec::new();
+        let unset = Template::parse("${secret.EPHEM_TEMPLATE_TEST_UNSET}").unwrap();
+        let err = unset
+            .render(&Bindings::default(), &mut secrets)
+            .unwrap_err();
+        assert!(err.contains("has no EPHEM_TEMPLATE_TEST_UNSET"), "{err}");
+        for bad in [
+            "${secret.}",
+            "${secret.1X}",
+            "${secret.A-B}",
+            "${secret.a.b}",
+        ] {
+            assert!(Template::parse(bad)
+                .unwrap_err()
+                .contains("not an environment variable name"));
+        }
     }
 
     #[test]

@@ -25,5 +25,6 @@ mod report;
 mod rerun;
 mod reuse;
 mod run;
+mod secrets;
 mod selection;
 mod signals;

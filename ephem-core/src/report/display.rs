@@ -140,6 +140,8 @@ impl Display {
 
     /// Prints a line above the bars (or plainly, before they are drawn).
     pub fn line(&self, text: &str) {
+        // The one way lines reach the terminal during a run.
+        let text = &crate::mask::error_text(text);
         if self.mode == DisplayMode::Live && self.planned {
             let _ = self.multi.println(text);
         } else {

@@ -50,7 +50,7 @@ const NAMES_IN_MERGED: usize = 5;
 
 /// Writes the page of `groups` to `path`.
 pub fn write_html(groups: &[Group], path: &Utf8Path) -> Result<()> {
-    write_atomically(path, render(groups).as_bytes(), "cannot write HTML report")
+    write_atomically(path, &render(groups), "cannot write HTML report")
 }
 
 /// The whole page.

@@ -273,6 +273,8 @@ pub fn write_report(report: &Report, path: &Utf8Path) -> Result<()> {
     let xml = report
         .to_string()
         .map_err(|e| EphemError::Internal(format!("serializing JUnit: {e}")))?;
+    // Every secret, in every message and output, as the file is written.
+    let xml = crate::mask::mask(&xml);
     // Written next to the target, then renamed, so a reader never sees half a report.
     let tmp = path.with_extension("xml.tmp");
     std::fs::write(&tmp, xml).map_err(io)?;

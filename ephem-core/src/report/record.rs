@@ -341,12 +341,15 @@ impl RunRecord {
                 .iter()
                 .map(|(shard, e)| EnvErrorRecord {
                     shard: *shard,
-                    message: e.to_string(),
+                    message: crate::mask::error_text(&e.to_string()),
                 })
                 .collect(),
             service_deaths: result.service_deaths.clone(),
             interrupted: result.interrupted,
-            internal_error: result.internal_error.clone(),
+            internal_error: result
+                .internal_error
+                .as_deref()
+                .map(crate::mask::error_text),
             environments: None,
             outstanding: Vec::new(),
         }
@@ -480,15 +483,13 @@ pub fn record_path(junit: &Utf8Path, only_shard: Option<u32>) -> Utf8PathBuf {
 pub fn write_record(record: &RunRecord, path: &Utf8Path) -> Result<()> {
     let json = serde_json::to_string(record)
         .map_err(|e| EphemError::Internal(format!("serializing the run record: {e}")))?;
-    write_atomically(
-        path,
-        format!("{json}\n").as_bytes(),
-        "cannot write run record",
-    )
+    write_atomically(path, &format!("{json}\n"), "cannot write run record")
 }
 
-/// Writes next to `path`, then renames, so a reader never sees half a file.
-pub(crate) fn write_atomically(path: &Utf8Path, bytes: &[u8], action: &'static str) -> Result<()> {
+/// Writes next to `path`, then renames, so a reader never sees half a file;
+/// every secret is masked on the way (the record and the page both come
+/// through here).
+pub(crate) fn write_atomically(path: &Utf8Path, text: &str, action: &'static str) -> Result<()> {
     let io = |source| EphemError::Io {
         action,
         path: path.to_owned(),
@@ -499,7 +500,7 @@ pub(crate) fn write_atomically(path: &Utf8Path, bytes: &[u8], action: &'static s
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::write(&tmp, crate::mask::mask(text)).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 

@@ -22,7 +22,7 @@ use super::{
     ShardTimeline, Span, TestOutcome, Verdict,
 };
 use crate::discover::BuildControl;
-use crate::mask::Masker;
+use crate::mask;
 use crate::signals::Signals;
 use crate::test_list::{Selection, TestIdx, TestList};
 
@@ -76,7 +76,6 @@ struct ShardState {
     queue: VecDeque<Pending>,
     phase: EnvPhase,
     vars: Arc<Vec<(String, String)>>,
-    masker: Masker,
     env: Option<Environment>,
     running: usize,
     provision_task: Option<AbortHandle>,
@@ -380,7 +379,6 @@ impl<'a> Dispatcher<'a> {
                 queue: VecDeque::new(),
                 phase,
                 vars: Arc::new(Vec::new()),
-                masker: Masker::default(),
                 env: None,
                 running: 0,
                 provision_task: None,
@@ -451,15 +449,22 @@ impl<'a> Dispatcher<'a> {
             }
         }
         self.events.planned(&tests);
-        // Stopped before the plan came (a signal, a panicked task): its tests
-        // are reported as not run, with the reason.
-        if let Some(reason) = self.stopping.clone() {
-            for idx in 0..self.shards.len() {
-                let number = self.shards[idx].number;
-                let drained: Vec<_> = self.shards[idx].queue.drain(..).collect();
-                for p in drained {
-                    self.finalize_unrun(p.test, number, &reason);
+        // Stopped before the plan came (a signal, a panicked task), or a
+        // shard's environment failed before it (its error is recorded; with
+        // --no-fail-fast nothing stops): those tests are reported as not run,
+        // with the reason, instead of waiting in a queue nothing drains.
+        for idx in 0..self.shards.len() {
+            let number = self.shards[idx].number;
+            let reason = match &self.stopping {
+                Some(reason) => reason.clone(),
+                None if self.shards[idx].phase == EnvPhase::Failed => {
+                    format!("not run: environment of shard {number} failed")
                 }
+                None => continue,
+            };
+            let drained: Vec<_> = self.shards[idx].queue.drain(..).collect();
+            for p in drained {
+                self.finalize_unrun(p.test, number, &reason);
             }
         }
         for s in &mut self.shards {
@@ -715,7 +720,11 @@ impl<'a> Dispatcher<'a> {
                                 .map(|v| (v.name.clone(), v.value.clone()))
                                 .collect(),
                         );
-                        shard.masker = Masker::new(env.secrets.clone());
+                        // Secrets a backend read rather than generated
+                        // (a kept environment's): every sink masks them.
+                        for secret in &env.secrets {
+                            ephem_fixtures::secret::register(secret);
+                        }
                         shard.hooks = env.test_hooks.clone();
                         shard.serial = env.serial;
                         shard.env = Some(env);
@@ -791,8 +800,10 @@ impl<'a> Dispatcher<'a> {
         let idx = self.shard_idx(number);
         let shard = &mut self.shards[idx];
         shard.running -= 1;
-        shard.masker.mask_in_place(&mut attempt.stdout);
-        shard.masker.mask_in_place(&mut attempt.stderr);
+        // Masked before anything cuts the output to a tail, which could
+        // leave half a secret.
+        mask::mask_in_place(&mut attempt.stdout);
+        mask::mask_in_place(&mut attempt.stderr);
         let diagnosis = shard.diagnosis.clone();
         let status = attempt.status.clone();
         if status.is_pass() {
@@ -1035,6 +1046,8 @@ mod tests {
         teardowns: AtomicUsize,
         panic_in_provision: bool,
         panic_in_teardown: bool,
+        /// This shard's provisioning fails (an environment error).
+        fail_shard: Option<u32>,
     }
 
     #[async_trait::async_trait]
@@ -1048,9 +1061,12 @@ mod tests {
         async fn prepare(&self, _: &RunContext) -> Result<(), EnvError> {
             Ok(())
         }
-        async fn provision(&self, _: &ShardContext) -> Result<Environment, EnvError> {
+        async fn provision(&self, shard: &ShardContext) -> Result<Environment, EnvError> {
             assert!(!self.panic_in_provision, "provision panics on purpose");
             self.provisions.fetch_add(1, Ordering::SeqCst);
+            if self.fail_shard == Some(shard.shard) {
+                return Err(EnvError::Other("not ready on purpose".into()));
+            }
             Ok(Environment::default())
         }
         async fn teardown(&self, _: &ShardContext) -> Result<(), EnvError> {
@@ -1395,5 +1411,48 @@ mod tests {
                 "{o:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_shard_that_failed_before_the_plan_came_does_not_hold_the_run() {
+        let backend = Arc::new(CountingBackend {
+            fail_shard: Some(1),
+            ..Default::default()
+        });
+        let (mut inp, tx) = input_coming(backend.clone());
+        inp.options.fail_fast = false;
+        let plan = match input(backend.clone(), 2).tests {
+            TestsSource::Known(tests) => tests,
+            TestsSource::Coming(_) => unreachable!(),
+        };
+        let b = backend.clone();
+        let mut silent = Silent;
+        let (result, ()) = tokio::join!(
+            async {
+                // It used to wait for shard 1's queue forever.
+                tokio::time::timeout(Duration::from_secs(30), run(inp, &mut silent))
+                    .await
+                    .expect("the run ends")
+            },
+            async move {
+                // Shard 1 fails and shard 2 is ready before the build ends.
+                until(|| b.provisions.load(Ordering::SeqCst) == 2).await;
+                tx.send(Some(plan)).unwrap();
+            }
+        );
+        assert_eq!(result.env_errors.len(), 1);
+        assert_eq!(result.outcomes.len(), 2);
+        let by_shard = |n: u32| result.outcomes.iter().find(|o| o.shard == n).unwrap();
+        assert!(
+            matches!(&by_shard(1).verdict, Verdict::Skipped(why) if why == "not run: environment of shard 1 failed"),
+            "{:?}",
+            by_shard(1)
+        );
+        assert!(
+            matches!(by_shard(2).verdict, Verdict::Passed),
+            "{:?}",
+            by_shard(2)
+        );
+        assert_eq!(backend.teardowns.load(Ordering::SeqCst), 2);
     }
 }

@@ -4,6 +4,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
+use super::raw::RESET_FORMS;
+
 /// Why `ephem.toml` was rejected; the CLI maps this to exit code 2.
 ///
 /// Always one line: `file:line:column: key: what is wrong; how to fix it`.
@@ -148,6 +150,10 @@ impl<'a> Locator<'a> {
                 )
             };
         }
+        if is_reset_key(&key) && !message.contains(RESET_FORMS) {
+            // A wrong shape or option inside `reset`: name the forms there are.
+            message = format!("{message}; write {RESET_FORMS}");
+        }
         if key.is_empty() {
             // Syntax errors carry no key path; name the key the broken line assigns.
             key = self.key_at_line(self.position(span.start).0);
@@ -192,6 +198,11 @@ impl<'a> Locator<'a> {
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, column)
     }
+}
+
+/// `services.NAME.reset`, or a key inside it.
+fn is_reset_key(key: &str) -> bool {
+    key.split('.').nth(2) == Some("reset") && key.starts_with("services.")
 }
 
 fn unknown_field(message: &str) -> Option<String> {

@@ -82,6 +82,26 @@ pub struct EphemConfig {
     pub kubernetes: KubernetesConfig,
     /// `[services.NAME]`, sorted by name.
     pub services: Vec<ServiceSpec>,
+    /// Every `${secret.NAME}` and where it is written: read from the
+    /// runner's environment by [`check_secrets`](Self::check_secrets)
+    /// before anything starts.
+    pub secrets: Vec<SecretRef>,
+}
+
+/// One `${secret.NAME}` of the file and its place, for a one-line error
+/// when the runner's environment lacks it.
+#[derive(Clone, Debug)]
+pub struct SecretRef {
+    /// The environment variable's name.
+    pub name: String,
+    /// An error at the template's line and key; its message is filled in.
+    at: ConfigError,
+}
+
+impl SecretRef {
+    pub(crate) fn new(name: String, at: ConfigError) -> SecretRef {
+        SecretRef { name, at }
+    }
 }
 
 /// The `[shards]` table.
@@ -244,6 +264,24 @@ impl EphemConfig {
             }
             _ => self.images.mirror.clone(),
         }
+    }
+
+    /// Reads every `${secret.NAME}` from the runner's environment now,
+    /// registering each value so that everything the runner shows or writes
+    /// masks it; the first one unset or empty is an error at its line and
+    /// key. Commands that start services call it before anything starts
+    /// (`gc` and `down` need no secrets, and do not).
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        for secret in &self.secrets {
+            if let Err(why) = crate::secret::from_runner_env(&secret.name) {
+                let mut error = secret.at.clone();
+                if let ConfigError::Invalid { message, .. } = &mut error {
+                    *message = why;
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     /// Looks a service up by name.

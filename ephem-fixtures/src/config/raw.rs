@@ -125,11 +125,37 @@ pub(super) struct RawExec {
 }
 
 /// `reset = "postgres"`, `reset = "redis"` or `reset = { exec = [...] }`.
-#[derive(Deserialize)]
-#[serde(untagged)]
 pub(super) enum RawReset {
     Named(String),
     Exec(RawExec),
+}
+
+/// The forms `reset` takes, as its errors list them.
+pub(super) const RESET_FORMS: &str =
+    "reset = \"postgres\", reset = \"redis\" or reset = { exec = [\"cmd\", \"arg\"] }";
+
+// Not `#[serde(untagged)]`: an untagged enum buffers the value first, and
+// the buffer loses the spans `RawExec` asks for (every `{ exec = [...] }`
+// was refused). A visitor picks the form by the value's type instead and
+// hands the table to `RawExec` as the TOML reader gives it.
+impl<'de> Deserialize<'de> for RawReset {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawReset;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "one of {RESET_FORMS}")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawReset, E> {
+                Ok(RawReset::Named(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawReset, A::Error> {
+                RawExec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawReset::Exec)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]

@@ -602,3 +602,65 @@ fn images_idle_timeout_defaults_to_30s_and_is_range_checked() {
         assert!(message.contains("1ms to 365days"), "{message}");
     }
 }
+
+const RESET_BASE: &str =
+    "[services.db]\nimage = \"postgres:15\"\nenv = { PW = \"${random}\" }\nports = [5432, 6379]\n";
+
+#[test]
+fn every_reset_form_loads() {
+    let load = |reset: &str| {
+        let text = format!("{RESET_BASE}{reset}\n");
+        EphemConfig::parse(&text, "ephem.toml")
+            .unwrap_or_else(|e| panic!("{reset}: {e}"))
+            .services
+            .remove(0)
+            .reset
+            .unwrap()
+    };
+    assert!(matches!(load("reset = \"postgres\""), Reset::Postgres));
+    assert!(matches!(load("reset = \"redis\""), Reset::Redis));
+    let Reset::Exec(cmd) = load("reset = { exec = [\"sh\", \"-c\", \"echo ${env.PW}\"] }") else {
+        panic!("not an exec reset");
+    };
+    assert_eq!(cmd.len(), 3);
+    assert_eq!(cmd[2].source(), "echo ${env.PW}");
+    // The same as a table of its own.
+    let text = format!("{RESET_BASE}[services.db.reset]\nexec = [\"true\"]\n");
+    let config = EphemConfig::parse(&text, "ephem.toml").unwrap();
+    assert!(matches!(config.services[0].reset, Some(Reset::Exec(_))));
+    assert!(config.services[0].needs_serial_tests());
+}
+
+#[test]
+fn a_malformed_reset_names_the_forms_there_are() {
+    let forms = r#"reset = "postgres", reset = "redis" or reset = { exec = ["cmd", "arg"] }"#;
+    for (reset, key, what) in [
+        ("reset = 5", "services.db.reset", "integer"),
+        ("reset = [\"true\"]", "services.db.reset", "sequence"),
+        (
+            "reset = \"truncate\"",
+            "services.db.reset",
+            "unknown reset \"truncate\"",
+        ),
+        (
+            "reset = { cmd = [\"true\"] }",
+            "services.db.reset.cmd",
+            "unknown key `cmd`",
+        ),
+        ("reset = { exec = \"true\" }", "services.db.reset", "exec"),
+        ("reset = {}", "services.db.reset", "missing key `exec`"),
+        (
+            "reset = { exec = [\"true\"], x = 1 }",
+            "services.db.reset.x",
+            "unknown key `x`",
+        ),
+    ] {
+        let message = load_err(&format!("{RESET_BASE}{reset}\n"));
+        assert_points_at(&message, 5, key);
+        assert!(message.contains(what), "{reset}: {message}");
+        assert!(message.contains(forms), "{reset}: {message}");
+    }
+    let message = load_err(&format!("{RESET_BASE}reset = {{ exec = [] }}\n"));
+    assert_points_at(&message, 5, "services.db.reset.exec");
+    assert!(message.contains("the command is empty"), "{message}");
+}

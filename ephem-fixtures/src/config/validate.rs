@@ -1,6 +1,7 @@
 //! From the raw file to a checked [`EphemConfig`]: every mistake becomes one
 //! [`ConfigError`] pointing at the value at fault.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -8,10 +9,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Locator;
-use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar};
+use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar, RESET_FORMS};
 use super::{
     ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, Reset, ReuseConfig,
-    ServiceKubernetes, ServiceSpec, ShardsConfig, WaitKind, WaitStrategy, DEFAULT_STARTUP_TIMEOUT,
+    SecretRef, ServiceKubernetes, ServiceSpec, ShardsConfig, WaitKind, WaitStrategy,
+    DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
 };
 use crate::image_ref::ImageRef;
@@ -86,8 +88,9 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
 
     let has_helm = kubernetes.helm.is_some();
     let mut services = Vec::new();
+    let secrets = RefCell::new(Vec::new());
     for (name, svc) in &raw.services {
-        let mut spec = check_service(&at, name, svc, &env_keys, has_helm)?;
+        let mut spec = check_service(&at, name, svc, &env_keys, has_helm, &secrets)?;
         spec.kubernetes = super::kubernetes::check_service(
             &at,
             svc.get_ref().kubernetes.as_ref(),
@@ -107,6 +110,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<EphemConfig, ConfigError>
         images,
         kubernetes,
         services,
+        secrets: secrets.into_inner(),
     })
 }
 
@@ -161,6 +165,8 @@ struct ServiceChecker<'a, 'b> {
     ports: Vec<u16>,
     /// Whether `[kubernetes.helm]` gives `${service.NAME}` something to name.
     has_helm: bool,
+    /// Where each `${secret.NAME}` is written, for the file's list.
+    secrets: &'a RefCell<Vec<SecretRef>>,
 }
 
 fn check_service(
@@ -169,6 +175,7 @@ fn check_service(
     svc: &Spanned<RawService>,
     env_keys: &HashMap<String, Vec<String>>,
     has_helm: bool,
+    secrets: &RefCell<Vec<SecretRef>>,
 ) -> Result<ServiceSpec, ConfigError> {
     let key = format!("services.{}", name.get_ref());
     if !is_service_name(name.get_ref()) {
@@ -212,6 +219,7 @@ fn check_service(
         image,
         ports,
         has_helm,
+        secrets,
     };
     checker.finish(&key)
 }
@@ -332,10 +340,12 @@ impl ServiceChecker<'_, '_> {
                     return Err(self.at.error(
                         r.span(),
                         format!("{key}.reset"),
-                        format!("unknown reset {other:?}; write \"postgres\", \"redis\" or {{ exec = [\"cmd\", \"arg\"] }}"),
+                        format!("unknown reset {other:?}; write {RESET_FORMS}"),
                     ))
                 }
-                RawReset::Exec(exec) => Reset::Exec(self.exec(&exec.exec, &format!("{key}.reset.exec"))?),
+                RawReset::Exec(exec) => {
+                    Reset::Exec(self.exec(&exec.exec, &format!("{key}.reset.exec"))?)
+                }
             }),
         };
         let per_test = match &raw.databases {
@@ -443,6 +453,12 @@ impl ServiceChecker<'_, '_> {
             if let Some(problem) = self.check_var(var, site) {
                 return Err(self.at.error(span, key, problem));
             }
+            if let Var::Secret(name) = var {
+                let at = self.at.error(span.clone(), key, String::new());
+                self.secrets
+                    .borrow_mut()
+                    .push(SecretRef::new(name.clone(), at));
+            }
         }
         Ok(template)
     }
@@ -451,7 +467,7 @@ impl ServiceChecker<'_, '_> {
     fn check_var(&self, var: &Var, site: Site) -> Option<String> {
         let name = self.name;
         match var {
-            Var::Random | Var::Shard | Var::Run => None,
+            Var::Random | Var::Secret(_) | Var::Shard | Var::Run => None,
             Var::Database if site == Site::Export => None,
             Var::Database => Some(format!(
                 "{var} is the test's own database, known per test; use it in export (e.g. DATABASE_URL)"

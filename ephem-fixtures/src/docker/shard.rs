@@ -144,7 +144,13 @@ pub(crate) async fn reattach(
         }
         let env = container_env(spec, inspect.config.and_then(|c| c.env).unwrap_or_default());
         for (key, template) in &spec.env {
-            if template.vars().any(|v| *v == crate::template::Var::Random) {
+            // Generated or the runner's: mask what the container holds.
+            if template.vars().any(|v| {
+                matches!(
+                    v,
+                    crate::template::Var::Random | crate::template::Var::Secret(_)
+                )
+            }) {
                 secrets.extend(env.get(key).cloned());
             }
         }

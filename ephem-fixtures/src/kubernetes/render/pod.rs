@@ -233,9 +233,9 @@ impl Scope<'_> {
         }
         for var in template.vars() {
             let problem = match var {
-                Var::Random => Some(
-                    "${random} in a command would be written into the pod spec, readable by anyone who can read pods; put it in env (e.g. TOKEN = \"${random}\") and use ${env.TOKEN}".to_owned(),
-                ),
+                Var::Random | Var::Secret(_) => Some(format!(
+                    "{var} in a command would be written into the pod spec, readable by anyone who can read pods; put it in env (e.g. TOKEN = \"{var}\") and use ${{env.TOKEN}}"
+                )),
                 Var::ServiceEnv { service, key: name } if self.is_secret(service, name) => Some(format!(
                     "{var} holds a generated value, which would be written into the pod spec; copy it into env (e.g. {name} = \"{var}\") and use ${{env.{name}}}"
                 )),
