@@ -71,38 +71,34 @@ impl Masker {
     /// The bytes with every secret replaced: for output that may not be
     /// UTF-8 (a command's, relayed by `exec`).
     pub fn mask_bytes<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        let mut out = std::borrow::Cow::Borrowed(bytes);
-        for secret in &self.secrets {
-            let finder = memchr::memmem::Finder::new(secret.as_bytes());
-            if finder.find(&out).is_none() {
-                continue;
+        match &self.finder {
+            Some(finder) if finder.is_match(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len());
+                finder.replace_all_with_bytes(bytes, &mut out, |_, _, dst| {
+                    dst.extend_from_slice(MASK.as_bytes());
+                    true
+                });
+                std::borrow::Cow::Owned(out)
             }
-            let mut masked = Vec::with_capacity(out.len());
-            let mut rest: &[u8] = &out;
-            while let Some(at) = finder.find(rest) {
-                masked.extend_from_slice(&rest[..at]);
-                masked.extend_from_slice(b"***");
-                rest = &rest[at + secret.len()..];
-            }
-            masked.extend_from_slice(rest);
-            out = std::borrow::Cow::Owned(masked);
+            _ => std::borrow::Cow::Borrowed(bytes),
         }
-        out
     }
 
     /// The largest index up to `at` where `bytes` can be cut without
     /// splitting a secret (a piece masked alone would show part of it).
     pub fn safe_cut(&self, bytes: &[u8], at: usize) -> usize {
-        let mut cut = at.min(bytes.len());
-        for secret in &self.secrets {
-            let len = secret.len();
-            let from = cut.saturating_sub(len - 1);
-            let to = (cut + len - 1).min(bytes.len());
-            if let Some(found) = memchr::memmem::find(&bytes[from..to], secret.as_bytes()) {
-                cut = cut.min(from + found);
-            }
-        }
-        cut
+        let cut = at.min(bytes.len());
+        let Some(finder) = &self.finder else {
+            return cut;
+        };
+        let reach = finder.max_pattern_len().saturating_sub(1);
+        let from = cut.saturating_sub(reach);
+        let to = (cut + reach).min(bytes.len());
+        finder
+            .find_iter(&bytes[from..to])
+            .map(|m| (from + m.start(), from + m.end()))
+            .find(|&(start, end)| start < cut && end > cut)
+            .map_or(cut, |(start, _)| start)
     }
 }
 

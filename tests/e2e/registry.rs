@@ -371,7 +371,8 @@ fn a_blob_that_stalls_once_is_warned_about_and_the_daemon_pulls_instead() {
         .find(|l| l.contains("stalled"))
         .unwrap_or_else(|| panic!("no stall warning: {}", describe(&out)));
     assert!(
-        warning.starts_with("warning: image cache: registry ")
+        warning.starts_with("warning: image cache ")
+            && warning.contains(": registry ")
             && warning.contains(&proxy.host())
             && warning.contains("blob sha256:")
             && warning.contains("nothing for 3s")
