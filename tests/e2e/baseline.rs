@@ -135,6 +135,57 @@ fn a_reset_cut_halfway_leaves_the_database_whole() {
     assert_all_passed(&out, 3);
 }
 
+/// A reset that cannot get the database to itself (a prepared transaction
+/// left in it holds it, and no session can be ended to clear it) fails the
+/// test after its attempts, saying why and that the database is left as it
+/// was; the database is there afterwards (the environment is kept to look).
+#[test]
+fn a_reset_that_cannot_swap_fails_the_test_and_keeps_the_database() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[services.postgres]\nimage = \"postgres:15-bookworm\"\n\
+         env = { POSTGRES_PASSWORD = \"${random}\", POSTGRES_DB = \"app\", POSTGRES_INITDB_ARGS = \"--no-sync\" }\n\
+         ports = [5432]\nargs = [\"-c\", \"fsync=off\", \"-c\", \"max_prepared_transactions=4\"]\n\
+         wait = { log = \"database system is ready to accept connections\", times = 2 }\n\
+         reset = \"postgres\"\n\
+         export = { DATABASE_URL = \"postgres://postgres:${env.POSTGRES_PASSWORD}@${host}:${port.5432}/${database}\" }\n",
+    );
+    let out = run(ephem()
+        .arg("test")
+        .arg("--manifest-path")
+        .arg(baseline_manifest())
+        .arg("--config")
+        .arg(&config)
+        .args(["--keep-env", "stray_prepared_"]));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _cleanup = Cleanup(run_id_of(&stderr));
+    assert_eq!(out.status.code(), Some(100), "{}", describe(&out));
+    let needle = "the environment could not be prepared for this test: shard 1: \
+        reset of service postgres: could not swap a fresh copy of the baseline into database app \
+        (gave up after 3 attempts at most): database \"app\" is being accessed by other users \
+        (There is 1 prepared transaction using the database.); \
+        app is left as the previous test left it";
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    let container = stderr
+        .split("(container ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no kept container in {stderr}"));
+    let listed = std::process::Command::new("docker")
+        .args(["exec", container, "psql", "-U", "postgres", "-d", "template1", "-Atc"])
+        .arg("SELECT datname FROM pg_database WHERE datname = 'app'")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).trim(),
+        "app",
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
+
 /// A Redis that requires a password (`--requirepass` in `args`, the value
 /// from its env): `reset = "redis"` logs in before every flush.
 #[test]
