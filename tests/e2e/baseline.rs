@@ -135,6 +135,59 @@ fn a_reset_cut_halfway_leaves_the_database_whole() {
     assert_all_passed(&out, 3);
 }
 
+/// A test that drops the database (from another one): the next reset puts
+/// a copy of the baseline under its name.
+#[test]
+fn a_reset_brings_back_a_dropped_database() {
+    let _daemon = shared_daemon();
+    let out = baseline_run("env-baseline-reset.toml", &["stray_drop_"]);
+    assert_all_passed(&out, 2);
+}
+
+/// A kept environment taken over by `--reuse` resets the same way: the
+/// copies get the attributes kept on the template, and Redis's password is
+/// read back from its container's command. Exclusive: `down` in reuse.rs
+/// would remove this test's kept environment between its two runs.
+#[test]
+fn reused_environments_reset_owner_privileges_settings_and_redis_with_a_password() {
+    let _daemon = exclusive_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let postgres = std::fs::read_to_string(config("env-baseline-reset.toml")).unwrap();
+    let postgres = &postgres[postgres.find("[services.postgres]").unwrap()..];
+    let postgres = &postgres[..postgres.find("[services.redis]").unwrap()];
+    let redis = std::fs::read_to_string(config("env-baseline-redis-auth.toml")).unwrap();
+    let redis = &redis[redis.find("[services.redis]").unwrap()..];
+    // Keys of this test's own: a kept environment of another run is not taken.
+    let marker = format!("REUSE_MARKER = \"{}\", TZ", std::process::id());
+    let path = write_config(
+        dir.path(),
+        &format!("{}{redis}", postgres.replace("TZ", &marker)),
+    );
+    let reuse = || {
+        run(ephem()
+            .arg("test")
+            .arg("--manifest-path")
+            .arg(baseline_manifest())
+            .arg("--config")
+            .arg(&path)
+            .args(["--reuse", "attrs_", "redis_"]))
+    };
+    let first = reuse();
+    let first_run = run_id_of(&String::from_utf8_lossy(&first.stderr)).expect("a run id");
+    let _cleanup = Cleanup(Some(first_run.clone()));
+    assert_all_passed(&first, 5);
+    let second = reuse();
+    let second_run = run_id_of(&String::from_utf8_lossy(&second.stderr)).expect("a run id");
+    let _cleanup_second = Cleanup(Some(second_run.clone()));
+    assert_all_passed(&second, 5);
+    assert!(
+        resources_of(&second_run).is_empty(),
+        "the second run did not take the kept environment over\n{}",
+        describe(&second)
+    );
+    assert!(!resources_of(&first_run).is_empty(), "nothing was kept");
+}
+
 /// A reset that cannot get the database to itself (a prepared transaction
 /// left in it holds it, and no session can be ended to clear it) fails the
 /// test after its attempts, saying why and that the database is left as it
@@ -164,7 +217,7 @@ fn a_reset_that_cannot_swap_fails_the_test_and_keeps_the_database() {
     assert_eq!(out.status.code(), Some(100), "{}", describe(&out));
     let needle = "the environment could not be prepared for this test: shard 1: \
         reset of service postgres: could not swap a fresh copy of the baseline into database app \
-        (gave up after 3 attempts at most): database \"app\" is being accessed by other users \
+        (3 attempts): database \"app\" is being accessed by other users \
         (There is 1 prepared transaction using the database.); \
         app is left as the previous test left it";
     assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
@@ -174,7 +227,16 @@ fn a_reset_that_cannot_swap_fails_the_test_and_keeps_the_database() {
         .and_then(|rest| rest.split(')').next())
         .unwrap_or_else(|| panic!("no kept container in {stderr}"));
     let listed = std::process::Command::new("docker")
-        .args(["exec", container, "psql", "-U", "postgres", "-d", "template1", "-Atc"])
+        .args([
+            "exec",
+            container,
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            "template1",
+            "-Atc",
+        ])
         .arg("SELECT datname FROM pg_database WHERE datname = 'app'")
         .output()
         .unwrap();

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::attributes::Attributes;
+use tokio_postgres::error::SqlState;
+
 use super::postgres::{ident, in_use, pg_message, session_lost, PgAdmin, PgService, BASELINE};
 
 /// How many copies of the baseline wait ready for the next tests (per-test
@@ -185,101 +187,104 @@ impl DatabasePool {
     async fn swap(self: &Arc<Self>, database: &str) -> Result<(), String> {
         let mut swapper = self.swapper.lock().await;
         let mut fresh = self.take().await?;
-        let used = self.name();
+        // A name per attempt: an attempt whose commit went through unseen
+        // has used its own. All are dropped (if they exist) in the end.
+        let mut used = Vec::new();
+        // False once the database turns out to be gone (a test dropped it):
+        // then the copy only needs to take its name.
+        let mut rename_away = true;
         let mut last = String::new();
-        for _ in 0..SWAP_ATTEMPTS {
-            match self.try_swap(&mut swapper, database, &fresh, &used).await {
-                Ok(Swap::Done) => {
-                    self.drop_later(used);
-                    return Ok(());
-                }
-                Ok(Swap::CopyGone) => fresh = self.take().await?,
-                Err(e) if in_use(&e) => last = pg_message(&e),
-                Err(e) if session_lost(&e) => {
-                    last = pg_message(&e);
-                    // Lost with the session: maybe only the commit's answer.
-                    *swapper = None;
-                    if self.swapped(&fresh, &used).await {
-                        self.drop_later(used);
-                        return Ok(());
+        let mut done = false;
+        while !done && used.len() < SWAP_ATTEMPTS as usize {
+            used.push(self.name());
+            let away = used.last().map(String::as_str).unwrap_or_default();
+            let attempt = self.try_swap(&mut swapper, database, &fresh, away, rename_away);
+            let Err(e) = attempt.await else {
+                done = true;
+                break;
+            };
+            last = pg_message(&e);
+            if e.code() == Some(&SqlState::UNDEFINED_DATABASE) {
+                match self.existing(&[database, &fresh]).await {
+                    Some(found) if !found.contains(&fresh) => {
+                        last = format!("the ready copy {fresh} was dropped by someone else");
+                        fresh = self.take().await?;
                     }
+                    Some(found) if !found.iter().any(|n| n == database) => rename_away = false,
+                    _ => {}
                 }
-                Err(e) => {
-                    last = pg_message(&e);
-                    break;
-                }
+            } else if session_lost(&e) {
+                *swapper = None;
+                // Lost with the session: maybe only the commit's answer.
+                done = self
+                    .existing(&[&fresh, away])
+                    .await
+                    .is_some_and(|found| found == [away]);
+            } else if !in_use(&e) {
+                break;
             }
         }
+        let attempts = used.len();
+        for name in used {
+            self.drop_later(name);
+        }
+        if done {
+            return Ok(());
+        }
         self.drop_later(fresh);
+        let attempts = match attempts {
+            1 => "1 attempt".to_owned(),
+            n => format!("{n} attempts"),
+        };
         Err(format!(
             "could not swap a fresh copy of the baseline into database {database} \
-             (gave up after {SWAP_ATTEMPTS} attempts at most): {last}; \
-             {database} is left as the previous test left it"
+             ({attempts}): {last}; {database} is left as the previous test left it"
         ))
     }
 
-    /// One attempt at the swap, on `slot`'s session (opened if need be).
+    /// One attempt at the swap, on `slot`'s session (opened if need be):
+    /// one query string, which Postgres runs as one transaction.
     async fn try_swap(
         &self,
         slot: &mut Option<PgAdmin>,
         database: &str,
         fresh: &str,
-        used: &str,
-    ) -> Result<Swap, tokio_postgres::Error> {
+        away: &str,
+        rename_away: bool,
+    ) -> Result<(), tokio_postgres::Error> {
         if slot.as_ref().is_none_or(|s| s.client.is_closed()) {
             *slot = Some(self.pg.session().await?);
         }
-        let Some(swapper) = slot.as_mut() else {
+        let Some(swapper) = slot.as_ref() else {
             unreachable!("the session was opened above")
         };
-        let oids = swapper.oids(&[database, fresh]).await?;
-        if !oids.iter().any(|(name, _)| name == fresh) {
-            return Ok(Swap::CopyGone);
-        }
-        // A test may have dropped the database: then the copy only needs
-        // to take its name.
         let mut sql = String::new();
-        if oids.iter().any(|(name, _)| name == database) {
+        if rename_away {
             sql += &format!(
                 "ALTER DATABASE {} RENAME TO {};",
                 ident(database),
-                ident(used)
+                ident(away)
             );
         }
         sql += &format!(
-            "ALTER DATABASE {} RENAME TO {};ALTER DATABASE {} ALLOW_CONNECTIONS true;",
+            "ALTER DATABASE {} RENAME TO {};ALTER DATABASE {} ALLOW_CONNECTIONS true",
             ident(fresh),
             ident(database),
             ident(database)
         );
         let ender = self.ender.get().await?;
-        let spare = swapper.pid;
-        let oids: Vec<u32> = oids.iter().map(|o| o.1).collect();
-        // Dropped unfinished (an error), the transaction rolls back.
-        let tx = swapper.client.transaction().await?;
         ender
-            .ending_sessions(&oids, spare, tx.batch_execute(&sql))
-            .await?;
-        tx.commit().await?;
-        Ok(Swap::Done)
+            .ending_sessions(
+                &[database, fresh],
+                swapper.pid,
+                swapper.client.batch_execute(&sql),
+            )
+            .await
     }
 
-    /// Whether a swap whose session was lost committed: the copy gone and
-    /// the used database there under its new name.
-    async fn swapped(&self, fresh: &str, used: &str) -> bool {
-        let Ok(admin) = self.admin.get().await else {
-            return false;
-        };
-        match admin.oids(&[fresh, used]).await {
-            Ok(found) => found.len() == 1 && found[0].0 == used,
-            Err(_) => false,
-        }
+    /// Which of `names` exist (`None`: cannot tell).
+    async fn existing(&self, names: &[&str]) -> Option<Vec<String>> {
+        let admin = self.admin.get().await.ok()?;
+        admin.existing(names).await.ok()
     }
-}
-
-/// How one swap attempt ended, short of an error.
-enum Swap {
-    Done,
-    /// The ready copy no longer exists (dropped by someone): take another.
-    CopyGone,
 }

@@ -190,17 +190,17 @@ impl PgAdmin {
             .map(|_| ())
     }
 
-    /// The OIDs of those of `names` that exist.
-    pub async fn oids(&self, names: &[&str]) -> Result<Vec<(String, u32)>, tokio_postgres::Error> {
+    /// Those of `names` that exist.
+    pub async fn existing(&self, names: &[&str]) -> Result<Vec<String>, tokio_postgres::Error> {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let rows = self
             .client
             .query(
-                "SELECT datname::text, oid FROM pg_database WHERE datname = ANY($1)",
+                "SELECT datname::text FROM pg_database WHERE datname = ANY($1)",
                 &[&names],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn drop_database(&self, name: &str) -> Result<(), tokio_postgres::Error> {
@@ -266,12 +266,11 @@ impl PgAdmin {
         let attributes = Attributes::read(&self.client, database).await?;
         let copied = async {
             self.drop_database(BASELINE).await?;
-            let oids: Vec<u32> = self.oids(&[database]).await?.iter().map(|o| o.1).collect();
             // Setup's own sessions may linger, and a client may reconnect: a
             // template must have none.
             ender
                 .ending_sessions(
-                    &oids,
+                    &[database],
                     self.pid,
                     self.clone_database(database, BASELINE, true),
                 )
@@ -288,21 +287,22 @@ impl PgAdmin {
         Ok(attributes)
     }
 
-    /// Runs `work` (a statement that needs databases `oids` to itself: a
-    /// rename, a template copy) while this session ends every session on
-    /// them but `spare`'s, again and again until `work` is done.
+    /// Runs `work` (a statement that needs the databases `names` to
+    /// itself: renames, a template copy) while this session ends every
+    /// session on them but `spare`'s, again and again until `work` is done.
     ///
     /// A client may connect between a `pg_terminate_backend` and the
     /// statement; once the statement holds its lock on the database, new
     /// sessions wait for it, and the statement itself waits up to 5 s for
-    /// the ones already in: ending them meanwhile lets it through.
+    /// the ones already in: ending them meanwhile lets it through. This
+    /// session sees the names as they were until `work` commits.
     pub async fn ending_sessions<T>(
         &self,
-        oids: &[u32],
+        names: &[&str],
         spare: i32,
         work: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, tokio_postgres::Error> {
-        let oids = oids.to_vec();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let ending = async {
             loop {
                 // A failure here shows as `work`'s own (it cannot get in).
@@ -310,8 +310,8 @@ impl PgAdmin {
                     .client
                     .execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE datid = ANY($1) AND pid <> $2 AND pid <> pg_backend_pid()",
-                        &[&oids, &spare],
+                         WHERE datname = ANY($1) AND pid <> $2 AND pid <> pg_backend_pid()",
+                        &[&names, &spare],
                     )
                     .await;
                 tokio::time::sleep(Duration::from_millis(25)).await;
