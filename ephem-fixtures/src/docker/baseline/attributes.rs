@@ -69,60 +69,14 @@ impl Attributes {
         let grants = if default_privileges {
             None
         } else {
-            let rows = client
-                .query(
-                    "SELECT pg_get_userbyid(a.grantor)::text, \
-                            CASE WHEN a.grantee = 0 THEN NULL \
-                                 ELSE pg_get_userbyid(a.grantee)::text END, \
-                            a.privilege_type, a.is_grantable \
-                     FROM pg_database d, \
-                          aclexplode(d.datacl) WITH ORDINALITY \
-                            AS a(grantor, grantee, privilege_type, is_grantable, n) \
-                     WHERE d.oid = $1 ORDER BY a.n",
-                    &[&oid],
-                )
-                .await
-                .map_err(fail)?;
-            Some(
-                rows.iter()
-                    .map(|r| Grant {
-                        grantor: r.get(0),
-                        grantee: r.get(1),
-                        privilege: r.get(2),
-                        grantable: r.get(3),
-                    })
-                    .collect(),
-            )
+            Some(grants(client, oid).await.map_err(fail)?)
         };
-        let rows = client
-            .query(
-                "SELECT CASE WHEN s.setrole = 0 THEN NULL \
-                             ELSE pg_get_userbyid(s.setrole)::text END, c.setting \
-                 FROM pg_db_role_setting s, \
-                      unnest(s.setconfig) WITH ORDINALITY AS c(setting, n) \
-                 WHERE s.setdatabase = $1 ORDER BY s.setrole, c.n",
-                &[&oid],
-            )
-            .await
-            .map_err(fail)?;
-        let settings = rows
-            .iter()
-            .filter_map(|r| {
-                let setting: String = r.get(1);
-                let (name, value) = setting.split_once('=')?;
-                Some(Setting {
-                    role: r.get(0),
-                    name: name.to_owned(),
-                    value: value.to_owned(),
-                })
-            })
-            .collect();
         Ok(Attributes {
             owner: row.get(1),
             connection_limit: row.get(2),
             comment: row.get(3),
             grants,
-            settings,
+            settings: settings(client, oid).await.map_err(fail)?,
         })
     }
 
@@ -179,6 +133,64 @@ impl Attributes {
         }
         sql
     }
+}
+
+/// The privileges on database `oid`, in the order its `datacl` lists them.
+async fn grants(
+    client: &tokio_postgres::Client,
+    oid: u32,
+) -> Result<Vec<Grant>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT pg_get_userbyid(a.grantor)::text, \
+                    CASE WHEN a.grantee = 0 THEN NULL \
+                         ELSE pg_get_userbyid(a.grantee)::text END, \
+                    a.privilege_type, a.is_grantable \
+             FROM pg_database d, \
+                  aclexplode(d.datacl) WITH ORDINALITY \
+                    AS a(grantor, grantee, privilege_type, is_grantable, n) \
+             WHERE d.oid = $1 ORDER BY a.n",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Grant {
+            grantor: r.get(0),
+            grantee: r.get(1),
+            privilege: r.get(2),
+            grantable: r.get(3),
+        })
+        .collect())
+}
+
+/// The settings of database `oid`, for everyone first, in stored order.
+async fn settings(
+    client: &tokio_postgres::Client,
+    oid: u32,
+) -> Result<Vec<Setting>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL \
+                         ELSE pg_get_userbyid(s.setrole)::text END, c.setting \
+             FROM pg_db_role_setting s, \
+                  unnest(s.setconfig) WITH ORDINALITY AS c(setting, n) \
+             WHERE s.setdatabase = $1 ORDER BY s.setrole, c.n",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let setting: String = r.get(1);
+            let (name, value) = setting.split_once('=')?;
+            Some(Setting {
+                role: r.get(0),
+                name: name.to_owned(),
+                value: value.to_owned(),
+            })
+        })
+        .collect())
 }
 
 /// A stored setting's value as `SET name TO ...` takes it. List settings
