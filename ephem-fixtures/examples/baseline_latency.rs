@@ -10,7 +10,9 @@
 //! `env-baseline-reset.toml`), then plays tests against the hooks the runner
 //! calls around every attempt: four at once, each holding its database for
 //! 50 ms (a short test), as a shard with `-j 4` does. The hand-out time is
-//! `before_attempt`: what a test process waits for before it starts.
+//! `before_attempt`: what a test process waits for before it starts. The
+//! last row resets while 8 sessions keep reconnecting to the database (a
+//! client a test left behind): the reset ends them and waits for them.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -92,6 +94,29 @@ async fn hand_outs(
     all
 }
 
+/// `n` sessions on `database_url` that reconnect as soon as they are ended,
+/// until the returned handles are aborted.
+fn reconnecting_clients(database_url: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let url = database_url.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    if let Ok((client, connection)) =
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(connection);
+                        while client.simple_query("SELECT 1").await.is_ok() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect()
+}
+
 /// Copies `app`'s template `n` times with `strategy`, dropping each copy.
 async fn copies(database_url: &str, strategy: &str, n: usize) -> Vec<Duration> {
     let url = database_url.replace("/app", "/template1");
@@ -166,6 +191,20 @@ async fn main() {
         "reset = \"postgres\" + \"redis\" before a test (200 ms tests)",
         hand_outs(&env, tests / 2, 1, Duration::from_millis(200)).await,
     );
+    let url = env
+        .vars
+        .iter()
+        .find(|v| v.name == "DATABASE_URL")
+        .map(|v| v.value.clone())
+        .expect("DATABASE_URL is exported");
+    let clients = reconnecting_clients(&url, 8);
+    report(
+        "reset with 8 sessions reconnecting to the database (1 s tests)",
+        hand_outs(&env, tests / 4, 1, second).await,
+    );
+    for client in clients {
+        client.abort();
+    }
     backend
         .teardown(&shard)
         .await

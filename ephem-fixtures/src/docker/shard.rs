@@ -119,6 +119,8 @@ pub(crate) async fn reattach(
     let names = ShardNames::new(shard);
     let mut running = HashMap::new();
     let mut envs: Vec<(&ServiceSpec, HashMap<String, String>)> = Vec::new();
+    // Each container's command, where `reset = "redis"` finds its password.
+    let mut commands: HashMap<String, Option<Vec<String>>> = HashMap::new();
     let mut secrets = Vec::new();
     for spec in shared.config.start_order() {
         let container = names.container(&spec.name);
@@ -142,7 +144,11 @@ pub(crate) async fn reattach(
                 "container {container} is not running"
             )));
         }
-        let env = container_env(spec, inspect.config.and_then(|c| c.env).unwrap_or_default());
+        let (env, command) = match inspect.config {
+            Some(c) => (c.env.unwrap_or_default(), c.cmd),
+            None => (Vec::new(), None),
+        };
+        let env = container_env(spec, env);
         for (key, template) in &spec.env {
             // Generated or the runner's: mask what the container holds.
             if template.vars().any(|v| {
@@ -156,6 +162,7 @@ pub(crate) async fn reattach(
         }
         let ports = published_ports(shared, &container).await?;
         running.insert(spec.name.clone(), RunningService { container, ports });
+        commands.insert(spec.name.clone(), command);
         envs.push((spec, env));
     }
     let mut hooks = baseline::HooksBuilder::new(shared.docker.clone(), shard.shard);
@@ -182,6 +189,7 @@ pub(crate) async fn reattach(
             container: &service.container,
             env,
             ports: &service.ports,
+            command: commands.remove(&spec.name).flatten(),
             setup: None,
             reset_exec,
         };
@@ -306,6 +314,7 @@ async fn baselines(
             container: &service.container,
             env: &plan.env,
             ports: &service.ports,
+            command: plan.cmd.clone(),
             setup: plan.setup.clone(),
             reset_exec: plan.reset_exec.clone(),
         };

@@ -1,0 +1,290 @@
+//! Copies of a Postgres baseline made ahead, for per-test databases and for
+//! `reset = "postgres"`, which swaps one into the database's place.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::attributes::Attributes;
+use tokio_postgres::error::SqlState;
+
+use super::postgres::{ident, in_use, pg_message, session_lost, PgAdmin, PgService, BASELINE};
+
+/// How many copies of the baseline wait ready for the next tests (per-test
+/// databases, or the next reset).
+const POOL_SIZE: usize = 4;
+
+/// How many times a reset tries to swap a copy in when a client keeps
+/// getting in the way, or the session is lost, before the test fails.
+const SWAP_ATTEMPTS: u32 = 3;
+
+/// What the pool's copies are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Use {
+    /// Handed to one test each: open to connections.
+    PerTest,
+    /// Swapped into the database's place by a reset: closed to connections
+    /// until then, so that no client is in one when it is renamed.
+    Reset,
+}
+
+/// A session that is opened again when the server or a restart ended it.
+struct Session {
+    pg: PgService,
+    current: tokio::sync::Mutex<Option<Arc<PgAdmin>>>,
+}
+
+impl Session {
+    fn new(pg: &PgService, open: Option<PgAdmin>) -> Session {
+        Session {
+            pg: pg.clone(),
+            current: tokio::sync::Mutex::new(open.map(Arc::new)),
+        }
+    }
+
+    async fn get(&self) -> Result<Arc<PgAdmin>, tokio_postgres::Error> {
+        let mut current = self.current.lock().await;
+        match &*current {
+            Some(admin) if !admin.client.is_closed() => Ok(admin.clone()),
+            _ => {
+                let admin = Arc::new(self.pg.session().await?);
+                *current = Some(admin.clone());
+                Ok(admin)
+            }
+        }
+    }
+}
+
+/// Copies of one Postgres service's baseline.
+pub(super) struct DatabasePool {
+    pub service: String,
+    uses: Use,
+    /// Given to every copy after `CREATE DATABASE`.
+    attributes: Attributes,
+    /// Copies and drops, in the background.
+    admin: Session,
+    /// The test's critical path (swaps): one connection runs one statement
+    /// at a time, and a copy takes a while. Held for a whole swap.
+    swapper: tokio::sync::Mutex<Option<PgAdmin>>,
+    /// Ends the sessions in the way of a swap while it waits for them.
+    ender: Session,
+    pg: PgService,
+    /// Ready clones, oldest first.
+    ready: Mutex<VecDeque<String>>,
+    /// Names are `ephem_t_<n>`, unique within the shard.
+    next: AtomicU64,
+    /// Serializes refills (one `CREATE DATABASE` stream at a time).
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl DatabasePool {
+    /// A pool over open sessions (`swapper` and `ender` are opened when
+    /// first needed if not given).
+    pub fn new(
+        service: &str,
+        uses: Use,
+        pg: &PgService,
+        attributes: Attributes,
+        admin: PgAdmin,
+        ender: Option<PgAdmin>,
+        swapper: Option<PgAdmin>,
+    ) -> Arc<DatabasePool> {
+        Arc::new(DatabasePool {
+            service: service.to_owned(),
+            uses,
+            attributes,
+            admin: Session::new(pg, Some(admin)),
+            swapper: tokio::sync::Mutex::new(swapper),
+            ender: Session::new(pg, ender),
+            pg: pg.clone(),
+            ready: Mutex::new(VecDeque::new()),
+            next: AtomicU64::new(1),
+            refill: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn name(&self) -> String {
+        format!("ephem_t_{}", self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A new copy of the baseline with the baseline's attributes.
+    async fn create(&self) -> Result<String, String> {
+        let name = self.name();
+        let admin = self.admin.get().await.map_err(|e| pg_message(&e))?;
+        let made = async {
+            admin
+                .clone_database(BASELINE, &name, self.uses == Use::PerTest)
+                .await?;
+            admin
+                .client
+                .batch_execute(&self.attributes.statements(&name))
+                .await
+        };
+        if let Err(e) = made.await {
+            let _ = admin.drop_database(&name).await;
+            return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
+        }
+        Ok(name)
+    }
+
+    /// A database of the test's own: a ready one, else made now.
+    pub async fn take(self: &Arc<Self>) -> Result<String, String> {
+        let ready = self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        let name = match ready {
+            Some(name) => name,
+            None => self.create().await?,
+        };
+        let pool = self.clone();
+        tokio::spawn(async move { pool.fill().await });
+        Ok(name)
+    }
+
+    /// Drops a database in the background: the next test need not wait.
+    pub fn drop_later(self: &Arc<Self>, name: String) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Ok(admin) = pool.admin.get().await {
+                let _ = admin.drop_database(&name).await;
+            }
+        });
+    }
+
+    /// Tops the ready clones up to [`POOL_SIZE`].
+    pub async fn fill(&self) {
+        let _one_at_a_time = self.refill.lock().await;
+        loop {
+            if self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() >= POOL_SIZE {
+                return;
+            }
+            match self.create().await {
+                Ok(name) => self
+                    .ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(name),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Puts a ready copy of the baseline in `database`'s place, in one
+    /// transaction: the used database renamed away (dropped later), the
+    /// copy renamed in. It happens whole or not at all: `database` exists
+    /// whatever the outcome. Runs to its end even if the caller stops
+    /// waiting (a test's budget), so no swap is abandoned halfway by us.
+    pub async fn swap_into(self: &Arc<Self>, database: &str) -> Result<(), String> {
+        let pool = self.clone();
+        let database = database.to_owned();
+        tokio::spawn(async move { pool.swap(&database).await })
+            .await
+            .map_err(|e| format!("the reset stopped: {e}"))?
+    }
+
+    async fn swap(self: &Arc<Self>, database: &str) -> Result<(), String> {
+        let mut swapper = self.swapper.lock().await;
+        let mut fresh = self.take().await?;
+        // A name per attempt: an attempt whose commit went through unseen
+        // has used its own. All are dropped (if they exist) in the end.
+        let mut used = Vec::new();
+        // False once the database turns out to be gone (a test dropped it):
+        // then the copy only needs to take its name.
+        let mut rename_away = true;
+        let mut last = String::new();
+        let mut done = false;
+        while !done && used.len() < SWAP_ATTEMPTS as usize {
+            used.push(self.name());
+            let away = used.last().map(String::as_str).unwrap_or_default();
+            let attempt = self.try_swap(&mut swapper, database, &fresh, away, rename_away);
+            let Err(e) = attempt.await else {
+                done = true;
+                break;
+            };
+            last = pg_message(&e);
+            if e.code() == Some(&SqlState::UNDEFINED_DATABASE) {
+                match self.existing(&[database, &fresh]).await {
+                    Some(found) if !found.contains(&fresh) => {
+                        last = format!("the ready copy {fresh} was dropped by someone else");
+                        fresh = self.take().await?;
+                    }
+                    Some(found) if !found.iter().any(|n| n == database) => rename_away = false,
+                    _ => {}
+                }
+            } else if session_lost(&e) {
+                *swapper = None;
+                // Lost with the session: maybe only the commit's answer.
+                done = self
+                    .existing(&[&fresh, away])
+                    .await
+                    .is_some_and(|found| found == [away]);
+            } else if !in_use(&e) {
+                break;
+            }
+        }
+        let attempts = used.len();
+        for name in used {
+            self.drop_later(name);
+        }
+        if done {
+            return Ok(());
+        }
+        self.drop_later(fresh);
+        let attempts = match attempts {
+            1 => "1 attempt".to_owned(),
+            n => format!("{n} attempts"),
+        };
+        Err(format!(
+            "could not swap a fresh copy of the baseline into database {database} \
+             ({attempts}): {last}; {database} is left as the previous test left it"
+        ))
+    }
+
+    /// One attempt at the swap, on `slot`'s session (opened if need be):
+    /// one query string, which Postgres runs as one transaction.
+    async fn try_swap(
+        &self,
+        slot: &mut Option<PgAdmin>,
+        database: &str,
+        fresh: &str,
+        away: &str,
+        rename_away: bool,
+    ) -> Result<(), tokio_postgres::Error> {
+        if slot.as_ref().is_none_or(|s| s.client.is_closed()) {
+            *slot = Some(self.pg.session().await?);
+        }
+        let Some(swapper) = slot.as_ref() else {
+            unreachable!("the session was opened above")
+        };
+        let mut sql = String::new();
+        if rename_away {
+            sql += &format!(
+                "ALTER DATABASE {} RENAME TO {};",
+                ident(database),
+                ident(away)
+            );
+        }
+        sql += &format!(
+            "ALTER DATABASE {} RENAME TO {};ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            ident(fresh),
+            ident(database),
+            ident(database)
+        );
+        let ender = self.ender.get().await?;
+        ender
+            .ending_sessions(
+                &[database, fresh],
+                swapper.pid,
+                swapper.client.batch_execute(&sql),
+            )
+            .await
+    }
+
+    /// Which of `names` exist (`None`: cannot tell).
+    async fn existing(&self, names: &[&str]) -> Option<Vec<String>> {
+        let admin = self.admin.get().await.ok()?;
+        admin.existing(names).await.ok()
+    }
+}
