@@ -387,15 +387,25 @@ fn key_cell(base: &str, cell: &Cell) -> (String, Vec<String>, Vec<String>) {
 /// `key = value` in `table`, inside the least a configuration needs.
 fn fragment(table: &str, key: &str, value: &str) -> String {
     let table = table.replace("NAME", "svc");
+    let service: &[(&str, &str)] = &[
+        ("image", "\"busybox:1.36\""),
+        ("ports", "[5432, 6379, 8080]"),
+    ];
+    let mut text = String::new();
     let base: &[(&str, &str)] = match table.as_str() {
-        t if t.starts_with("services.") => &[
-            ("image", "\"busybox:1.36\""),
-            ("ports", "[5432, 6379, 8080]"),
-        ],
+        "services.svc" => service,
+        // A table within a service (`[services.svc.kubernetes]`): the
+        // service itself comes first.
+        t if t.starts_with("services.svc.") => {
+            text.push_str("[services.svc]\n");
+            for (k, v) in service {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            &[]
+        }
         "kubernetes.helm" => &[("chart", "\"./chart\"")],
         _ => &[],
     };
-    let mut text = String::new();
     if !table.is_empty() {
         text.push_str(&format!("[{table}]\n"));
     }
@@ -420,6 +430,8 @@ fn with_images(text: &str) -> Result<String, String> {
         let Some(name) = header
             .strip_prefix("[services.")
             .and_then(|n| n.strip_suffix(']'))
+            // `[services.a.kubernetes]` is a table of service a, not one.
+            .filter(|n| !n.contains('.'))
         else {
             continue;
         };

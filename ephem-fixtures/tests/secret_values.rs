@@ -32,7 +32,7 @@ fn render(config: &EphemConfig) -> Result<(serde_json::Value, Vec<String>), Stri
         pid: 1,
         pid_start: None,
         now: UNIX_EPOCH,
-        mirror: None,
+        registry: None,
     };
     let mut secrets = Vec::new();
     let objects = render_shard(config, &shard, &ctx, &mut secrets).map_err(|e| e.to_string())?;
