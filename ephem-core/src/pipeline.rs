@@ -362,12 +362,7 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
     };
     eprint!(
         "{}",
-        mask::mask(&summary::render(
-            result,
-            &plan.list,
-            hint,
-            plan.shard_count
-        ))
+        mask::mask(&summary::render(result, &plan.list, hint, plan.shard_count))
     );
     if let Some(rerun) = done.rerun {
         let left = rerun.outstanding(&plan.list, &plan.selection).len();

@@ -429,9 +429,36 @@ fn a_registry_that_always_stalls_ends_the_run_with_exit_102() {
     );
 }
 
+/// A `docker-credential-test` helper on a fresh PATH, configured for
+/// `host` in a fresh `DOCKER_CONFIG`: (PATH, DOCKER_CONFIG).
+fn credential_helper_for(host: &str, dir: &Path) -> (String, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let helper = bin.join("docker-credential-test");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 3\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"helper-user\",\"Secret\":\"helper-s3cret\"}' \"$server\"\n",
+    )
+    .expect("helper");
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let docker_config = dir.join("docker");
+    std::fs::create_dir(&docker_config).expect("docker config");
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!("{{\"credHelpers\": {{\"{host}\": \"test\"}}}}"),
+    )
+    .expect("config.json");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, docker_config)
+}
+
 #[test]
 fn credentials_from_a_helper_on_path_reach_a_registry_that_wants_basic_auth() {
-    use std::os::unix::fs::PermissionsExt;
     let _daemon = shared_daemon();
     let image = TestImage::push();
     // "helper-user:helper-s3cret"
@@ -441,27 +468,7 @@ fn credentials_from_a_helper_on_path_reach_a_registry_that_wants_basic_auth() {
     let name = image.at(&proxy.host());
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = config_with(&name, dir.path(), "1s");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).expect("bin");
-    let helper = bin.join("docker-credential-test");
-    std::fs::write(
-        &helper,
-        "#!/bin/sh\n[ \"$1\" = get ] || exit 3\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"helper-user\",\"Secret\":\"helper-s3cret\"}' \"$server\"\n",
-    )
-    .expect("helper");
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let docker_config = dir.path().join("docker");
-    std::fs::create_dir(&docker_config).expect("docker config");
-    std::fs::write(
-        docker_config.join("config.json"),
-        format!("{{\"credHelpers\": {{\"{}\": \"test\"}}}}", proxy.host()),
-    )
-    .expect("config.json");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let (path, docker_config) = credential_helper_for(&proxy.host(), dir.path());
 
     let out = run_bounded(
         images_pull(&cfg, &dir.path().join("cache"))
@@ -487,4 +494,46 @@ fn credentials_from_a_helper_on_path_reach_a_registry_that_wants_basic_auth() {
         "manifest and blobs with credentials"
     );
     assert!(!stderr.contains("helper-s3cret"));
+}
+
+/// Without an image cache the daemon pulls by itself; it reads no credential
+/// store, so cargo-ephem hands it what Docker's CLI would (X-Registry-Auth).
+#[test]
+fn the_daemons_own_pull_gets_the_credentials_docker_would_use() {
+    let _daemon = shared_daemon();
+    let image = TestImage::push();
+    let proxy = Proxy::start(Mode::RequireBasic(
+        "Basic aGVscGVyLXVzZXI6aGVscGVyLXMzY3JldA==".into(),
+    ));
+    let name = image.at(&proxy.host());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config_with(&name, dir.path(), "5s");
+    let (path, docker_config) = credential_helper_for(&proxy.host(), dir.path());
+
+    let mut cmd = ephem();
+    cmd.args(["images", "pull", "--manifest-path"])
+        .arg(fixture_manifest())
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("EPHEM_IMAGE_CACHE")
+        .env("DOCKER_CONFIG", &docker_config)
+        .env("PATH", path);
+    let out = run_bounded(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("registry {name}"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        proxy.authorized.load(Ordering::SeqCst) >= 1,
+        "the daemon's requests carried the credentials"
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("helper-s3cret"), "{}", describe(&out));
 }

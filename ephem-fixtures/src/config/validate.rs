@@ -13,8 +13,7 @@ use super::raw::{RawFile, RawHealthcheck, RawReset, RawService, RawWait, Scalar,
 use super::{
     ConfigError, EphemConfig, HealthcheckSpec, ImagesConfig, LogPattern, Reset, ReuseConfig,
     SecretRef, ServiceKubernetes, ServiceSpec, ShardsConfig, WaitKind, WaitStrategy,
-    DEFAULT_STARTUP_TIMEOUT,
-    DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
+    DEFAULT_STARTUP_TIMEOUT, DEFAULT_WAIT_INTERVAL, MAX_SHARD_TEST_THREADS,
 };
 use crate::image_ref::ImageRef;
 use crate::template::{Template, Var};

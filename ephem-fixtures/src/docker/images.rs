@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
     CreateImageOptions, ImportImageOptions, RemoveImageOptions, TagImageOptions,
 };
@@ -14,6 +15,7 @@ use tokio::sync::OnceCell;
 
 use super::is_not_found;
 use crate::image_cache::decompress;
+use crate::image_cache::registry::credentials::{server_key, Credential, CredentialSource};
 use crate::image_cache::serve::RegistryServer;
 use crate::image_cache::{archive, CacheError, FillSource, Filled, ImageCache, Resolve};
 use crate::{EnvError, EnvEvent, EventSink, ImageRef};
@@ -370,7 +372,8 @@ impl ImageStore {
             }
         }
         let digest = &digest;
-        self.pull_from(image, &repository, digest).await?;
+        // The cache's own loopback registry asks for no credentials.
+        self.pull_from(image, &repository, digest, None).await?;
         let temporary = format!("{repository}@{digest}");
         let tag = TagImageOptions {
             repo: Some(image.local_repository()),
@@ -427,6 +430,38 @@ impl ImageStore {
         Ok("streamed into `docker load` (loaded: EPHEM_IMAGE_RESTORE=load, or a daemon that cannot reach this machine's loopback)".to_owned())
     }
 
+    /// The credentials Docker's own CLI would send when pulling from
+    /// `registry` (`host[:port][/path]`): the daemon reads no credential
+    /// store itself, so without them a private registry refuses its pull. A
+    /// helper that cannot be run is warned about, then the pull goes on
+    /// anonymously.
+    async fn credentials_for(&self, registry: &str) -> Option<DockerCredentials> {
+        let host = registry.split('/').next().unwrap_or(registry);
+        let lookup = CredentialSource::from_env()
+            .lookup(host, self.idle_timeout)
+            .await;
+        if let Some(message) = lookup.warning {
+            let _ = self.events.send(EnvEvent::Warning {
+                shard: None,
+                message: format!("pulling from {host}: {message}; trying anonymously"),
+            });
+        }
+        let serveraddress = Some(server_key(host));
+        lookup.credential.map(|credential| match credential {
+            Credential::Password { username, password } => DockerCredentials {
+                username: Some(username),
+                password: Some(password),
+                serveraddress,
+                ..Default::default()
+            },
+            Credential::IdentityToken(token) => DockerCredentials {
+                identitytoken: Some(token),
+                serveraddress,
+                ..Default::default()
+            },
+        })
+    }
+
     /// Pulls `image` (through the mirror for Docker Hub images) and returns the
     /// name to run it by.
     async fn pull(&self, image: &ImageRef) -> Result<String, EnvError> {
@@ -446,10 +481,12 @@ impl ImageStore {
             registry: registry.clone(),
             reason: format!("{reason}; {hint}"),
         };
+        let credentials = self.credentials_for(&registry).await;
         self.pull_from(
             image,
             &image.pull_repository(mirror),
             image.digest().unwrap_or(image.tag()),
+            credentials,
         )
         .await
         .map_err(&pull_error)?;
@@ -458,14 +495,20 @@ impl ImageStore {
 
     /// Pulls `repository:tag` (or `@digest`), reporting byte progress as
     /// `image`'s; `Err` is what the daemon or registry said.
-    async fn pull_from(&self, image: &ImageRef, repository: &str, tag: &str) -> Result<(), String> {
+    async fn pull_from(
+        &self,
+        image: &ImageRef,
+        repository: &str,
+        tag: &str,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<(), String> {
         // An explicit tag (or digest): an empty tag would pull every tag.
         let options = CreateImageOptions {
             from_image: Some(repository.to_owned()),
             tag: Some(tag.to_owned()),
             ..Default::default()
         };
-        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
         let mut layers: HashMap<String, (u64, Option<u64>)> = HashMap::new();
         loop {
             let Ok(next) = tokio::time::timeout(self.idle_timeout, stream.next()).await else {
