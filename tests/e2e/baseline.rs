@@ -83,6 +83,51 @@ fn assert_all_passed(out: &std::process::Output, n: usize) {
     );
 }
 
+/// Tests that change rows and sequences, and tests that change the
+/// schema, comments, grants, large objects and statistics: each finds
+/// exactly the baseline (a reset restored in place must notice what it
+/// cannot undo and swap a copy in instead).
+#[test]
+fn resets_undo_every_kind_of_change_a_test_makes() {
+    let _daemon = shared_daemon();
+    let out = baseline_run("env-baseline-reset.toml", &["inplace_"]);
+    assert_all_passed(&out, 11);
+}
+
+/// A reset after tests that changed only rows and sequences restores the
+/// database in place: it is the same database (oid) for every test, not a
+/// copy swapped in, and each test finds the baseline.
+#[test]
+fn resets_after_row_changes_restore_in_place() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(ephem()
+        .arg("test")
+        .arg("--manifest-path")
+        .arg(baseline_manifest())
+        .arg("--config")
+        .arg(config("env-baseline-reset.toml"))
+        .arg("inplace_rows_")
+        .env("BASELINE_RECORD_DIR", dir.path()));
+    if let Some(run_id) = run_id_of(&String::from_utf8_lossy(&out.stderr)) {
+        assert_nothing_left(&run_id);
+    }
+    assert_all_passed(&out, 4);
+    let oids: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let recorded = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(recorded, 4, "every test recorded its database");
+    assert_eq!(
+        oids.len(),
+        1,
+        "the tests saw {} databases: the resets swapped copies in\n{}",
+        oids.len(),
+        describe(&out)
+    );
+}
+
 /// A reset restores what tests see of the database itself, not only its
 /// tables: owner, privileges (granted by the owner and by another role),
 /// settings for everyone and for one role, comment, connection limit. Each

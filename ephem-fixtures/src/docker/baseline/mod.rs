@@ -14,6 +14,7 @@ mod attributes;
 mod pool;
 mod postgres;
 mod redis;
+mod restore;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use attributes::Attributes;
 use pool::{DatabasePool, Use};
 use postgres::{not_postgres, pg_message, PgService, BASELINE};
 use redis::{FlushError, RedisTarget};
+use restore::{InPlace, Restore};
 
 /// Longest a reset or a database hand-out may take before the test fails.
 const HOOK_BUDGET: Duration = Duration::from_secs(60);
@@ -103,12 +105,14 @@ pub(crate) struct OwnedBindings {
 
 /// Restores one service before each test.
 enum ResetTarget {
-    /// Copies of the baseline wait in `pool`; a reset renames one into the
-    /// database's place (a catalog update, milliseconds) and drops the used
-    /// one in the background.
+    /// A small baseline is restored in place (`in_place`) when the test
+    /// changed only rows; otherwise a copy of the baseline waiting in `pool`
+    /// is renamed into the database's place (a catalog update, milliseconds)
+    /// and the used one dropped in the background.
     Postgres {
         pool: Arc<DatabasePool>,
         database: String,
+        in_place: InPlace,
     },
     Redis(RedisTarget),
     Exec {
@@ -159,7 +163,17 @@ impl HooksBuilder {
                 let (pool, database) = self
                     .baseline_pool(service, host, "reset = \"postgres\"", Use::Reset)
                     .await?;
-                let target = ResetTarget::Postgres { pool, database };
+                let pg = PgService::of(service, host).ok_or_else(|| {
+                    not_postgres(shard, &spec.name, "reset", "port 5432 is not published")
+                })?;
+                // The database is the baseline right now.
+                let in_place = InPlace::new(&pg, &database);
+                in_place.rebase().await;
+                let target = ResetTarget::Postgres {
+                    pool,
+                    database,
+                    in_place,
+                };
                 self.hooks.resets.push((spec.name.clone(), target));
             }
             Some(Reset::Redis) => {
@@ -271,8 +285,11 @@ impl HooksBuilder {
         if spec.per_test_databases {
             self.hooks.pools.push(pool);
         } else {
+            // What the last run's last test left: the first reset swaps,
+            // and reads the baseline from the fresh copy.
             let target = ResetTarget::Postgres {
                 pool,
+                in_place: InPlace::new(&pg, &pg.database),
                 database: pg.database,
             };
             self.hooks.resets.push((spec.name.clone(), target));
@@ -334,7 +351,20 @@ impl DockerTestHooks {
     async fn reset_all(&self) -> Result<(), String> {
         for (service, target) in &self.resets {
             let result = match target {
-                ResetTarget::Postgres { pool, database } => pool.swap_into(database).await,
+                ResetTarget::Postgres {
+                    pool,
+                    database,
+                    in_place,
+                } => match in_place.restore().await {
+                    Restore::Done => Ok(()),
+                    Restore::Swap => {
+                        let swapped = pool.swap_into(database).await;
+                        if swapped.is_ok() {
+                            in_place.rebase().await;
+                        }
+                        swapped
+                    }
+                },
                 ResetTarget::Redis(redis) => redis.flushall().await.map_err(|e| e.to_string()),
                 ResetTarget::Exec { container, cmd } => {
                     match exec_in(&self.docker, container, cmd, HOOK_BUDGET).await {

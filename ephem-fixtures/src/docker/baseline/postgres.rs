@@ -52,21 +52,7 @@ impl PgService {
     /// A session on `template1` (never a database that is dropped, cloned
     /// or restored).
     pub async fn session(&self) -> Result<PgAdmin, tokio_postgres::Error> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&self.host)
-            .port(self.port)
-            .user(&self.user)
-            .dbname("template1")
-            .application_name(APPLICATION_NAME)
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(password) = &self.password {
-            config.password(password);
-        }
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let client = self.connect("template1", None).await?;
         let row = client
             .query_one(
                 "SELECT current_setting('server_version_num')::int, pg_backend_pid()",
@@ -88,6 +74,34 @@ impl PgService {
             },
             force: version >= 130_000,
         })
+    }
+
+    /// A client on `database`, with `options` (`-c name=value ...`) over
+    /// whatever the database's own settings say.
+    pub async fn connect(
+        &self,
+        database: &str,
+        options: Option<&str>,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(database)
+            .application_name(APPLICATION_NAME)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        if let Some(options) = options {
+            config.options(options);
+        }
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
     }
 
     /// [`session`](Self::session) at provisioning: a failure is the shard's.
