@@ -112,7 +112,7 @@ enum ResetTarget {
     Postgres {
         pool: Arc<DatabasePool>,
         database: String,
-        in_place: InPlace,
+        in_place: Box<InPlace>,
     },
     Redis(RedisTarget),
     Exec {
@@ -167,7 +167,7 @@ impl HooksBuilder {
                     not_postgres(shard, &spec.name, "reset", "port 5432 is not published")
                 })?;
                 // The database is the baseline right now.
-                let in_place = InPlace::new(&pg, &database);
+                let in_place = Box::new(InPlace::new(&pg, &database));
                 in_place.rebase().await;
                 let target = ResetTarget::Postgres {
                     pool,
@@ -289,7 +289,7 @@ impl HooksBuilder {
             // and reads the baseline from the fresh copy.
             let target = ResetTarget::Postgres {
                 pool,
-                in_place: InPlace::new(&pg, &pg.database),
+                in_place: Box::new(InPlace::new(&pg, &pg.database)),
                 database: pg.database,
             };
             self.hooks.resets.push((spec.name.clone(), target));
