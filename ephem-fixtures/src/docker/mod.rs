@@ -9,9 +9,10 @@ mod images;
 pub mod inventory;
 pub mod labels;
 pub mod lease;
-mod readiness;
+pub(crate) mod readiness;
 pub mod reuse;
 mod shard;
+pub mod snapshot;
 mod teardown;
 mod watch;
 
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     owner: labels::Owner,
     /// Delays before each reconnect of a broken event stream.
     event_retry: Vec<Duration>,
+    /// This run's snapshot lookups and builds.
+    snapshots: snapshot::State,
 }
 
 impl DockerBackend {
@@ -131,6 +134,7 @@ impl DockerBackend {
                 images,
                 owner: labels::Owner::current(),
                 event_retry: watch::DEFAULT_RETRY.to_vec(),
+                snapshots: snapshot::State::default(),
             },
             watchers: Mutex::new(HashMap::new()),
         }
