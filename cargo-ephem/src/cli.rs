@@ -258,6 +258,9 @@ pub struct EnvArgs {
     /// ones from it [default: EPHEM_IMAGE_CACHE, else [images] cache].
     #[arg(long, value_name = "DIR")]
     image_cache: Option<Utf8PathBuf>,
+    /// Provision services with `snapshot` normally and build no snapshot this run (also EPHEM_SNAPSHOT=0).
+    #[arg(long)]
+    no_snapshot: bool,
 }
 
 impl EnvArgs {
@@ -267,6 +270,7 @@ impl EnvArgs {
             backend: self.backend,
             env_ttl: self.env_ttl,
             image_cache: self.image_cache,
+            no_snapshot: self.no_snapshot,
         }
     }
 }
@@ -404,6 +408,7 @@ impl UpArgs {
                 backend: self.workspace.backend,
                 env_ttl: self.env_ttl,
                 image_cache: self.image_cache,
+                no_snapshot: false,
             },
             shard: self.shard,
             format: match self.format {
@@ -458,6 +463,7 @@ impl ExecArgs {
             backend: self.backend,
             env_ttl: self.env_ttl,
             image_cache: self.image_cache,
+            no_snapshot: false,
         };
         options.shards = match (self.partition, self.shards) {
             (Some(one), _) => one,

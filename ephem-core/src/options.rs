@@ -257,6 +257,9 @@ pub struct EnvOptions {
     /// `--image-cache DIR`: the warm image cache, overriding
     /// `EPHEM_IMAGE_CACHE` and `[images] cache`.
     pub image_cache: Option<Utf8PathBuf>,
+    /// `--no-snapshot`: services with `snapshot` are provisioned normally
+    /// and no snapshot is built (as with `EPHEM_SNAPSHOT=0`).
+    pub no_snapshot: bool,
 }
 
 impl Default for EnvOptions {
@@ -266,6 +269,7 @@ impl Default for EnvOptions {
             backend: None,
             env_ttl: Duration::from_secs(30 * 60),
             image_cache: None,
+            no_snapshot: false,
         }
     }
 }

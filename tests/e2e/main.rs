@@ -28,3 +28,4 @@ mod run;
 mod secrets;
 mod selection;
 mod signals;
+mod snapshot;
