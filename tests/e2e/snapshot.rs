@@ -78,7 +78,9 @@ export = {{ DATABASE_URL = "postgres://postgres:${{env.POSTGRES_PASSWORD}}@${{ho
         let mut cmd = ephem();
         cmd.arg("test")
             .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/baseline/Cargo.toml"))
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/baseline/Cargo.toml"),
+            )
             .arg("--config")
             .arg(self.config())
             .arg("--image-cache")
@@ -102,8 +104,15 @@ export = {{ DATABASE_URL = "postgres://postgres:${{env.POSTGRES_PASSWORD}}@${{ho
             assert_nothing_left(&run_id);
         }
         assert_eq!(out.status.code(), Some(0), "{}", describe(out));
-        let summary = stderr.lines().find(|l| l.starts_with("Summary")).unwrap_or_default();
-        assert!(summary.contains("7 tests run: 7 passed"), "{}", describe(out));
+        let summary = stderr
+            .lines()
+            .find(|l| l.starts_with("Summary"))
+            .unwrap_or_default();
+        assert!(
+            summary.contains("7 tests run: 7 passed"),
+            "{}",
+            describe(out)
+        );
         stderr
     }
 
@@ -152,8 +161,31 @@ fn a_snapshot_is_built_once_then_started_from() {
         first.contains("building a snapshot (none in the image cache yet)"),
         "{first}"
     );
-    assert_eq!(first.matches("built by shard").count(), 1, "one shard builds: {first}");
+    assert_eq!(
+        first.matches("built by shard").count(),
+        1,
+        "one shard builds: {first}"
+    );
     assert_eq!(ws.snapshots().len(), 1);
+
+    let ls = run(ephem()
+        .args(["images", "ls", "--config"])
+        .arg(ws.config())
+        .arg("--image-cache")
+        .arg(ws.cache()));
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert_eq!(ls.status.code(), Some(0), "{}", describe(&ls));
+    let row = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("SNAPSHOT OF"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        row.starts_with("postgres ")
+            && row.contains("postgres:15-bookworm")
+            && row.contains("1 input files"),
+        "{listing}"
+    );
 
     let second = ws.run(&["--shards", "2"]);
     assert!(started_from_snapshot(&second), "{second}");
@@ -177,7 +209,11 @@ fn a_changed_key_input_rebuilds_the_snapshot() {
     assert!(built(&ws.run(&[])));
     assert!(started_from_snapshot(&ws.run(&[])));
 
-    std::fs::write(ws.dir.path().join("migrations/001.sql"), "CREATE TABLE b ();").unwrap();
+    std::fs::write(
+        ws.dir.path().join("migrations/001.sql"),
+        "CREATE TABLE b ();",
+    )
+    .unwrap();
     let out = ws.run(&[]);
     assert!(out.contains("input:migrations/001.sql changed"), "{out}");
     assert!(built(&out), "{out}");
@@ -224,4 +260,21 @@ fn a_corrupt_snapshot_is_discarded_and_rebuilt() {
     assert!(!started_from_snapshot(&out), "{out}");
     assert!(built(&out), "{out}");
     assert!(started_from_snapshot(&ws.run(&[])));
+}
+
+/// The Kubernetes backend has no snapshots yet: refused before anything
+/// starts, with exit 2 and the way out; --no-snapshot gets past the check.
+#[test]
+fn kubernetes_refuses_snapshot_with_exit_2() {
+    let ws = Workspace::new("kubernetes");
+    let out = run(&mut ws.command(&["--backend", "kubernetes"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr.contains("services.postgres.snapshot: snapshots work with the docker backend only"),
+        "{stderr}"
+    );
+    let out = run(&mut ws.command(&["--backend", "kubernetes", "--no-snapshot"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(".snapshot:"), "{stderr}");
 }

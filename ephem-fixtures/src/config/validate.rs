@@ -327,10 +327,9 @@ impl ServiceChecker<'_, '_> {
         };
         let quiesce = match raw.get_ref() {
             super::raw::RawSnapshot::Table(table) => match &table.quiesce {
-                Some(q) => Some(self.exec(
-                    &q.get_ref().exec,
-                    &format!("{key}.snapshot.quiesce.exec"),
-                )?),
+                Some(q) => {
+                    Some(self.exec(&q.get_ref().exec, &format!("{key}.snapshot.quiesce.exec"))?)
+                }
                 None => None,
             },
             super::raw::RawSnapshot::Enabled(_) => None,

@@ -338,7 +338,14 @@ async fn baselines(
             reset_exec: plan.reset_exec.clone(),
         };
         if from_snapshot {
-            snapshot::rekey(shared, shard.shard, plan.spec, &service.container, &plan.env).await?;
+            snapshot::rekey(
+                shared,
+                shard.shard,
+                plan.spec,
+                &service.container,
+                &plan.env,
+            )
+            .await?;
         }
         baseline::run_setup(
             &shared.docker,

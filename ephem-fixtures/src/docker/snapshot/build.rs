@@ -43,7 +43,12 @@ pub(crate) async fn build(shared: &Shared, built: Built<'_>) -> Result<String, S
     let base = cache
         .fill(&spec.image, mirror.as_deref(), Resolve::Recorded)
         .await
-        .map_err(|e| format!("cannot put the base image {} into the image cache: {e}", spec.image))?;
+        .map_err(|e| {
+            format!(
+                "cannot put the base image {} into the image cache: {e}",
+                spec.image
+            )
+        })?;
     let blobs = cache
         .manifest_blobs(&base.descriptor.digest)
         .map_err(|e| e.to_string())?;
@@ -166,7 +171,10 @@ async fn copy_out(shared: &Shared, built: &Built<'_>) -> Result<Vec<Copy>, Strin
 }
 
 /// The container's whole environment (the image's `ENV` included).
-async fn container_env(shared: &Shared, container: &str) -> Result<HashMap<String, String>, String> {
+async fn container_env(
+    shared: &Shared,
+    container: &str,
+) -> Result<HashMap<String, String>, String> {
     let inspect = shared
         .docker
         .inspect_container(container, None)
@@ -189,7 +197,9 @@ async fn download(shared: &Shared, container: &str, path: &str) -> Result<Vec<u8
     let options = DownloadFromContainerOptions {
         path: path.to_owned(),
     };
-    let mut stream = shared.docker.download_from_container(container, Some(options));
+    let mut stream = shared
+        .docker
+        .download_from_container(container, Some(options));
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("cannot copy {path} out of {container}: {e}"))?;
@@ -226,7 +236,10 @@ async fn exec(
         .await
         .map_err(|e| format!("exec {shown:?}: {e}"))?;
     let mut output = String::new();
-    if let StartExecResults::Attached { output: mut stream, .. } = started {
+    if let StartExecResults::Attached {
+        output: mut stream, ..
+    } = started
+    {
         let drain = async {
             while let Some(Ok(chunk)) = stream.next().await {
                 output.push_str(&String::from_utf8_lossy(chunk.as_ref()));

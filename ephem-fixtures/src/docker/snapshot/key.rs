@@ -127,18 +127,22 @@ pub(crate) fn matching_files(root: &Path, globs: &[String]) -> Result<Vec<PathBu
             .map_err(|e| format!("snapshot input {glob:?}: {e}"))?;
         set.add(glob);
     }
-    let set = set
-        .build()
-        .map_err(|e| format!("snapshot inputs: {e}"))?;
+    let set = set.build().map_err(|e| format!("snapshot inputs: {e}"))?;
     let mut found = Vec::new();
     let mut folders = vec![PathBuf::new()];
     while let Some(folder) = folders.pop() {
-        let entries = std::fs::read_dir(root.join(&folder))
-            .map_err(|e| format!("snapshot inputs: cannot list {}: {e}", root.join(&folder).display()))?;
+        let entries = std::fs::read_dir(root.join(&folder)).map_err(|e| {
+            format!(
+                "snapshot inputs: cannot list {}: {e}",
+                root.join(&folder).display()
+            )
+        })?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("snapshot inputs: {e}"))?;
             let relative = folder.join(entry.file_name());
-            let kind = entry.file_type().map_err(|e| format!("snapshot inputs: {e}"))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("snapshot inputs: {e}"))?;
             if kind.is_dir() {
                 let name = entry.file_name();
                 if name != "target" && name != ".git" {
@@ -178,7 +182,11 @@ mod tests {
     fn secrets_do_not_change_the_key_and_inputs_do() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("migrations/sub")).unwrap();
-        std::fs::write(dir.path().join("migrations/sub/001.sql"), "CREATE TABLE a ();").unwrap();
+        std::fs::write(
+            dir.path().join("migrations/sub/001.sql"),
+            "CREATE TABLE a ();",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("other.sql"), "x").unwrap();
         let env = |pw: &str| HashMap::from([("POSTGRES_PASSWORD".to_owned(), pw.to_owned())]);
         let first = key(dir.path(), &env("s3cret1"), &["s3cret1".to_owned()]);
@@ -189,9 +197,16 @@ mod tests {
         // Not a secret: part of the key.
         let plain = key(dir.path(), &env("fixed"), &[]);
         assert_ne!(plain.hex, first.hex);
-        assert_eq!(plain.changes_from(&first.parts), "env.POSTGRES_PASSWORD changed");
+        assert_eq!(
+            plain.changes_from(&first.parts),
+            "env.POSTGRES_PASSWORD changed"
+        );
 
-        std::fs::write(dir.path().join("migrations/sub/001.sql"), "CREATE TABLE b ();").unwrap();
+        std::fs::write(
+            dir.path().join("migrations/sub/001.sql"),
+            "CREATE TABLE b ();",
+        )
+        .unwrap();
         let edited = key(dir.path(), &env("s3cret1"), &["s3cret1".to_owned()]);
         assert_ne!(edited.hex, first.hex);
         assert_eq!(

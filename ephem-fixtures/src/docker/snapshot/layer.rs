@@ -70,13 +70,22 @@ pub(crate) fn write_layer(layout: &Layout, copies: &[Copy]) -> io::Result<Layer>
 
 /// Appends every entry of `archive` with its first path component (the
 /// copied folder's name) replaced by `to`.
-fn append_moved<W: Write>(builder: &mut tar::Builder<W>, archive: &[u8], to: &str) -> io::Result<()> {
+fn append_moved<W: Write>(
+    builder: &mut tar::Builder<W>,
+    archive: &[u8],
+    to: &str,
+) -> io::Result<()> {
     let to = Path::new(to.trim_start_matches('/'));
     let moved = |path: &Path| -> io::Result<PathBuf> {
-        let mut parts = path.components().filter(|c| !matches!(c, Component::CurDir));
+        let mut parts = path
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir));
         parts.next();
         let rest: PathBuf = parts.collect();
-        if rest.components().any(|c| !matches!(c, Component::Normal(_))) {
+        if rest
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
             return Err(io::Error::other(format!(
                 "unexpected path {} in the container's archive",
                 path.display()
@@ -208,7 +217,9 @@ mod tests {
         dir.set_uid(999);
         dir.set_gid(999);
         dir.set_size(0);
-        source.append_data(&mut dir, "ephem-snapshot/", io::empty()).unwrap();
+        source
+            .append_data(&mut dir, "ephem-snapshot/", io::empty())
+            .unwrap();
         let mut file = tar::Header::new_gnu();
         file.set_size(3);
         file.set_mode(0o600);
@@ -226,7 +237,10 @@ mod tests {
         }];
         let layer = write_layer(&layout, &copies).unwrap();
         let stored = std::fs::read(layout.blob_path(&layer.blob.digest).unwrap()).unwrap();
-        assert_eq!(crate::image_cache::layout::digest_of(&stored), layer.blob.digest);
+        assert_eq!(
+            crate::image_cache::layout::digest_of(&stored),
+            layer.blob.digest
+        );
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(stored.as_slice())
             .read_to_end(&mut raw)
@@ -250,7 +264,11 @@ mod tests {
             entries,
             vec![
                 ("var/lib/postgresql/data/".to_owned(), 0o700, 999),
-                ("var/lib/postgresql/data/base/PG_VERSION".to_owned(), 0o600, 0),
+                (
+                    "var/lib/postgresql/data/base/PG_VERSION".to_owned(),
+                    0o600,
+                    0
+                ),
             ]
         );
     }

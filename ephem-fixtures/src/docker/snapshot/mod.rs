@@ -121,7 +121,16 @@ impl State {
         let image_id = match shared.docker.inspect_image(planned.run_name).await {
             Ok(inspect) => inspect.id.unwrap_or_default(),
             Err(e) => {
-                self.warn_once(shared, &spec.name, format!("services.{}: no snapshot: cannot inspect {} ({})", spec.name, planned.run_name, super::daemon_message(&e)));
+                self.warn_once(
+                    shared,
+                    &spec.name,
+                    format!(
+                        "services.{}: no snapshot: cannot inspect {} ({})",
+                        spec.name,
+                        planned.run_name,
+                        super::daemon_message(&e)
+                    ),
+                );
                 return (Decision::Fresh, String::new());
             }
         };
@@ -150,7 +159,11 @@ impl State {
         match Key::compute(&source) {
             Ok(key) => (self.decide(shared, spec, key).await, image_id),
             Err(reason) => {
-                self.warn_once(shared, &spec.name, format!("services.{}: no snapshot this run: {reason}", spec.name));
+                self.warn_once(
+                    shared,
+                    &spec.name,
+                    format!("services.{}: no snapshot this run: {reason}", spec.name),
+                );
                 (Decision::Fresh, String::new())
             }
         }

@@ -22,12 +22,26 @@ pub(super) async fn lookup(
     let name = tag(&spec.name, key);
     match shared.docker.inspect_image(&name).await {
         Ok(_) => {
-            note(shared, format!("services.{}: starting from snapshot {name} (in the daemon)", spec.name));
+            note(
+                shared,
+                format!(
+                    "services.{}: starting from snapshot {name} (in the daemon)",
+                    spec.name
+                ),
+            );
+            touch(cache, &name);
             return Found::Image(name);
         }
         Err(e) if is_not_found(&e) => {}
         Err(e) => {
-            warn(shared, format!("services.{}: cannot inspect snapshot {name} ({}); provisioning normally", spec.name, crate::docker::daemon_message(&e)));
+            warn(
+                shared,
+                format!(
+                    "services.{}: cannot inspect snapshot {name} ({}); provisioning normally",
+                    spec.name,
+                    crate::docker::daemon_message(&e)
+                ),
+            );
             return Found::Missing;
         }
     }
@@ -35,7 +49,10 @@ pub(super) async fn lookup(
         return Found::Missing;
     };
     let entries = cache.entries();
-    let Some(entry) = entries.iter().find(|d| d.reference() == Some(name.as_str())) else {
+    let Some(entry) = entries
+        .iter()
+        .find(|d| d.reference() == Some(name.as_str()))
+    else {
         let why = previous(&entries, &spec.name)
             .map(|old| format!("the last one no longer applies: {}", key.changes_from(&old)))
             .unwrap_or_else(|| "none in the image cache yet".to_owned());
@@ -53,13 +70,18 @@ pub(super) async fn lookup(
         ));
         let _ = cache.layout().update_index(
             |_| {},
-            |index| index.manifests.retain(|d| d.reference() != Some(name.as_str())),
+            |index| {
+                index
+                    .manifests
+                    .retain(|d| d.reference() != Some(name.as_str()))
+            },
         );
         return Found::Missing;
     }
     match shared.images.restore_snapshot(cache, entry, &name).await {
         Ok(how) => {
             note(shared, format!("services.{}: starting from snapshot {name}, restored from the image cache ({how})", spec.name));
+            touch(cache, &name);
             Found::Image(name)
         }
         Err(reason) => {
@@ -67,6 +89,26 @@ pub(super) async fn lookup(
             Found::Missing
         }
     }
+}
+
+/// Marks the cache's entry used now, for `images prune --older-than`.
+fn touch(cache: &ImageCache, name: &str) {
+    let now = super::now();
+    let _ = cache.layout().update_index(
+        |_| {},
+        |index| {
+            for d in index
+                .manifests
+                .iter_mut()
+                .filter(|d| d.reference() == Some(name))
+            {
+                d.annotations.insert(
+                    crate::image_cache::layout::LAST_USED.to_owned(),
+                    now.clone(),
+                );
+            }
+        },
+    );
 }
 
 /// The snapshot's own blobs (manifest, config, its layer) are whole and
@@ -95,7 +137,11 @@ fn previous(
     entries
         .iter()
         .filter(|d| d.annotations.get(SERVICE_ANNOTATION).map(String::as_str) == Some(service))
-        .max_by_key(|d| d.annotations.get(crate::image_cache::layout::LAST_USED).cloned())
+        .max_by_key(|d| {
+            d.annotations
+                .get(crate::image_cache::layout::LAST_USED)
+                .cloned()
+        })
         .and_then(|d| serde_json::from_str(d.annotations.get(INPUTS_ANNOTATION)?).ok())
 }
 
@@ -119,14 +165,10 @@ pub(crate) async fn rekey(
     }
     let script = r#"u="${POSTGRES_USER:-postgres}"; printf '%s\n' "ALTER ROLE :\"u\" PASSWORD :'pw';" | psql -v ON_ERROR_STOP=1 -q -U "$u" -d postgres -v u="$u" -v pw="$POSTGRES_PASSWORD""#;
     let cmd = ["sh".to_owned(), "-c".to_owned(), script.to_owned()];
-    let done = crate::docker::readiness::exec_in(
-        &shared.docker,
-        container,
-        &cmd,
-        spec.startup_timeout,
-    )
-    .await
-    .map_err(EnvError::Other)?;
+    let done =
+        crate::docker::readiness::exec_in(&shared.docker, container, &cmd, spec.startup_timeout)
+            .await
+            .map_err(EnvError::Other)?;
     if done.exit_code == Some(0) {
         return Ok(());
     }
