@@ -278,3 +278,31 @@ fn kubernetes_refuses_snapshot_with_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains(".snapshot:"), "{stderr}");
 }
+
+/// Two runs of one workspace started at the same moment, three rounds:
+/// one of them builds the snapshot, the other provisions normally (or
+/// starts from the finished one); the cache holds one valid snapshot that
+/// the next run starts from.
+#[test]
+fn two_runs_at_once_build_one_snapshot() {
+    let _daemon = shared_daemon();
+    for round in 0..3 {
+        let mut ws = Workspace::new("two-at-once");
+        ws.extra_env = format!(r#", ROUND = "{round}""#);
+        ws.write();
+        let outputs: Vec<Output> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| scope.spawn(|| run(&mut ws.command(&[]))))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let stderrs: Vec<String> = outputs.iter().map(|o| ws.passed(o)).collect();
+        let builds: usize = stderrs
+            .iter()
+            .map(|e| e.matches("built by shard").count())
+            .sum();
+        assert_eq!(builds, 1, "round {round}: {stderrs:#?}");
+        assert_eq!(ws.snapshots().len(), 1, "round {round}");
+        assert!(started_from_snapshot(&ws.run(&[])), "round {round}");
+    }
+}
