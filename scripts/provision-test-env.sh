@@ -131,6 +131,9 @@ need_pip() {
 # --- step 2: Docker daemon ---------------------------------------------------
 
 ensure_docker() {
+	# dockerd decompresses layers with unpigz when it is on PATH (looked up
+	# per pull, no restart): snapshot and image restores decompress in parallel.
+	need_packages pigz
 	if docker info >/dev/null 2>&1; then
 		say "docker daemon: already running"
 		return

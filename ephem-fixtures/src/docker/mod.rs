@@ -316,6 +316,7 @@ impl Backend for DockerBackend {
     }
 
     async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError> {
+        self.shared.snapshots.stored(shard).await;
         // Stop reporting exits first: teardown itself kills the containers.
         self.stop_watcher(shard);
         // A taken-over environment carries the labels of the run that made it.
@@ -328,6 +329,7 @@ impl Backend for DockerBackend {
     /// Leaves the environment for the next `--reuse` run: a lease marked
     /// `keep` until `until` (the idle TTL), the claim released.
     async fn keep(&self, shard: &ShardContext, until: SystemTime) -> Result<(), EnvError> {
+        self.shared.snapshots.stored(shard).await;
         self.stop_watcher(shard);
         let held = self.held(shard);
         let owner = held.as_ref().map_or(&shard.run.run_id, |h| &h.run);

@@ -362,8 +362,9 @@ async fn baselines(
     Ok(hooks)
 }
 
-/// Builds the service's snapshot after its `setup`; a failure costs only
-/// the snapshot (a warning), never the shard.
+/// Copies the service's state out after its `setup` and has it stored as a
+/// snapshot while the tests run; a failure costs only the snapshot (a
+/// warning), never the shard.
 async fn build_snapshot(
     shared: &Shared,
     shard: &ShardContext,
@@ -379,31 +380,20 @@ async fn build_snapshot(
         quiesce: plan.quiesce.as_deref(),
         key,
     };
-    let (message, warning) = match snapshot::build(shared, built).await {
-        Ok(name) => (
-            format!(
-                "services.{}: snapshot {name} built by shard {} and stored in the image cache",
-                plan.spec.name, shard.shard
-            ),
-            false,
-        ),
-        Err(reason) => (
-            format!(
-                "services.{}: no snapshot built: {reason}; later runs provision it normally",
-                plan.spec.name
-            ),
-            true,
-        ),
-    };
-    let event = if warning {
-        crate::EnvEvent::Warning {
-            shard: Some(shard.shard),
-            message,
+    match snapshot::copy(shared, built).await {
+        Ok(copied) => shared
+            .snapshots
+            .store_later(shared.events.clone(), shard, copied),
+        Err(reason) => {
+            let _ = shared.events.send(crate::EnvEvent::Warning {
+                shard: Some(shard.shard),
+                message: format!(
+                    "services.{}: no snapshot built: {reason}; later runs provision it normally",
+                    plan.spec.name
+                ),
+            });
         }
-    } else {
-        crate::EnvEvent::Note { message }
-    };
-    let _ = shared.events.send(event);
+    }
 }
 
 /// Renders env, commands and healthchecks in start order, so that

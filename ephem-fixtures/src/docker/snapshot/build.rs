@@ -3,6 +3,7 @@
 //! as an image of its own in the image cache.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
@@ -15,7 +16,7 @@ use super::{tag, BASE_ANNOTATION, INPUTS_ANNOTATION, SERVICE_ANNOTATION};
 use crate::config::{ServiceSpec, SnapshotKind};
 use crate::docker::Shared;
 use crate::image_cache::layout::{digest_of, Descriptor, LAST_USED, REF_NAME, TOTAL_SIZE};
-use crate::image_cache::Resolve;
+use crate::image_cache::{ImageCache, InUse, Resolve};
 
 /// Where `pg_basebackup` writes its copy inside the container.
 const PG_COPY: &str = "/tmp/ephem-snapshot";
@@ -31,14 +32,31 @@ pub(crate) struct Built<'a> {
     pub key: &'a Key,
 }
 
-/// Builds and stores the snapshot; `Ok` is its tag. Errors are one line
-/// (the caller warns and goes on: the shard itself is provisioned).
-pub(crate) async fn build(shared: &Shared, built: Built<'_>) -> Result<String, String> {
+/// The state copied out of the service, ready to be stored: what
+/// [`Copied::store`] needs, owned, so it can run while the shard's tests do.
+pub(crate) struct Copied {
+    cache: Arc<ImageCache>,
+    /// Held until stored: prune waits.
+    _in_use: InUse,
+    copies: Vec<Copy>,
+    base: Descriptor,
+    config_digest: String,
+    /// The base image's layers' size, for the entry's total.
+    base_layers: u64,
+    service: String,
+    base_image: String,
+    key: Key,
+}
+
+/// Makes sure the base image is in the cache (the one the daemon runs),
+/// quiesces the service and copies its state out. Errors are one line (the
+/// caller warns and goes on: the shard itself is provisioned).
+pub(crate) async fn copy(shared: &Shared, built: Built<'_>) -> Result<Copied, String> {
     let spec = built.spec;
     let Some(cache) = shared.images.cache() else {
         return Err("snapshots are kept in the image cache, and none is configured".into());
     };
-    let _in_use = cache.in_use().await.map_err(|e| e.to_string())?;
+    let in_use = cache.in_use().await.map_err(|e| e.to_string())?;
     let mirror = shared.config.effective_mirror();
     let base = cache
         .fill(&spec.image, mirror.as_deref(), Resolve::Recorded)
@@ -61,63 +79,77 @@ pub(crate) async fn build(shared: &Shared, built: Built<'_>) -> Result<String, S
             spec.image, built.image_id
         ));
     }
-
     let copies = copy_out(shared, &built).await?;
-    let layout = cache.layout().clone();
-    let layer = tokio::task::spawn_blocking(move || layer::write_layer(&layout, &copies))
-        .await
-        .map_err(|e| format!("writing the layer stopped: {e}"))?
-        .map_err(|e| format!("cannot write the layer into the image cache: {e}"))?;
+    Ok(Copied {
+        cache: cache.clone(),
+        _in_use: in_use,
+        copies,
+        base: base.descriptor.clone(),
+        config_digest: config_digest.clone(),
+        base_layers: blobs[1..].iter().map(|(_, s)| s).sum(),
+        service: spec.name.clone(),
+        base_image: spec.image.original().to_owned(),
+        key: built.key.clone(),
+    })
+}
 
-    let store = |bytes: Vec<u8>| -> Result<Blob, String> {
-        let digest = digest_of(&bytes);
+impl Copied {
+    /// Writes the layer, the config and the manifest, then the index entry
+    /// (last: until then no run sees the snapshot). Blocking; `Ok` is the
+    /// snapshot's tag.
+    pub(crate) fn store(self) -> Result<String, String> {
+        let cache = &self.cache;
+        let layer = layer::write_layer(cache.layout(), &self.copies)
+            .map_err(|e| format!("cannot write the layer into the image cache: {e}"))?;
+        let store = |bytes: Vec<u8>| -> Result<Blob, String> {
+            let digest = digest_of(&bytes);
+            cache
+                .layout()
+                .put_blob(&digest, &bytes)
+                .map_err(|e| format!("cannot store into the image cache: {e}"))?;
+            Ok(Blob {
+                digest,
+                size: bytes.len() as u64,
+            })
+        };
+        let io = |e: std::io::Error| e.to_string();
+        let base_config = cache
+            .read_blob(&self.config_digest)
+            .map_err(|e| e.to_string())?;
+        let config = store(
+            layer::config(&base_config, &layer.diff_id, &self.service, &self.key.hex)
+                .map_err(io)?,
+        )?;
+        let base_manifest = cache
+            .read_blob(&self.base.digest)
+            .map_err(|e| e.to_string())?;
+        let manifest = store(layer::manifest(&base_manifest, &config, &layer.blob).map_err(io)?)?;
+
+        let name = tag(&self.service, &self.key);
+        let total = self.base_layers + manifest.size + config.size + layer.blob.size;
+        let entry = Descriptor {
+            media_type: self.base.media_type.clone(),
+            digest: manifest.digest,
+            size: manifest.size,
+            annotations: [
+                (REF_NAME.to_owned(), name.clone()),
+                (TOTAL_SIZE.to_owned(), total.to_string()),
+                (LAST_USED.to_owned(), super::now()),
+                (SERVICE_ANNOTATION.to_owned(), self.service.clone()),
+                (BASE_ANNOTATION.to_owned(), self.base_image.clone()),
+                (
+                    INPUTS_ANNOTATION.to_owned(),
+                    serde_json::to_string(&self.key.parts).unwrap_or_default(),
+                ),
+            ]
+            .into(),
+        };
         cache
             .layout()
-            .put_blob(&digest, &bytes)
-            .map_err(|e| format!("cannot store into the image cache: {e}"))?;
-        Ok(Blob {
-            digest,
-            size: bytes.len() as u64,
-        })
-    };
-    let io = |e: std::io::Error| e.to_string();
-    let base_config = cache.read_blob(config_digest).map_err(|e| e.to_string())?;
-    let config = store(
-        layer::config(&base_config, &layer.diff_id, &spec.name, &built.key.hex).map_err(io)?,
-    )?;
-    let base_manifest = cache
-        .read_blob(&base.descriptor.digest)
-        .map_err(|e| e.to_string())?;
-    let manifest = store(layer::manifest(&base_manifest, &config, &layer.blob).map_err(io)?)?;
-
-    let name = tag(&spec.name, built.key);
-    let total: u64 = blobs[1..].iter().map(|(_, s)| s).sum::<u64>()
-        + manifest.size
-        + config.size
-        + layer.blob.size;
-    let now = super::now();
-    let entry = Descriptor {
-        media_type: base.descriptor.media_type.clone(),
-        digest: manifest.digest,
-        size: manifest.size,
-        annotations: [
-            (REF_NAME.to_owned(), name.clone()),
-            (TOTAL_SIZE.to_owned(), total.to_string()),
-            (LAST_USED.to_owned(), now),
-            (SERVICE_ANNOTATION.to_owned(), spec.name.clone()),
-            (BASE_ANNOTATION.to_owned(), spec.image.original().to_owned()),
-            (
-                INPUTS_ANNOTATION.to_owned(),
-                serde_json::to_string(&built.key.parts).unwrap_or_default(),
-            ),
-        ]
-        .into(),
-    };
-    cache
-        .layout()
-        .update_index(|_| {}, move |index| index.put(entry))
-        .map_err(|e| format!("cannot write index.json: {e}"))?;
-    Ok(name)
+            .update_index(|_| {}, move |index| index.put(entry))
+            .map_err(|e| format!("cannot write index.json: {e}"))?;
+        Ok(name)
+    }
 }
 
 /// Quiesces the service and copies its state out of the container.

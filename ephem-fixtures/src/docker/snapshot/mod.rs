@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-pub(crate) use self::build::{build, Built};
+pub(crate) use self::build::{copy, Built};
 use self::key::Key;
 pub(crate) use self::restore::rekey;
 use crate::image_cache::layout::{FileLock, Mode};
@@ -87,6 +87,8 @@ enum Found {
 pub(crate) struct State {
     lookups: Mutex<HashMap<String, Arc<OnceCell<Found>>>>,
     building: Mutex<HashSet<String>>,
+    /// Snapshots being written while their shard's tests run, by (run, shard).
+    storing: Mutex<HashMap<(String, u32), tokio::task::JoinHandle<()>>>,
 }
 
 /// One snapshotted service's rendered inputs, for [`State::plan`].
@@ -102,6 +104,50 @@ pub(crate) struct Planned<'a> {
 }
 
 impl State {
+    /// Stores `copied` on a blocking thread while the shard's tests run,
+    /// then tells how it went (a note, or a warning: the run goes on).
+    pub(crate) fn store_later(
+        &self,
+        events: crate::EventSink,
+        shard: &crate::ShardContext,
+        copied: build::Copied,
+    ) {
+        let number = shard.shard;
+        let handle = tokio::task::spawn_blocking(move || {
+            let event = match copied.store() {
+                Ok(name) => crate::EnvEvent::Note {
+                    message: format!(
+                        "snapshot {name} built by shard {number} and stored in the image cache"
+                    ),
+                },
+                Err(reason) => crate::EnvEvent::Warning {
+                    shard: Some(number),
+                    message: format!(
+                        "no snapshot built: {reason}; later runs provision the service normally"
+                    ),
+                },
+            };
+            let _ = events.send(event);
+        });
+        self.storing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((shard.run.run_id.clone(), shard.shard), handle);
+    }
+
+    /// Waits for the shard's snapshot to be stored, if one is being
+    /// (before its environment goes: the run does not end half-way).
+    pub(crate) async fn stored(&self, shard: &crate::ShardContext) {
+        let handle = self
+            .storing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(shard.run.run_id.clone(), shard.shard));
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
     /// Works out the service's key and what the shard does with it: start
     /// from the snapshot, build it, or provision normally (snapshots off,
     /// no `snapshot` key, or a key that cannot be worked out: warned).
