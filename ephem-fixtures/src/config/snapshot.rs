@@ -135,3 +135,85 @@ pub(super) fn check(
         quiesce,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::EphemConfig;
+    use super::SnapshotKind;
+
+    fn load(service: &str) -> Result<EphemConfig, String> {
+        let text = format!("[services.s]\nports = [5432]\n{service}\n");
+        EphemConfig::parse(&text, std::path::Path::new("ephem.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn short_and_long_forms_load_for_the_built_in_images() {
+        let config = load("image = \"postgres:15\"\nsnapshot = true").unwrap();
+        let spec = config.services[0].snapshot.as_ref().unwrap();
+        assert_eq!(spec.kind, SnapshotKind::Postgres);
+        let config = load(
+            "image = \"ghcr.io/x/redis:7\"\nsnapshot = { inputs = [\"migrations/**\"], quiesce = { exec = [\"sync\"] } }",
+        )
+        .unwrap();
+        let spec = config.services[0].snapshot.as_ref().unwrap();
+        assert_eq!(spec.kind, SnapshotKind::Redis);
+        assert_eq!(spec.inputs, vec!["migrations/**".to_owned()]);
+        assert!(spec.quiesce.is_some());
+        let config = load("image = \"app:1\"\nsnapshot = { paths = [\"/data/\"] }").unwrap();
+        let spec = config.services[0].snapshot.as_ref().unwrap();
+        assert_eq!(spec.kind, SnapshotKind::Paths(vec!["/data".into()]));
+        assert!(load("image = \"postgres:15\"\nsnapshot = false")
+            .unwrap()
+            .services[0]
+            .snapshot
+            .is_none());
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_the_fix() {
+        let cases = [
+            (
+                "image = \"app:1\"\nsnapshot = true",
+                "services.s.snapshot",
+                "paths",
+            ),
+            (
+                "image = \"app:1\"\nsnapshot = { paths = [] }",
+                "services.s.snapshot.paths",
+                "is empty",
+            ),
+            (
+                "image = \"app:1\"\nsnapshot = { paths = [\"data\"] }",
+                "services.s.snapshot.paths[0]",
+                "absolute",
+            ),
+            (
+                "image = \"postgres:15\"\nsnapshot = { inputs = [\"../x\"] }",
+                "services.s.snapshot.inputs[0]",
+                "relative",
+            ),
+            (
+                "image = \"postgres:15\"\nsnapshot = { inputs = [\"a/[\"] }",
+                "services.s.snapshot.inputs[0]",
+                "not a glob",
+            ),
+            (
+                "image = \"postgres:15\"\nsnapshot = { path = [\"/x\"] }",
+                "snapshot",
+                "path",
+            ),
+            (
+                "image = \"postgres:15\"\nsnapshot = \"yes\"",
+                "snapshot",
+                "snapshot = true",
+            ),
+        ];
+        for (text, key, words) in cases {
+            let message = load(text).unwrap_err();
+            assert!(
+                message.contains(key) && message.contains(words),
+                "{text}: {message}"
+            );
+        }
+    }
+}
