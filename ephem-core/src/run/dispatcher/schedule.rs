@@ -1,0 +1,315 @@
+//! What runs next: the plan's arrival, picking a ready shard, starting
+//! attempts and deciding on their results (retries, fail-fast).
+
+use super::*;
+
+impl<'a> Dispatcher<'a> {
+    /// The tests are known: queue them (ignored ones reported as skipped);
+    /// a shard with nothing to run needs no environment, and one already
+    /// provisioned is torn down as soon as `schedule` sees it drained.
+    /// `None`: the build or the listing failed, so the run only stops.
+    pub(super) fn plan_arrived(&mut self, tests: Option<PlannedTests>) {
+        self.planned = true;
+        self.plan_rx = None;
+        self.build = None;
+        let Some(tests) = tests else {
+            self.stop("not run: the build failed");
+            return;
+        };
+        self.list = tests.list.clone();
+        for (number, shard_tests) in &tests.shards {
+            let Some(idx) = self.shards.iter().position(|s| s.number == *number) else {
+                continue;
+            };
+            for &test in shard_tests {
+                match tests.selection[test] {
+                    Selection::Run => self.shards[idx].queue.push_back(Pending {
+                        test,
+                        attempt_no: 1,
+                    }),
+                    Selection::SkipIgnored => self.outcomes.push(TestOutcome {
+                        test,
+                        shard: *number,
+                        attempts: Vec::new(),
+                        verdict: Verdict::Skipped("ignored".to_owned()),
+                        diagnosis: None,
+                    }),
+                    Selection::FilteredOut => {}
+                }
+            }
+        }
+        self.events.planned(&tests);
+        // Stopped before the plan came (a signal, a panicked task), or a
+        // shard's environment failed before it (its error is recorded; with
+        // --no-fail-fast nothing stops): those tests are reported as not run,
+        // with the reason, instead of waiting in a queue nothing drains.
+        for idx in 0..self.shards.len() {
+            let number = self.shards[idx].number;
+            let reason = match &self.stopping {
+                Some(reason) => reason.clone(),
+                None if self.shards[idx].phase == EnvPhase::Failed => {
+                    format!("not run: environment of shard {number} failed")
+                }
+                None => continue,
+            };
+            let drained: Vec<_> = self.shards[idx].queue.drain(..).collect();
+            for p in drained {
+                self.finalize_unrun(p.test, number, &reason);
+            }
+        }
+        for s in &mut self.shards {
+            if s.queue.is_empty() && s.phase == EnvPhase::AwaitPrepare {
+                s.phase = EnvPhase::Released;
+            }
+        }
+        if self
+            .shards
+            .iter()
+            .all(|s| s.phase != EnvPhase::AwaitPrepare)
+        {
+            if let Some(task) = self.prepare_task.take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Starts whatever can start: tests into free slots, round-robin over
+    /// ready shards; teardown of shards with nothing left to run.
+    pub(super) fn schedule(&mut self) {
+        while self.stopping.is_none() && self.running.len() < self.opts.test_threads {
+            let Some(idx) = self.next_ready_shard() else {
+                break;
+            };
+            let pending = self.shards[idx].queue.pop_front().expect("shard has work");
+            self.start_attempt(idx, pending);
+        }
+        if !self.planned {
+            // Queues are empty because the tests are not known yet.
+            return;
+        }
+        for idx in 0..self.shards.len() {
+            let s = &self.shards[idx];
+            let drained = s.queue.is_empty() && s.running == 0;
+            if drained && matches!(s.phase, EnvPhase::Ready | EnvPhase::Failed) {
+                self.release(idx);
+            }
+        }
+    }
+
+    /// Each shard may run at most its share of the thread budget, so that
+    /// tests sharing one environment see bounded concurrency (one at a time
+    /// when there are at least as many shards as threads), or what
+    /// `[shards] test-threads` says; `-j` caps it either way.
+    pub(super) fn per_shard_limit(&self) -> usize {
+        let divided = self.opts.test_threads.div_ceil(self.shards.len().max(1));
+        self.opts
+            .shard_test_threads
+            .unwrap_or(divided)
+            .clamp(1, self.opts.test_threads.max(1))
+    }
+
+    pub(super) fn next_ready_shard(&mut self) -> Option<usize> {
+        let n = self.shards.len();
+        let limit = self.per_shard_limit();
+        for step in 0..n {
+            let idx = (self.next_shard + step) % n;
+            let s = &self.shards[idx];
+            let limit = if s.serial { 1 } else { limit };
+            if s.phase == EnvPhase::Ready && !s.queue.is_empty() && s.running < limit {
+                self.next_shard = (idx + 1) % n;
+                return Some(idx);
+            }
+        }
+        None
+    }
+
+    pub(super) fn start_attempt(&mut self, idx: usize, pending: Pending) {
+        let shard = &mut self.shards[idx];
+        shard.running += 1;
+        let test = pending.test;
+        let case = &self.list.tests[test];
+        let binary = Arc::new(self.list.binaries[case.binary].clone());
+        let mut env = vec![
+            ("EPHEM_RUN_ID".to_owned(), self.opts.run_id.clone()),
+            ("EPHEM_SHARD".to_owned(), shard.number.to_string()),
+            (
+                "EPHEM_SHARD_COUNT".to_owned(),
+                self.opts.shard_count.to_string(),
+            ),
+            ("EPHEM_BINARY_ID".to_owned(), binary.binary_id.clone()),
+            ("EPHEM_TEST_NAME".to_owned(), case.name.clone()),
+            ("EPHEM_ATTEMPT".to_owned(), pending.attempt_no.to_string()),
+        ];
+        env.extend(shard.vars.iter().cloned());
+        let spec = AttemptSpec {
+            binary,
+            name: Arc::from(case.name.as_str()),
+            ignored: case.ignored,
+            env,
+            timeout: self.opts.test_timeout,
+            grace: self.opts.grace,
+        };
+        self.running.insert(
+            test,
+            Running {
+                shard: shard.number,
+                attempt_no: pending.attempt_no,
+                started: Instant::now(),
+            },
+        );
+        let (stop, shard_no, attempt_no) = (self.stop_rx.clone(), shard.number, pending.attempt_no);
+        let panic_hook = self.opts.panic_at == Some(PanicPoint::Attempt);
+        let task = Task::Attempt {
+            shard: shard_no,
+            test,
+        };
+        let hooks = shard.hooks.clone();
+        self.tasks.spawn(task, async move {
+            let attempt = tokio::select! {
+                attempt = attempt_with_hooks(spec, stop, hooks) => attempt,
+                _ = tokio::time::sleep(Duration::from_millis(300)), if panic_hook => {
+                    panic!("{} is set: panicking on purpose while a test runs", PanicPoint::VAR)
+                }
+            };
+            Msg::AttemptDone {
+                shard: shard_no,
+                test,
+                attempt_no,
+                attempt,
+            }
+        });
+    }
+
+    pub(super) fn attempt_done(
+        &mut self,
+        number: u32,
+        test: TestIdx,
+        attempt_no: u32,
+        mut attempt: Attempt,
+    ) {
+        self.running.remove(&test);
+        let idx = self.shard_idx(number);
+        let shard = &mut self.shards[idx];
+        shard.running -= 1;
+        // Masked before anything cuts the output to a tail, which could
+        // leave half a secret.
+        mask::mask_in_place(&mut attempt.stdout);
+        mask::mask_in_place(&mut attempt.stderr);
+        let diagnosis = shard.diagnosis.clone();
+        let status = attempt.status.clone();
+        if status.is_pass() {
+            // Output of passing attempts is not reported; dropping it keeps
+            // memory flat on large suites.
+            attempt.stdout = String::new();
+            attempt.stderr = String::new();
+        }
+        let attempts = self.attempts.entry(test).or_default();
+        attempts.push(attempt);
+        let verdict = match status {
+            AttemptStatus::Passed if attempt_no == 1 => Verdict::Passed,
+            AttemptStatus::Passed => Verdict::Flaky,
+            AttemptStatus::Cancelled => {
+                let why = self
+                    .stopping
+                    .clone()
+                    .unwrap_or_else(|| "cancelled".to_owned());
+                Verdict::Skipped(why.replace("not run", "cancelled"))
+            }
+            failed => {
+                if attempt_no <= self.opts.retries && self.stopping.is_none() {
+                    let last = attempts.last().expect("just pushed");
+                    self.events.retrying(test, number, last);
+                    shard.queue.push_front(Pending {
+                        test,
+                        attempt_no: attempt_no + 1,
+                    });
+                    return;
+                }
+                if matches!(failed, AttemptStatus::TimedOut) {
+                    Verdict::TimedOut
+                } else {
+                    Verdict::Failed
+                }
+            }
+        };
+        let failed = matches!(verdict, Verdict::Failed | Verdict::TimedOut);
+        let outcome = TestOutcome {
+            test,
+            shard: number,
+            attempts: self.attempts.remove(&test).unwrap_or_default(),
+            verdict,
+            diagnosis: if failed { diagnosis } else { None },
+        };
+        self.events.finished(&outcome);
+        self.outcomes.push(outcome);
+        if failed && self.opts.fail_fast {
+            self.stop("not run: stopped after the first failure (use --no-fail-fast to run all)");
+        }
+    }
+
+    /// Records a test that will not run (again); one with failed attempts
+    /// keeps its failure.
+    pub(super) fn finalize_unrun(&mut self, test: TestIdx, shard: u32, reason: &str) {
+        let attempts = self.attempts.remove(&test).unwrap_or_default();
+        let verdict = match attempts.last().map(|a| &a.status) {
+            Some(AttemptStatus::TimedOut) => Verdict::TimedOut,
+            Some(_) => Verdict::Failed,
+            None => Verdict::Skipped(reason.to_owned()),
+        };
+        let outcome = TestOutcome {
+            test,
+            shard,
+            attempts,
+            verdict,
+            diagnosis: None,
+        };
+        self.events.finished(&outcome);
+        self.outcomes.push(outcome);
+    }
+
+    pub(super) fn running_snapshot(&self) -> Vec<RunningTest> {
+        self.running
+            .iter()
+            .map(|(&test, r)| RunningTest {
+                test,
+                shard: r.shard,
+                attempt: r.attempt_no,
+                elapsed: r.started.elapsed(),
+            })
+            .collect()
+    }
+}
+
+/// One attempt with the environment's hooks around it: a reset or a
+/// database of its own first (a failure there fails the attempt, with why),
+/// handed back after.
+async fn attempt_with_hooks(
+    mut spec: AttemptSpec,
+    stop: watch::Receiver<StopLevel>,
+    hooks: Option<Arc<dyn TestHooks>>,
+) -> Attempt {
+    let Some(hooks) = hooks else {
+        return run_attempt(spec, stop).await;
+    };
+    let started_at = SystemTime::now();
+    let prepared = hooks.before_attempt().await;
+    let extra = match prepared {
+        Ok(extra) => extra,
+        Err(e) => {
+            return Attempt {
+                status: AttemptStatus::Failed(format!(
+                    "the environment could not be prepared for this test: {e}"
+                )),
+                started_at,
+                duration: Duration::ZERO,
+                stdout: String::new(),
+                stderr: String::new(),
+            }
+        }
+    };
+    spec.env
+        .extend(extra.vars.iter().map(|v| (v.name.clone(), v.value.clone())));
+    let attempt = run_attempt(spec, stop).await;
+    hooks.after_attempt(extra).await;
+    attempt
+}
