@@ -8,14 +8,12 @@ use std::process::{Command, Output};
 
 use crate::support::*;
 
-/// `cargo-ephem test` on the habits fixture, no environments.
+/// `cargo-ephem test` on the habits fixture (no `ephem.toml`: no
+/// environments unless `--config` says).
 fn habits() -> Command {
     let mut cmd = ephem();
     let manifest = config("habits").join("Cargo.toml");
-    cmd.arg("test")
-        .arg("--manifest-path")
-        .arg(manifest)
-        .arg("--no-env");
+    cmd.arg("test").arg("--manifest-path").arg(manifest);
     // The flags under test also come from these: the runner's own
     // environment must not decide them.
     for var in [
@@ -108,6 +106,27 @@ fn no_capture_shows_output_live_and_runs_one_test_at_a_time() {
     let case = find(&report, "tests::alone_a");
     assert!(is_success(case));
     assert!(case.system_out.is_none(), "{:?}", case.system_out);
+}
+
+#[test]
+fn no_capture_still_starts_every_shards_environment() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(habits()
+        .arg("--config")
+        .arg(config("env-busybox.toml"))
+        .args(["alone_", "--shards", "2", "--no-capture"])
+        .env("FIXTURE_OUT", dir.path()));
+    let err = stderr(&out);
+    let _cleanup = Cleanup(run_id_of(&err));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for shard in 1..=2 {
+        assert!(err.contains(&format!("environment of shard {shard}/2")), "{err}");
+    }
+    // The test ran in its shard's environment, its output on the terminal.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("SHARD-TAG=shard-"), "{}", describe(&out));
+    assert_nothing_left(&run_id_of(&err).unwrap());
 }
 
 #[test]
