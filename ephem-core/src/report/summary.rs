@@ -68,12 +68,22 @@ pub struct RerunHint<'a> {
 }
 
 /// What the end of the run shows besides the counts.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Shown {
     /// Which tests are listed again and whose output is shown.
     pub reporting: Reporting,
     /// A passing test that ran this long is listed at `--final-status-level slow`.
     pub slow_after: Duration,
+}
+
+impl Default for Shown {
+    /// nextest's defaults, and `--slow-timeout`'s 60 s.
+    fn default() -> Self {
+        Shown {
+            reporting: Reporting::default(),
+            slow_after: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why an attempt ended, in a few words.
