@@ -121,7 +121,10 @@ fn no_capture_still_starts_every_shards_environment() {
     let _cleanup = Cleanup(run_id_of(&err));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     for shard in 1..=2 {
-        assert!(err.contains(&format!("environment of shard {shard}/2")), "{err}");
+        assert!(
+            err.contains(&format!("environment of shard {shard}/2")),
+            "{err}"
+        );
     }
     // The test ran in its shard's environment, its output on the terminal.
     let stdout = String::from_utf8_lossy(&out.stdout);
