@@ -329,6 +329,109 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::levels::OutputDisplay;
+    use crate::test_list::TestBinary;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    /// `fails` (failed, with output) and `passes` (passed, with output).
+    fn run() -> (RunResult, TestList) {
+        let binary = TestBinary {
+            binary_id: "pkg".into(),
+            binary_name: "pkg".into(),
+            package_id: "pkg".into(),
+            package_name: "pkg".into(),
+            kind: "lib".into(),
+            path: "/bin/true".into(),
+            cwd: "/".into(),
+            env: Arc::new(Vec::new()),
+        };
+        let list = TestList::new(
+            vec![(
+                binary,
+                vec![("fails".into(), false), ("passes".into(), false)],
+            )],
+            "/".into(),
+        );
+        let outcome = |test, status, verdict, out: &str| TestOutcome {
+            test,
+            shard: 1,
+            attempts: vec![Attempt {
+                status,
+                started_at: SystemTime::now(),
+                duration: Duration::from_millis(5),
+                stdout: out.to_owned(),
+                stderr: String::new(),
+            }],
+            verdict,
+            diagnosis: None,
+        };
+        let result = RunResult {
+            outcomes: vec![
+                outcome(
+                    0,
+                    AttemptStatus::Failed("exit code 101".into()),
+                    Verdict::Failed,
+                    "FAIL-OUT",
+                ),
+                outcome(1, AttemptStatus::Passed, Verdict::Passed, "PASS-OUT"),
+            ],
+            interrupted: None,
+            env_errors: Vec::new(),
+            kept: Vec::new(),
+            kept_for_reuse: None,
+            service_deaths: Vec::new(),
+            internal_error: None,
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(10),
+            prepare: None,
+            timelines: Vec::new(),
+        };
+        (result, list)
+    }
+
+    fn render_with(reporting: Reporting) -> String {
+        let (result, list) = run();
+        let hint = RerunHint {
+            prefix: "cargo ephem test",
+            record: None,
+        };
+        let shown = Shown {
+            reporting,
+            ..Shown::default()
+        };
+        render(&result, &list, hint, 1, &shown)
+    }
+
+    #[test]
+    fn the_end_shows_what_the_final_level_and_the_outputs_say() {
+        // nextest's defaults: the failure listed again, no output (it was
+        // shown when the test failed).
+        let default = render_with(Reporting::default());
+        assert!(
+            default.contains("     FAIL [   0.005s] pkg fails"),
+            "{default}"
+        );
+        assert!(
+            !default.contains("PASS [") && !default.contains("-OUT"),
+            "{default}"
+        );
+        let all = render_with(Reporting {
+            final_status_level: FinalStatusLevel::All,
+            failure_output: OutputDisplay::Final,
+            success_output: OutputDisplay::ImmediateFinal,
+            ..Reporting::default()
+        });
+        assert!(all.contains("     PASS [   0.005s] pkg passes"), "{all}");
+        assert!(all.contains("--- pkg fails (exit code 101) ---\n--- stdout ---\nFAIL-OUT"));
+        assert!(all.contains("--- pkg passes (passed) ---\n--- stdout ---\nPASS-OUT"));
+        let none = render_with(Reporting {
+            final_status_level: FinalStatusLevel::None,
+            ..Reporting::default()
+        });
+        assert!(!none.contains(" FAIL ["), "{none}");
+        assert!(none.contains("1 failed"), "the counts stay: {none}");
+    }
 
     #[test]
     fn quoting() {
