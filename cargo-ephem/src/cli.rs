@@ -810,16 +810,16 @@ pub struct ReportingArgs {
         action = clap::ArgAction::SetTrue
     )]
     no_capture: bool,
-    /// Test results shown during the run: none, fail, retry, slow, leak, pass, skip or all (each level shows those before it).
+    /// Test results shown during the run, as in nextest: each level also shows those before it.
     #[arg(long, value_name = "LEVEL", env = "NEXTEST_STATUS_LEVEL", default_value = "pass", value_parser = named::<StatusLevel>(StatusLevel::NAMES, &[]))]
     status_level: StatusLevel,
-    /// Test results listed again at the end: none, fail, flaky, slow, skip, leak, pass or all.
+    /// Test results listed again at the end of the run (`retry` means `flaky`).
     #[arg(long, value_name = "LEVEL", env = "NEXTEST_FINAL_STATUS_LEVEL", default_value = "flaky", value_parser = named::<FinalStatusLevel>(FinalStatusLevel::NAMES, &[("retry", "flaky")]))]
     final_status_level: FinalStatusLevel,
-    /// When a failing test's output is shown: immediate, immediate-final, final or never.
+    /// When a failing test's output is shown: right after its result, at the end, both, or never.
     #[arg(long, value_name = "WHEN", env = "NEXTEST_FAILURE_OUTPUT", default_value = "immediate", value_parser = named::<OutputDisplay>(OutputDisplay::NAMES, &[]))]
     failure_output: OutputDisplay,
-    /// When a passing test's output is shown: immediate, immediate-final, final or never.
+    /// When a passing test's output is shown: right after its result, at the end, both, or never.
     #[arg(long, value_name = "WHEN", env = "NEXTEST_SUCCESS_OUTPUT", default_value = "never", value_parser = named::<OutputDisplay>(OutputDisplay::NAMES, &[]))]
     success_output: OutputDisplay,
 }
