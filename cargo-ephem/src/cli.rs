@@ -15,6 +15,7 @@ use ephem_core::options::{
     RerunFrom, Sharding, TestOptions, UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
+use ephem_core::report::levels::{FinalStatusLevel, OutputDisplay, Reporting, StatusLevel};
 use ephem_core::test_list::{IgnoredMode, TestFilter};
 use ephem_core::{BackendKind, RenderBackend, RenderOptions, RenderShards};
 
@@ -745,6 +746,9 @@ pub struct TestArgs {
     #[command(flatten)]
     archive: ArchiveInputArgs,
 
+    #[command(flatten)]
+    reporting: ReportingArgs,
+
     /// Run only the tests the last run of this workspace left failed, timed out or not run (its record in target/ephem/runs/), with the same environments configuration; or those of run records from elsewhere (--rerun-failed FILE, repeatable: a CI job's <stem>.record.json, several shards'). Other filters still apply (AND). `-R latest` is the same as the flag alone.
     #[arg(
         short = 'R',
@@ -788,8 +792,68 @@ impl TestArgs {
             reaper: ReaperLaunch::ThisExecutable,
             archive: self.archive.input(),
             rerun: rerun_from(self.rerun_failed),
+            reporting: self.reporting.reporting(),
         }
     }
+}
+
+/// What the run shows, as nextest's flags and variables say it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Reporting")]
+pub struct ReportingArgs {
+    /// Run tests one at a time with the terminal as their stdout and stderr (nothing is captured, no progress bar); environments still start.
+    #[arg(
+        long,
+        alias = "nocapture",
+        env = "NEXTEST_NO_CAPTURE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    no_capture: bool,
+    /// Test results shown during the run, as in nextest: each level also shows those before it.
+    #[arg(long, value_name = "LEVEL", env = "NEXTEST_STATUS_LEVEL", default_value = "pass", value_parser = named::<StatusLevel>(StatusLevel::NAMES, &[]))]
+    status_level: StatusLevel,
+    /// Test results listed again at the end of the run (`retry` means `flaky`).
+    #[arg(long, value_name = "LEVEL", env = "NEXTEST_FINAL_STATUS_LEVEL", default_value = "flaky", value_parser = named::<FinalStatusLevel>(FinalStatusLevel::NAMES, &[("retry", "flaky")]))]
+    final_status_level: FinalStatusLevel,
+    /// When a failing test's output is shown: right after its result, at the end, both, or never.
+    #[arg(long, value_name = "WHEN", env = "NEXTEST_FAILURE_OUTPUT", default_value = "immediate", value_parser = named::<OutputDisplay>(OutputDisplay::NAMES, &[]))]
+    failure_output: OutputDisplay,
+    /// When a passing test's output is shown: right after its result, at the end, both, or never.
+    #[arg(long, value_name = "WHEN", env = "NEXTEST_SUCCESS_OUTPUT", default_value = "never", value_parser = named::<OutputDisplay>(OutputDisplay::NAMES, &[]))]
+    success_output: OutputDisplay,
+}
+
+impl ReportingArgs {
+    fn reporting(self) -> Reporting {
+        Reporting {
+            status_level: self.status_level,
+            final_status_level: self.final_status_level,
+            failure_output: self.failure_output,
+            success_output: self.success_output,
+            no_capture: self.no_capture,
+        }
+    }
+}
+
+/// A parser for one of `names` (and `aliases`, as `(alias, name)`), listed
+/// in `--help` and in the error for any other value.
+fn named<T>(
+    names: &'static [&'static str],
+    aliases: &'static [(&'static str, &'static str)],
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Debug,
+{
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(names.iter().map(|&name| {
+        aliases
+            .iter()
+            .filter(|(_, of)| *of == name)
+            .fold(PossibleValue::new(name), |v, (alias, _)| v.alias(alias))
+    }))
+    .map(|given| given.parse::<T>().expect("clap accepted only listed names"))
 }
 
 /// `--rerun-failed` alone or `-R latest`: the workspace's last run; else

@@ -10,6 +10,7 @@ use crate::discover::CargoOptions;
 use crate::error::{EphemError, Result};
 use crate::limits::{MAX_DURATION, MAX_RETRIES, MAX_SHARDS, MAX_TEST_THREADS};
 use crate::partition::{PartitionKind, PartitionSpec};
+use crate::report::levels::Reporting;
 pub use crate::rerun::RerunFrom;
 use crate::test_list::TestFilter;
 
@@ -53,6 +54,9 @@ pub struct TestOptions {
     pub archive: Option<ArchiveInput>,
     /// `--rerun-failed`: only what an earlier run left failed or not run.
     pub rerun: Option<RerunFrom>,
+    /// What the display shows (status levels, test output) and
+    /// `--no-capture`.
+    pub reporting: Reporting,
 }
 
 /// `--archive-file FILE [--workspace-remap DIR]`: tests built elsewhere.
@@ -102,6 +106,7 @@ impl TestOptions {
             reaper: ReaperLaunch::default(),
             archive: None,
             rerun: None,
+            reporting: Reporting::default(),
         }
     }
 

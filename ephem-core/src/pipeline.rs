@@ -20,11 +20,13 @@ use crate::report::command::HTML_IS_A_FOLDER;
 use crate::report::display::{Display, DisplayMode};
 use crate::report::html;
 use crate::report::junit;
+use crate::report::levels::OutputDisplay;
 use crate::report::record::{self, RecordEnvironments, RunMeta, RunRecord, SourcedRecord};
 use crate::report::summary::{self, shell_quote, Counts};
 use crate::rerun::{self, Rerun};
 use crate::run::{
-    self, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult, TestsSource,
+    self, Capture, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult,
+    TestsSource,
 };
 use crate::select;
 use crate::signals::Signals;
@@ -140,7 +142,11 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         &options.sharding.shards_here(),
         options.sharding.count(),
         options.slow_timeout,
-    );
+    )
+    .with_reporting(options.reporting);
+    if options.reporting.no_capture && options.test_threads.is_some_and(|j| j > 1) {
+        display.line("      NOTE --no-capture runs one test at a time: --test-threads is ignored");
+    }
     if input.environments.is_some() {
         display = display.with_environments();
         let shards = input.shards.len();
@@ -238,6 +244,7 @@ fn run_input(
             keep_env: options.keep_env,
             reuse_ttl: None,
             shard_test_threads,
+            capture: capture(options),
             panic_at: PanicPoint::from_env(),
         },
         environments: None,
@@ -245,7 +252,24 @@ fn run_input(
     }
 }
 
+/// Where tests' output goes: the terminal with `--no-capture`; else
+/// captured, a passing test's too when `--success-output` shows it.
+fn capture(options: &TestOptions) -> Capture {
+    let reporting = options.reporting.effective();
+    if reporting.no_capture {
+        Capture::None
+    } else if reporting.success_output != OutputDisplay::Never {
+        Capture::All
+    } else {
+        Capture::Failures
+    }
+}
+
 fn test_threads(options: &TestOptions) -> usize {
+    if options.reporting.no_capture {
+        // The tests share the terminal (the dispatcher enforces it too).
+        return 1;
+    }
     options.test_threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -362,7 +386,16 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
     };
     eprint!(
         "{}",
-        mask::mask(&summary::render(result, &plan.list, hint, plan.shard_count))
+        mask::mask(&summary::render(
+            result,
+            &plan.list,
+            hint,
+            plan.shard_count,
+            &summary::Shown {
+                reporting: options.reporting,
+                slow_after: options.slow_timeout,
+            },
+        ))
     );
     if let Some(rerun) = done.rerun {
         let left = rerun.outstanding(&plan.list, &plan.selection).len();

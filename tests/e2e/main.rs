@@ -10,6 +10,7 @@ mod dev_env;
 mod environments;
 mod exec;
 mod filterset;
+mod habits;
 mod images;
 mod junit;
 mod kubernetes;

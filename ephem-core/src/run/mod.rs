@@ -3,6 +3,7 @@
 
 mod dispatcher;
 pub mod executor;
+mod slots;
 mod tasks;
 
 use std::time::{Duration, SystemTime};
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use dispatcher::run_with_signals;
 pub use dispatcher::{run, RunInput, TestsSource};
-pub use executor::{Attempt, AttemptStatus};
+pub use executor::{Attempt, AttemptStatus, Capture};
 
 use crate::test_list::{Selection, TestIdx, TestList};
 
@@ -60,6 +61,8 @@ pub struct RunOptions {
     /// At most this many tests of one shard at once (`[shards]
     /// test-threads`); `None`: `ceil(test_threads / shards)`.
     pub shard_test_threads: Option<usize>,
+    /// Where tests' output goes; [`Capture::None`] runs one test at a time.
+    pub capture: Capture,
     /// Test hook: make a task panic on purpose (see [`PanicPoint`]).
     #[doc(hidden)]
     pub panic_at: Option<PanicPoint>,

@@ -19,7 +19,8 @@ use ephem_fixtures::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
-use super::executor::{run_attempt, Attempt, AttemptSpec, AttemptStatus, StopLevel};
+use super::executor::{run_attempt, Attempt, AttemptSpec, AttemptStatus, Capture, StopLevel};
+use super::slots::{GlobalSlots, GroupSlot, NextestAttempt};
 use super::tasks::{Ended, Msg, Task, Tasks};
 use super::{
     PanicPoint, PlannedTests, RunEnvironments, RunEvents, RunOptions, RunResult, RunningTest,
@@ -122,6 +123,8 @@ struct Running {
     shard: u32,
     attempt_no: u32,
     started: Instant,
+    /// Its `NEXTEST_TEST_GLOBAL_SLOT`.
+    slot: u32,
 }
 
 struct Dispatcher<'a> {
@@ -145,6 +148,8 @@ struct Dispatcher<'a> {
     prepare_task: Option<AbortHandle>,
     teardowns_pending: usize,
     running: HashMap<TestIdx, Running>,
+    /// The global slots of running tests (`NEXTEST_TEST_GLOBAL_SLOT`).
+    slots: GlobalSlots,
     attempts: HashMap<TestIdx, Vec<Attempt>>,
     outcomes: Vec<TestOutcome>,
     /// Set once no new test may start; the text is why.
@@ -281,10 +286,14 @@ impl<'a> Dispatcher<'a> {
             shards,
             tests,
             build,
-            options,
+            mut options,
             environments,
             env_ttl,
         } = input;
+        if options.capture == Capture::None {
+            // Tests share the terminal: one at a time, across shards too.
+            options.test_threads = 1;
+        }
         let (stop_tx, stop_rx) = watch::channel(StopLevel::Run);
         let run_ctx = RunContext {
             run_id: options.run_id.clone(),
@@ -311,6 +320,7 @@ impl<'a> Dispatcher<'a> {
             prepare_task: None,
             teardowns_pending: 0,
             running: HashMap::new(),
+            slots: GlobalSlots::new(options.test_threads),
             attempts: HashMap::new(),
             outcomes: Vec::new(),
             stopping: None,
@@ -357,6 +367,7 @@ impl<'a> Dispatcher<'a> {
 }
 
 mod ends;
+mod nextest;
 mod schedule;
 mod shards;
 mod stop;

@@ -124,6 +124,7 @@ impl<'a> Dispatcher<'a> {
     }
 
     pub(super) fn start_attempt(&mut self, idx: usize, pending: Pending) {
+        let (slot, nextest_vars) = self.nextest_attempt(pending.test, pending.attempt_no);
         let shard = &mut self.shards[idx];
         shard.running += 1;
         let test = pending.test;
@@ -140,6 +141,7 @@ impl<'a> Dispatcher<'a> {
             ("EPHEM_TEST_NAME".to_owned(), case.name.clone()),
             ("EPHEM_ATTEMPT".to_owned(), pending.attempt_no.to_string()),
         ];
+        env.extend(nextest_vars);
         env.extend(shard.vars.iter().cloned());
         let spec = AttemptSpec {
             binary,
@@ -148,6 +150,7 @@ impl<'a> Dispatcher<'a> {
             env,
             timeout: self.opts.test_timeout,
             grace: self.opts.grace,
+            capture: self.opts.capture,
         };
         self.running.insert(
             test,
@@ -155,6 +158,7 @@ impl<'a> Dispatcher<'a> {
                 shard: shard.number,
                 attempt_no: pending.attempt_no,
                 started: Instant::now(),
+                slot,
             },
         );
         let (stop, shard_no, attempt_no) = (self.stop_rx.clone(), shard.number, pending.attempt_no);
@@ -187,7 +191,9 @@ impl<'a> Dispatcher<'a> {
         attempt_no: u32,
         mut attempt: Attempt,
     ) {
-        self.running.remove(&test);
+        if let Some(running) = self.running.remove(&test) {
+            self.slots.release(test, running.slot);
+        }
         let idx = self.shard_idx(number);
         let shard = &mut self.shards[idx];
         shard.running -= 1;
@@ -197,7 +203,7 @@ impl<'a> Dispatcher<'a> {
         mask::mask_in_place(&mut attempt.stderr);
         let diagnosis = shard.diagnosis.clone();
         let status = attempt.status.clone();
-        if status.is_pass() {
+        if status.is_pass() && self.opts.capture != Capture::All {
             // Output of passing attempts is not reported; dropping it keeps
             // memory flat on large suites.
             attempt.stdout = String::new();
@@ -232,6 +238,7 @@ impl<'a> Dispatcher<'a> {
                 }
             }
         };
+        self.slots.forget(test);
         let failed = matches!(verdict, Verdict::Failed | Verdict::TimedOut);
         let outcome = TestOutcome {
             test,
@@ -250,6 +257,7 @@ impl<'a> Dispatcher<'a> {
     /// Records a test that will not run (again); one with failed attempts
     /// keeps its failure.
     pub(super) fn finalize_unrun(&mut self, test: TestIdx, shard: u32, reason: &str) {
+        self.slots.forget(test);
         let attempts = self.attempts.remove(&test).unwrap_or_default();
         let verdict = match attempts.last().map(|a| &a.status) {
             Some(AttemptStatus::TimedOut) => Verdict::TimedOut,

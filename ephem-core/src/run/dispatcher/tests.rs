@@ -166,6 +166,7 @@ fn input(backend: Arc<CountingBackend>, shards: u32) -> RunInput {
             keep_env: false,
             reuse_ttl: None,
             shard_test_threads: None,
+            capture: Default::default(),
             panic_at: None,
         },
         environments: Some(RunEnvironments {
