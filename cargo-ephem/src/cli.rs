@@ -11,8 +11,8 @@ use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
     ArchiveInput, ConfigSource, DownOptions, EnvOptions, ExecOptions, ExecShards, GcOptions,
-    ImagesAction, ImagesOptions, ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch,
-    RerunFrom, Sharding, TestOptions, UpOptions, VarsFormat,
+    ImagesAction, ImagesOptions, ListFormat, ListOptions, MaxFail, NoTests, ReapOptions,
+    ReaperLaunch, RerunFrom, Sharding, TestOptions, UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
 use ephem_core::test_list::{IgnoredMode, TestFilter};
@@ -689,21 +689,35 @@ pub struct TestArgs {
     #[arg(short = 'j', long = "test-threads", value_name = "N", value_parser = limits::parse_test_threads, help_heading = "Running")]
     test_threads: Option<usize>,
 
-    /// Retry a failing test up to N more times; one that then passes is reported as flaky.
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = limits::parse_retries, help_heading = "Running")]
-    retries: u32,
+    /// Retry a failing test up to N more times; one that then passes is reported as flaky [default: the profile's `retries`, else 0].
+    #[arg(long, value_name = "N", value_parser = limits::parse_retries, help_heading = "Running")]
+    retries: Option<u32>,
 
     /// Kill a test (its whole process group) after this long and report it as timed out (e.g. 60s, 2m).
     #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, help_heading = "Running")]
     test_timeout: Option<Duration>,
 
-    /// Report a test as slow after this long.
-    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "60s", help_heading = "Running")]
-    slow_timeout: Duration,
+    /// Report a test as slow after this long [default: the profile's `slow-timeout`, else 60s].
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, help_heading = "Running")]
+    slow_timeout: Option<Duration>,
 
-    /// Run every test even after failures [default: stop scheduling after the first failure].
-    #[arg(long, help_heading = "Running")]
+    /// Run every test even after failures [default: the profile's `fail-fast`, else stop scheduling after the first failure].
+    #[arg(long, help_heading = "Running", conflicts_with = "max_fail")]
     no_fail_fast: bool,
+
+    /// Stop scheduling new tests after N failures (`all`: never), as nextest's --max-fail.
+    #[arg(long, value_name = "N", value_parser = parse_max_fail, help_heading = "Running")]
+    max_fail: Option<MaxFail>,
+
+    /// The nextest profile of .config/nextest.toml to apply (retries, slow-timeout, fail-fast, test-threads, test groups, overrides, junit.path) [default: `default`].
+    #[arg(
+        short = 'P',
+        long,
+        value_name = "NAME",
+        env = "NEXTEST_PROFILE",
+        help_heading = "Running"
+    )]
+    profile: Option<String>,
 
     /// Run N shards at once in this invocation, each with its own environment (1 to 1024).
     #[arg(long, value_name = "N", value_parser = limits::parse_shard_count, help_heading = "Sharding", conflicts_with = "partition")]
@@ -772,7 +786,11 @@ impl TestArgs {
             retries: self.retries,
             test_timeout: self.test_timeout,
             slow_timeout: self.slow_timeout,
-            fail_fast: !self.no_fail_fast,
+            fail_fast: match (self.no_fail_fast, self.max_fail) {
+                (true, _) => Some(MaxFail::All),
+                (false, max_fail) => max_fail,
+            },
+            profile: self.profile,
             sharding: match (self.partition, self.shards) {
                 (Some(p), _) => Sharding::Partition(p),
                 (None, count) => Sharding::All {
@@ -790,6 +808,10 @@ impl TestArgs {
             rerun: rerun_from(self.rerun_failed),
         }
     }
+}
+
+fn parse_max_fail(text: &str) -> Result<MaxFail, String> {
+    text.parse()
 }
 
 /// `--rerun-failed` alone or `-R latest`: the workspace's last run; else

@@ -152,6 +152,7 @@ fn input(backend: Arc<CountingBackend>, shards: u32) -> RunInput {
                 .map(|m| (m, vec![(m as usize - 1) % 2]))
                 .collect(),
             headline: String::new(),
+            knobs: None,
         }),
         build: None,
         options: RunOptions {
@@ -162,6 +163,8 @@ fn input(backend: Arc<CountingBackend>, shards: u32) -> RunInput {
             grace: Duration::from_secs(1),
             slow_after: Duration::from_secs(60),
             fail_fast: true,
+            max_fail: 1,
+            test_groups: Default::default(),
             shard_count: shards,
             keep_env: false,
             reuse_ttl: None,
