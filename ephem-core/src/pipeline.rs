@@ -554,6 +554,9 @@ fn rerun_prefix(options: &TestOptions, selector: &Selector) -> String {
             words.extend(["--workspace-remap".to_owned(), shell_quote(dir.as_str())]);
         }
     }
+    if let Some(profile) = &options.profile {
+        words.extend(["--profile".to_owned(), shell_quote(profile)]);
+    }
     match options.filter.ignored {
         IgnoredMode::Only => words.push("--ignored".to_owned()),
         IgnoredMode::Include => words.push("--include-ignored".to_owned()),

@@ -201,6 +201,12 @@ fn an_override_by_filterset_retries_only_its_tests() {
         "{}",
         describe(&out)
     );
+    // The rerun command keeps the profile.
+    assert!(
+        stderr(&out).contains("--profile retry-one"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
