@@ -705,6 +705,10 @@ pub struct TestArgs {
     #[arg(long, help_heading = "Running", conflicts_with = "max_fail")]
     no_fail_fast: bool,
 
+    /// Stop scheduling new tests after the first failure, whatever the profile's `fail-fast` says.
+    #[arg(long, help_heading = "Running", conflicts_with_all = ["no_fail_fast", "max_fail"])]
+    fail_fast: bool,
+
     /// Stop scheduling new tests after N failures (`all`: never), as nextest's --max-fail.
     #[arg(long, value_name = "N", value_parser = parse_max_fail, help_heading = "Running")]
     max_fail: Option<MaxFail>,
@@ -786,9 +790,10 @@ impl TestArgs {
             retries: self.retries,
             test_timeout: self.test_timeout,
             slow_timeout: self.slow_timeout,
-            fail_fast: match (self.no_fail_fast, self.max_fail) {
-                (true, _) => Some(MaxFail::All),
-                (false, max_fail) => max_fail,
+            fail_fast: match (self.fail_fast, self.no_fail_fast, self.max_fail) {
+                (true, _, _) => Some(MaxFail::FIRST),
+                (_, true, _) => Some(MaxFail::All),
+                (_, _, max_fail) => max_fail,
             },
             profile: self.profile,
             sharding: match (self.partition, self.shards) {

@@ -122,6 +122,20 @@ fn max_fail_stops_after_that_many_failures() {
     let out =
         run(ephem_profiles(dir.path()).args(["--profile", "maxfail", "--no-fail-fast", "fail_"]));
     assert!(summary(&out).contains("3 failed"), "{}", describe(&out));
+    // --fail-fast wins over a profile's fail-fast = false (inherited from ci).
+    let out = run(ephem_profiles(dir.path()).args([
+        "--profile",
+        "inherited",
+        "-j",
+        "1",
+        "--fail-fast",
+        "fail_",
+    ]));
+    assert!(
+        summary(&out).ends_with("1 failed, 0 flaky, 0 timed out, 2 skipped"),
+        "{}",
+        describe(&out)
+    );
     let out = run(ephem_profiles(dir.path()).args(["--max-fail", "0", "fail_"]));
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
