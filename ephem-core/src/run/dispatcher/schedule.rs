@@ -43,7 +43,7 @@ impl<'a> Dispatcher<'a> {
         if self.knobs.is_some() {
             for idx in 0..self.shards.len() {
                 let mut queue: Vec<_> = self.shards[idx].queue.drain(..).collect();
-                queue.sort_by_key(|p| std::cmp::Reverse(self.knobs(p.test).priority));
+                queue.sort_by_cached_key(|p| std::cmp::Reverse(self.knobs(p.test).priority));
                 self.shards[idx].queue = queue.into();
             }
         }
@@ -130,6 +130,9 @@ impl<'a> Dispatcher<'a> {
         let n = self.shards.len();
         let limit = self.per_shard_limit();
         let budget = self.opts.test_threads.max(1);
+        if self.threads_used >= budget {
+            return None;
+        }
         for step in 0..n {
             let idx = (self.next_shard + step) % n;
             let s = &self.shards[idx];
