@@ -24,6 +24,7 @@ pub mod options;
 pub mod partition;
 pub mod pipeline;
 pub mod plan;
+pub mod profile;
 pub mod render;
 pub mod report;
 pub mod rerun;

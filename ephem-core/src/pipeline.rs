@@ -16,6 +16,7 @@ use crate::mask;
 use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
 use crate::partition::Timings;
 use crate::plan::TestPlan;
+use crate::profile::{self, Profile};
 use crate::report::command::HTML_IS_A_FOLDER;
 use crate::report::display::{Display, DisplayMode};
 use crate::report::html;
@@ -63,6 +64,20 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         options.archive.as_ref(),
         options.rerun.as_ref(),
     )?;
+    // The nextest profile: flags left unset come from it; its overrides'
+    // filters are checked now, before the build.
+    let cli = options;
+    let profile = Profile::load(
+        &workspace.root,
+        &workspace.target_dir,
+        options.profile.as_deref(),
+    )?;
+    if let Some(note) = profile.unapplied_note() {
+        eprintln!("{note}");
+    }
+    let graph = profile_graph(&profile, &workspace, options)?;
+    let filled = profile::apply::fill_in(options, &profile);
+    let options = &filled;
     let env_options = match &rerun {
         Some(rerun) => rerun.environments(&options.env, &workspace.root),
         None => options.env.clone(),
@@ -109,6 +124,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         let run_id = run_id.clone();
         let target_dir = workspace.target_dir.clone();
         let rerun = rerun.clone();
+        let (cli, profile) = (cli.clone(), profile.clone());
         runtime.spawn_blocking(move || {
             let list = match archived {
                 Some(list) => list,
@@ -124,7 +140,14 @@ pub fn test(options: &TestOptions) -> Result<i32> {
                     rerun.announce(&plan.list, &plan.selection)
                 );
             }
-            let _ = plan_tx.send(Some(plan.planned_tests(headline)));
+            let mut planned = plan.planned_tests(headline);
+            if profile.file.is_some() {
+                let threads = test_threads(&options);
+                let knobs =
+                    profile::apply::knobs(&profile, graph.as_ref(), &plan.list, &cli, threads)?;
+                planned.knobs = Some(Arc::new(knobs));
+            }
+            let _ = plan_tx.send(Some(planned));
             Ok::<_, EphemError>((plan, selector, target_dir))
         })
     };
@@ -132,6 +155,8 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     // 5. Run: environments first, tests once planned, teardown as shards end.
     let mut input = run_input(options, &run_id, shard_test_threads, plan_rx, control);
     input.options.reuse_ttl = reuse_ttl;
+    input.options.test_groups = profile::apply::group_limits(&profile);
+    input.options.grace = profile.slow_timeout.grace_period;
     input.environments = connected.map(|c| RunEnvironments {
         backend: c.backend,
         cleanup: c.cleanup,
@@ -141,7 +166,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         DisplayMode::detect(),
         &options.sharding.shards_here(),
         options.sharding.count(),
-        options.slow_timeout,
+        slow_after(options),
     )
     .with_reporting(options.reporting);
     if options.reporting.no_capture && options.test_threads.is_some_and(|j| j > 1) {
@@ -180,6 +205,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         rerun: rerun.as_ref(),
         record_env,
         target_dir: &target_dir,
+        profile_junit: profile.junit_path.as_deref(),
     };
     report(&done, options, &result, &run_id)
 }
@@ -191,6 +217,8 @@ struct Done<'a> {
     rerun: Option<&'a Rerun>,
     record_env: RecordEnvironments,
     target_dir: &'a Utf8Path,
+    /// The profile's `junit.path`, under its store directory.
+    profile_junit: Option<&'a Utf8Path>,
 }
 
 fn read_timings(paths: &[Utf8PathBuf]) -> Result<Timings> {
@@ -235,11 +263,13 @@ fn run_input(
         options: RunOptions {
             run_id: run_id.to_owned(),
             test_threads: test_threads(options),
-            retries: options.retries,
+            retries: options.retries.unwrap_or(0),
             test_timeout: options.test_timeout,
             grace: Duration::from_secs(10),
-            slow_after: options.slow_timeout,
-            fail_fast: options.fail_fast,
+            slow_after: slow_after(options),
+            fail_fast: profile::apply::max_fail(options).is_some(),
+            max_fail: profile::apply::max_fail(options).unwrap_or(1),
+            test_groups: Default::default(),
             shard_count: options.sharding.count(),
             keep_env: options.keep_env,
             reuse_ttl: None,
@@ -263,6 +293,38 @@ fn capture(options: &TestOptions) -> Capture {
     } else {
         Capture::Failures
     }
+}
+
+fn slow_after(options: &TestOptions) -> Duration {
+    options.slow_timeout.unwrap_or(Duration::from_secs(60))
+}
+
+/// The package graph a profile's override filters are compiled against
+/// (read again when `-E` did not need it), with the filters checked.
+fn profile_graph(
+    profile: &Profile,
+    workspace: &Workspace,
+    options: &TestOptions,
+) -> Result<Option<guppy::graph::PackageGraph>> {
+    if !profile.needs_graph() {
+        return Ok(None);
+    }
+    let json = match &workspace.graph_json {
+        Some(json) => json.clone(),
+        None if options.archive.is_none() => Workspace::load_with_graph(&options.cargo)?
+            .graph_json
+            .ok_or_else(|| EphemError::Internal("cargo metadata gave no package graph".into()))?,
+        None => {
+            return Err(EphemError::Usage(
+                "the profile's override filters need the package graph, which this archive \
+                 does not carry (it was made by an older cargo-ephem); make it again"
+                    .to_owned(),
+            ))
+        }
+    };
+    let graph = crate::filterset::package_graph(&json)?;
+    profile.compile(Some(&graph))?;
+    Ok(Some(graph))
 }
 
 fn test_threads(options: &TestOptions) -> usize {
@@ -296,6 +358,11 @@ fn report(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: &s
     let plan = done.plan;
     if let Some(path) = &options.junit {
         write_junit(path, plan, result)?;
+    }
+    if let Some(path) = done.profile_junit {
+        let all: Vec<_> = result.outcomes.iter().collect();
+        junit::write_report(&junit::build_report("cargo-ephem", &plan.list, &all), path)?;
+        eprintln!("    JUnit {path} (profile)");
     }
     // After JUnit, so that failing to write these never loses it; their
     // error comes once the summary has been shown.
@@ -393,7 +460,7 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
             plan.shard_count,
             &summary::Shown {
                 reporting: options.reporting,
-                slow_after: options.slow_timeout,
+                slow_after: slow_after(options),
             },
         ))
     );
@@ -519,6 +586,9 @@ fn rerun_prefix(options: &TestOptions, selector: &Selector) -> String {
         if let Some(dir) = &input.workspace_remap {
             words.extend(["--workspace-remap".to_owned(), shell_quote(dir.as_str())]);
         }
+    }
+    if let Some(profile) = &options.profile {
+        words.extend(["--profile".to_owned(), shell_quote(profile)]);
     }
     match options.filter.ignored {
         IgnoredMode::Only => words.push("--ignored".to_owned()),

@@ -17,6 +17,7 @@ mod kubernetes;
 mod kubernetes_lifecycle;
 mod list;
 mod partition;
+mod profiles;
 mod provision;
 mod recipes;
 mod registry;

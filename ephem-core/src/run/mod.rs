@@ -6,6 +6,7 @@ pub mod executor;
 mod slots;
 mod tasks;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub(crate) use dispatcher::run_with_signals;
 pub use dispatcher::{run, RunInput, TestsSource};
 pub use executor::{Attempt, AttemptStatus, Capture};
 
+use crate::profile::RetryPolicy;
 use crate::test_list::{Selection, TestIdx, TestList};
 
 /// The tests of the shards run here, once built, listed and split.
@@ -31,6 +33,27 @@ pub struct PlannedTests {
     pub shards: Vec<(u32, Vec<TestIdx>)>,
     /// The line announcing what runs, shown once the plan is known.
     pub headline: String,
+    /// Per test (by [`TestIdx`]), what a nextest profile and its overrides
+    /// say; `None`: every test runs under [`RunOptions`]' retries and timeout.
+    pub knobs: Option<Arc<Vec<TestKnobs>>>,
+}
+
+/// How one test runs: a profile's settings for it, command-line flags
+/// applied on top.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestKnobs {
+    /// Retries, and the wait before each.
+    pub retries: RetryPolicy,
+    /// Kill it after this long.
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when it is killed.
+    pub grace: Duration,
+    /// Threads of the run's budget it takes (1 to `test_threads`).
+    pub threads: usize,
+    /// Its test group, limited by [`RunOptions::test_groups`]; `None`: `@global`.
+    pub group: Option<Arc<str>>,
+    /// Higher starts first.
+    pub priority: i8,
 }
 
 /// Knobs of one run.
@@ -49,8 +72,13 @@ pub struct RunOptions {
     pub grace: Duration,
     /// A test running longer than this is reported as slow.
     pub slow_after: Duration,
-    /// Stop scheduling new tests after the first failure.
+    /// Stop scheduling new tests after failures (`max_fail` of them).
     pub fail_fast: bool,
+    /// With `fail_fast`, the failures after which no new test starts
+    /// (`--max-fail`; 1: the first).
+    pub max_fail: u32,
+    /// Most tests of each test group at once (`[test-groups]`).
+    pub test_groups: BTreeMap<String, usize>,
     /// Number of shards in the whole plan (`EPHEM_SHARD_COUNT`).
     pub shard_count: u32,
     /// Leave environments running after the run.

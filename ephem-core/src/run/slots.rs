@@ -17,6 +17,8 @@ pub(crate) struct GlobalSlots {
     /// Tests at once: every slot handed out is below it.
     limit: u32,
     in_use: BTreeSet<u32>,
+    /// The slot of each running test.
+    holders: HashMap<TestIdx, u32>,
     /// A test waiting for its next attempt, and the slot it had.
     kept: HashMap<TestIdx, u32>,
 }
@@ -47,13 +49,20 @@ impl GlobalSlots {
             }
         };
         self.in_use.insert(slot);
+        self.holders.insert(test, slot);
         slot
+    }
+
+    /// The slot `test` holds now, if it runs.
+    pub(crate) fn slot_of(&self, test: TestIdx) -> Option<u32> {
+        self.holders.get(&test).copied()
     }
 
     /// `test`'s attempt in `slot` ended; the slot is kept for its retry
     /// until [`GlobalSlots::forget`].
     pub(crate) fn release(&mut self, test: TestIdx, slot: u32) {
         self.in_use.remove(&slot);
+        self.holders.remove(&test);
         self.kept.insert(test, slot);
     }
 
@@ -63,9 +72,9 @@ impl GlobalSlots {
     }
 }
 
-/// The test group a test runs in. Test groups come with nextest's
-/// profiles; until then every test is in none, which nextest calls
-/// `@global`, with no group slot.
+/// The test group a test runs in: a profile's `[test-groups]` name with a
+/// slot below its `max-threads`, or none, which nextest calls `@global`,
+/// with no group slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct GroupSlot {
     /// `@global`, or the group's name.

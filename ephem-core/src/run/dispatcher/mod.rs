@@ -125,6 +125,16 @@ struct Running {
     started: Instant,
     /// Its `NEXTEST_TEST_GLOBAL_SLOT`.
     slot: u32,
+    /// Threads of the budget it holds, and its test group's slot.
+    threads: usize,
+    group: Option<Arc<str>>,
+}
+
+/// A retry waiting out its backoff delay.
+struct Delayed {
+    due: tokio::time::Instant,
+    shard: u32,
+    pending: Pending,
 }
 
 struct Dispatcher<'a> {
@@ -150,6 +160,17 @@ struct Dispatcher<'a> {
     running: HashMap<TestIdx, Running>,
     /// The global slots of running tests (`NEXTEST_TEST_GLOBAL_SLOT`).
     slots: GlobalSlots,
+    /// The slots within each test group (`NEXTEST_TEST_GROUP_SLOT`).
+    group_slots: HashMap<Arc<str>, GlobalSlots>,
+    /// Per-test knobs of a profile (see `schedule::knobs`).
+    knobs: Option<Arc<Vec<super::TestKnobs>>>,
+    /// Threads held by running tests, and tests running per test group.
+    threads_used: usize,
+    group_running: HashMap<Arc<str>, usize>,
+    /// Tests failed so far, for `--max-fail`.
+    failures: u32,
+    /// Retries waiting for their backoff delay.
+    delayed: Vec<Delayed>,
     attempts: HashMap<TestIdx, Vec<Attempt>>,
     outcomes: Vec<TestOutcome>,
     /// Set once no new test may start; the text is why.
@@ -200,6 +221,7 @@ pub(crate) async fn run_with_signals(
         if d.is_done() {
             break;
         }
+        let retry_due = d.next_retry_due();
         tokio::select! {
             plan = recv_plan(&mut d.plan_rx), if d.plan_rx.is_some() => d.plan_arrived(plan),
             ended = d.tasks.next() => d.task_ended(ended),
@@ -210,6 +232,7 @@ pub(crate) async fn run_with_signals(
                 d.events.tick(&snapshot);
             }
             _ = renew.tick(), if d.cleanup.is_some() => d.renew(env_ttl),
+            _ = sleep_until_opt(retry_due) => d.release_due_retries(),
         }
     }
     // A renewal in flight must not outlive the run's end below.
@@ -268,6 +291,13 @@ async fn recv_plan(
     }
 }
 
+async fn sleep_until_opt(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -321,6 +351,12 @@ impl<'a> Dispatcher<'a> {
             teardowns_pending: 0,
             running: HashMap::new(),
             slots: GlobalSlots::new(options.test_threads),
+            group_slots: HashMap::new(),
+            knobs: None,
+            threads_used: 0,
+            group_running: HashMap::new(),
+            failures: 0,
+            delayed: Vec::new(),
             attempts: HashMap::new(),
             outcomes: Vec::new(),
             stopping: None,
@@ -349,6 +385,7 @@ impl<'a> Dispatcher<'a> {
         self.planned
             && self.prepare_task.is_none()
             && self.running.is_empty()
+            && self.delayed.is_empty()
             && self.teardowns_pending == 0
             && self.shards.iter().all(|s| {
                 s.queue.is_empty()

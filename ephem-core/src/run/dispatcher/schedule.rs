@@ -17,6 +17,7 @@ impl<'a> Dispatcher<'a> {
             return;
         };
         self.list = tests.list.clone();
+        self.knobs = tests.knobs.clone();
         for (number, shard_tests) in &tests.shards {
             let Some(idx) = self.shards.iter().position(|s| s.number == *number) else {
                 continue;
@@ -36,6 +37,14 @@ impl<'a> Dispatcher<'a> {
                     }),
                     Selection::FilteredOut => {}
                 }
+            }
+        }
+        // Higher priority first; equal priorities keep the plan's order.
+        if self.knobs.is_some() {
+            for idx in 0..self.shards.len() {
+                let mut queue: Vec<_> = self.shards[idx].queue.drain(..).collect();
+                queue.sort_by_cached_key(|p| std::cmp::Reverse(self.knobs(p.test).priority));
+                self.shards[idx].queue = queue.into();
             }
         }
         self.events.planned(&tests);
@@ -76,11 +85,11 @@ impl<'a> Dispatcher<'a> {
     /// Starts whatever can start: tests into free slots, round-robin over
     /// ready shards; teardown of shards with nothing left to run.
     pub(super) fn schedule(&mut self) {
-        while self.stopping.is_none() && self.running.len() < self.opts.test_threads {
-            let Some(idx) = self.next_ready_shard() else {
+        while self.stopping.is_none() {
+            let Some((idx, pos)) = self.next_startable() else {
                 break;
             };
-            let pending = self.shards[idx].queue.pop_front().expect("shard has work");
+            let pending = self.shards[idx].queue.remove(pos).expect("a queued test");
             self.start_attempt(idx, pending);
         }
         if !self.planned {
@@ -89,10 +98,89 @@ impl<'a> Dispatcher<'a> {
         }
         for idx in 0..self.shards.len() {
             let s = &self.shards[idx];
-            let drained = s.queue.is_empty() && s.running == 0;
+            let waiting = self.delayed.iter().any(|d| d.shard == s.number);
+            let drained = s.queue.is_empty() && s.running == 0 && !waiting;
             if drained && matches!(s.phase, EnvPhase::Ready | EnvPhase::Failed) {
                 self.release(idx);
             }
+        }
+    }
+
+    /// What a profile says for `test`, or the run's own knobs without one.
+    pub(super) fn knobs(&self, test: TestIdx) -> super::super::TestKnobs {
+        if let Some(k) = self.knobs.as_ref().and_then(|k| k.get(test)) {
+            return k.clone();
+        }
+        super::super::TestKnobs {
+            retries: crate::profile::RetryPolicy::immediate(self.opts.retries),
+            timeout: self.opts.test_timeout,
+            grace: self.opts.grace,
+            threads: 1,
+            group: None,
+            priority: 0,
+        }
+    }
+
+    /// The next test that may start, as (shard, position in its queue):
+    /// round-robin over ready shards; within a shard, tests whose test
+    /// group is full wait aside, and the first other test starts once the
+    /// threads it requires are free (it holds its place: a test that needs
+    /// many threads is not starved by smaller ones behind it, as in nextest).
+    fn next_startable(&mut self) -> Option<(usize, usize)> {
+        let n = self.shards.len();
+        let limit = self.per_shard_limit();
+        let budget = self.opts.test_threads.max(1);
+        if self.threads_used >= budget {
+            return None;
+        }
+        for step in 0..n {
+            let idx = (self.next_shard + step) % n;
+            let s = &self.shards[idx];
+            if s.phase != EnvPhase::Ready || s.queue.is_empty() {
+                continue;
+            }
+            let limit = if s.serial { 1 } else { limit };
+            let in_shard: usize = self
+                .running
+                .values()
+                .filter(|r| r.shard == s.number)
+                .map(|r| r.threads)
+                .sum();
+            for (pos, p) in s.queue.iter().enumerate() {
+                let knobs = self.knobs(p.test);
+                if let Some(group) = &knobs.group {
+                    let max = self.opts.test_groups.get(&**group).copied();
+                    let now = self.group_running.get(group).copied().unwrap_or(0);
+                    if max.is_some_and(|max| now >= max) {
+                        continue;
+                    }
+                }
+                let need = knobs.threads.clamp(1, limit.min(budget));
+                if in_shard + need <= limit && self.threads_used + need <= budget {
+                    self.next_shard = (idx + 1) % n;
+                    return Some((idx, pos));
+                }
+                break;
+            }
+        }
+        None
+    }
+
+    /// When the next delayed retry is due.
+    pub(super) fn next_retry_due(&self) -> Option<tokio::time::Instant> {
+        self.delayed.iter().map(|d| d.due).min()
+    }
+
+    /// Queues the retries whose backoff delay has passed.
+    pub(super) fn release_due_retries(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|d| d.due <= now);
+        self.delayed = waiting;
+        for d in due {
+            let idx = self.shard_idx(d.shard);
+            self.shards[idx].queue.push_front(d.pending);
         }
     }
 
@@ -108,26 +196,20 @@ impl<'a> Dispatcher<'a> {
             .clamp(1, self.opts.test_threads.max(1))
     }
 
-    pub(super) fn next_ready_shard(&mut self) -> Option<usize> {
-        let n = self.shards.len();
-        let limit = self.per_shard_limit();
-        for step in 0..n {
-            let idx = (self.next_shard + step) % n;
-            let s = &self.shards[idx];
-            let limit = if s.serial { 1 } else { limit };
-            if s.phase == EnvPhase::Ready && !s.queue.is_empty() && s.running < limit {
-                self.next_shard = (idx + 1) % n;
-                return Some(idx);
-            }
-        }
-        None
-    }
-
     pub(super) fn start_attempt(&mut self, idx: usize, pending: Pending) {
-        let (slot, nextest_vars) = self.nextest_attempt(pending.test, pending.attempt_no);
+        let test = pending.test;
+        let knobs = self.knobs(test);
+        let (slot, nextest_vars) = self.nextest_attempt(test, pending.attempt_no, &knobs);
+        let threads = knobs
+            .threads
+            .clamp(1, self.per_shard_limit().min(self.opts.test_threads.max(1)));
+        let threads = if self.shards[idx].serial { 1 } else { threads };
+        self.threads_used += threads;
+        if let Some(group) = &knobs.group {
+            *self.group_running.entry(group.clone()).or_default() += 1;
+        }
         let shard = &mut self.shards[idx];
         shard.running += 1;
-        let test = pending.test;
         let case = &self.list.tests[test];
         let binary = Arc::new(self.list.binaries[case.binary].clone());
         let mut env = vec![
@@ -148,8 +230,8 @@ impl<'a> Dispatcher<'a> {
             name: Arc::from(case.name.as_str()),
             ignored: case.ignored,
             env,
-            timeout: self.opts.test_timeout,
-            grace: self.opts.grace,
+            timeout: knobs.timeout,
+            grace: knobs.grace,
             capture: self.opts.capture,
         };
         self.running.insert(
@@ -159,6 +241,8 @@ impl<'a> Dispatcher<'a> {
                 attempt_no: pending.attempt_no,
                 started: Instant::now(),
                 slot,
+                threads,
+                group: knobs.group.clone(),
             },
         );
         let (stop, shard_no, attempt_no) = (self.stop_rx.clone(), shard.number, pending.attempt_no);
@@ -191,9 +275,16 @@ impl<'a> Dispatcher<'a> {
         attempt_no: u32,
         mut attempt: Attempt,
     ) {
-        if let Some(running) = self.running.remove(&test) {
-            self.slots.release(test, running.slot);
+        if let Some(r) = self.running.remove(&test) {
+            self.release_slots(test, r.slot, r.group.as_ref());
+            self.threads_used -= r.threads;
+            if let Some(group) = r.group {
+                if let Some(n) = self.group_running.get_mut(&group) {
+                    *n -= 1;
+                }
+            }
         }
+        let retries = self.knobs(test).retries;
         let idx = self.shard_idx(number);
         let shard = &mut self.shards[idx];
         shard.running -= 1;
@@ -222,13 +313,23 @@ impl<'a> Dispatcher<'a> {
                 Verdict::Skipped(why.replace("not run", "cancelled"))
             }
             failed => {
-                if attempt_no <= self.opts.retries && self.stopping.is_none() {
+                if attempt_no <= retries.count && self.stopping.is_none() {
                     let last = attempts.last().expect("just pushed");
                     self.events.retrying(test, number, last);
-                    shard.queue.push_front(Pending {
+                    let pending = Pending {
                         test,
                         attempt_no: attempt_no + 1,
-                    });
+                    };
+                    let delay = backoff_delay(&retries, attempt_no);
+                    if delay.is_zero() {
+                        shard.queue.push_front(pending);
+                    } else {
+                        self.delayed.push(Delayed {
+                            due: tokio::time::Instant::now() + delay,
+                            shard: number,
+                            pending,
+                        });
+                    }
                     return;
                 }
                 if matches!(failed, AttemptStatus::TimedOut) {
@@ -238,7 +339,7 @@ impl<'a> Dispatcher<'a> {
                 }
             }
         };
-        self.slots.forget(test);
+        self.forget_slots(test);
         let failed = matches!(verdict, Verdict::Failed | Verdict::TimedOut);
         let outcome = TestOutcome {
             test,
@@ -249,15 +350,27 @@ impl<'a> Dispatcher<'a> {
         };
         self.events.finished(&outcome);
         self.outcomes.push(outcome);
-        if failed && self.opts.fail_fast {
-            self.stop("not run: stopped after the first failure (use --no-fail-fast to run all)");
+        if failed {
+            self.failures += 1;
+        }
+        let max_fail = self.opts.max_fail.max(1);
+        if failed && self.opts.fail_fast && self.failures >= max_fail {
+            if max_fail == 1 {
+                self.stop(
+                    "not run: stopped after the first failure (use --no-fail-fast to run all)",
+                );
+            } else {
+                self.stop(&format!(
+                    "not run: stopped after {max_fail} failures (--max-fail {max_fail}; use --no-fail-fast to run all)"
+                ));
+            }
         }
     }
 
     /// Records a test that will not run (again); one with failed attempts
     /// keeps its failure.
     pub(super) fn finalize_unrun(&mut self, test: TestIdx, shard: u32, reason: &str) {
-        self.slots.forget(test);
+        self.forget_slots(test);
         let attempts = self.attempts.remove(&test).unwrap_or_default();
         let verdict = match attempts.last().map(|a| &a.status) {
             Some(AttemptStatus::TimedOut) => Verdict::TimedOut,
@@ -320,4 +433,16 @@ async fn attempt_with_hooks(
     let attempt = run_attempt(spec, stop).await;
     hooks.after_attempt(extra).await;
     attempt
+}
+
+/// The wait before retry `retry` (1: the second attempt), jittered to a
+/// random 50% to 100% of it when the policy says so.
+fn backoff_delay(policy: &crate::profile::RetryPolicy, retry: u32) -> Duration {
+    let delay = policy.delay_before(retry);
+    if !policy.jitter() || delay.is_zero() {
+        return delay;
+    }
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    let fraction = 0.5 + (random % 1_000_000) as f64 / 2_000_000.0;
+    delay.mul_f64(fraction)
 }

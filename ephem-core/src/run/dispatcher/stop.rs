@@ -12,6 +12,9 @@ impl<'a> Dispatcher<'a> {
         if let Some(task) = self.prepare_task.take() {
             task.abort();
         }
+        for d in std::mem::take(&mut self.delayed) {
+            self.finalize_unrun(d.pending.test, d.shard, reason);
+        }
         for idx in 0..self.shards.len() {
             let number = self.shards[idx].number;
             let drained: Vec<_> = self.shards[idx].queue.drain(..).collect();

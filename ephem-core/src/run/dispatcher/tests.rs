@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ephem_fixtures::{RunResource, ShardContext};
 
 use super::*;
+use crate::run::TestKnobs;
 use crate::test_list::TestBinary;
 
 /// A backend whose shards are ready at once; it counts teardowns and
@@ -152,6 +153,7 @@ fn input(backend: Arc<CountingBackend>, shards: u32) -> RunInput {
                 .map(|m| (m, vec![(m as usize - 1) % 2]))
                 .collect(),
             headline: String::new(),
+            knobs: None,
         }),
         build: None,
         options: RunOptions {
@@ -162,6 +164,8 @@ fn input(backend: Arc<CountingBackend>, shards: u32) -> RunInput {
             grace: Duration::from_secs(1),
             slow_after: Duration::from_secs(60),
             fail_fast: true,
+            max_fail: 1,
+            test_groups: Default::default(),
             shard_count: shards,
             keep_env: false,
             reuse_ttl: None,
@@ -425,4 +429,91 @@ async fn a_shard_that_failed_before_the_plan_came_does_not_hold_the_run() {
         by_shard(2)
     );
     assert_eq!(backend.teardowns.load(Ordering::SeqCst), 2);
+}
+
+/// Tests `a` and `b` that fail (`/bin/false`) in one shard, with knobs.
+fn failing_pair(backend: Arc<CountingBackend>, a: TestKnobs, b: TestKnobs) -> RunInput {
+    let mut inp = input(backend, 1);
+    let binary = TestBinary {
+        binary_id: "pkg".into(),
+        binary_name: "false".into(),
+        package_id: "pkg".into(),
+        package_name: "pkg".into(),
+        kind: "lib".into(),
+        path: "/bin/false".into(),
+        cwd: "/".into(),
+        env: Arc::new(Vec::new()),
+    };
+    let list = TestList::new(
+        vec![(binary, vec![("a".into(), false), ("b".into(), false)])],
+        "/".into(),
+    );
+    inp.tests = TestsSource::Known(PlannedTests {
+        list: Arc::new(list),
+        selection: Arc::new(vec![Selection::Run, Selection::Run]),
+        shards: vec![(1, vec![0, 1])],
+        headline: String::new(),
+        knobs: Some(Arc::new(vec![a, b])),
+    });
+    inp
+}
+
+fn knobs(retries: crate::profile::RetryPolicy, priority: i8) -> TestKnobs {
+    TestKnobs {
+        retries,
+        timeout: None,
+        grace: Duration::from_secs(1),
+        threads: 1,
+        group: None,
+        priority,
+    }
+}
+
+#[tokio::test]
+async fn a_stop_ends_a_retry_waiting_out_its_backoff() {
+    use crate::profile::{Backoff, RetryPolicy};
+    let backend = Arc::new(CountingBackend::default());
+    // `a` (higher priority: first) fails and waits an hour for its retry;
+    // `b` fails with no retries: the first failure stops the run, which
+    // must not wait for `a`'s retry.
+    let hour = RetryPolicy {
+        count: 3,
+        backoff: Backoff::Fixed {
+            delay: Duration::from_secs(3600),
+            jitter: false,
+        },
+    };
+    let mut inp = failing_pair(
+        backend.clone(),
+        knobs(hour, 10),
+        knobs(RetryPolicy::immediate(0), 0),
+    );
+    inp.options.test_threads = 1;
+    let mut silent = Silent;
+    let result = tokio::time::timeout(Duration::from_secs(30), run(inp, &mut silent))
+        .await
+        .expect("the run ends without waiting for the retry");
+    assert_eq!(result.outcomes.len(), 2, "{:?}", result.outcomes);
+    for o in &result.outcomes {
+        assert_eq!(o.verdict, Verdict::Failed, "{o:?}");
+        assert_eq!(o.attempts.len(), 1, "{o:?}");
+    }
+    assert_eq!(backend.teardowns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn max_fail_counts_tests_not_attempts() {
+    let backend = Arc::new(CountingBackend::default());
+    let twice = crate::profile::RetryPolicy::immediate(1);
+    let mut inp = failing_pair(backend, knobs(twice, 0), knobs(twice, 0));
+    inp.options.test_threads = 1;
+    inp.options.max_fail = 2;
+    let mut silent = Silent;
+    let result = tokio::time::timeout(Duration::from_secs(30), run(inp, &mut silent))
+        .await
+        .expect("the run ends");
+    // Two failed attempts of `a` are one failure: `b` still runs.
+    let attempts: Vec<usize> = result.outcomes.iter().map(|o| o.attempts.len()).collect();
+    assert_eq!(attempts, [2, 2]);
+    assert!(result.outcomes.iter().all(|o| o.verdict == Verdict::Failed));
 }
