@@ -16,6 +16,7 @@ mod kubernetes;
 mod kubernetes_lifecycle;
 mod list;
 mod partition;
+mod podman;
 mod provision;
 mod recipes;
 mod registry;
