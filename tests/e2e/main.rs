@@ -18,6 +18,7 @@ mod kubernetes_lifecycle;
 mod list;
 mod partition;
 mod profiles;
+mod podman;
 mod provision;
 mod recipes;
 mod registry;
