@@ -25,6 +25,7 @@ mod report;
 mod rerun;
 mod reuse;
 mod run;
+mod scoped;
 mod secrets;
 mod selection;
 mod signals;

@@ -27,6 +27,7 @@ use super::{
 };
 use crate::discover::BuildControl;
 use crate::mask;
+use crate::scopes::{ServiceScopes, TestScope};
 use crate::signals::Signals;
 use crate::test_list::{Selection, TestIdx, TestList};
 
@@ -93,6 +94,10 @@ struct ShardState {
     hooks: Option<Arc<dyn TestHooks>>,
     /// One test at a time: a service resets to its baseline between tests.
     serial: bool,
+    /// Running tests that use the environment, and those of them that
+    /// run one at a time (`serial`).
+    env_running: usize,
+    serial_running: usize,
 }
 
 impl ShardState {
@@ -122,6 +127,10 @@ struct Running {
     shard: u32,
     attempt_no: u32,
     started: Instant,
+    /// It uses its shard's environment (counted in `env_running`).
+    uses_env: bool,
+    /// It runs alone among its shard's serial tests (`serial_running`).
+    serial: bool,
 }
 
 struct Dispatcher<'a> {
@@ -161,6 +170,13 @@ struct Dispatcher<'a> {
     /// When the run-wide preparation began, and its span once it ended.
     prepare_started: Option<SystemTime>,
     prepare_span: Option<Span>,
+    /// Which tests get which services; `None`: all get all.
+    scopes: Option<Arc<ServiceScopes>>,
+    /// Each test's scope, by index, once the plan came; empty when no
+    /// service is scoped (every test uses the environment).
+    test_scopes: Vec<Arc<TestScope>>,
+    /// The run-wide preparation ended well: shards may be provisioned.
+    prepared: bool,
     events: &'a mut dyn RunEvents,
 }
 
@@ -291,9 +307,9 @@ impl<'a> Dispatcher<'a> {
             shard_count: options.shard_count,
             expires_at: SystemTime::now() + env_ttl,
         };
-        let (backend, cleanup, env_events) = match environments {
-            Some(e) => (Some(e.backend), Some(e.cleanup), Some(e.events)),
-            None => (None, None, None),
+        let (backend, cleanup, env_events, scopes) = match environments {
+            Some(e) => (Some(e.backend), Some(e.cleanup), Some(e.events), e.scopes),
+            None => (None, None, None, None),
         };
         let mut d = Dispatcher {
             list: Arc::new(TestList::default()),
@@ -323,6 +339,9 @@ impl<'a> Dispatcher<'a> {
             internal_error: None,
             prepare_started: None,
             prepare_span: None,
+            scopes,
+            test_scopes: Vec::new(),
+            prepared: false,
             events,
             opts: options,
         };

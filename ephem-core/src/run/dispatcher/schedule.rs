@@ -17,6 +17,9 @@ impl<'a> Dispatcher<'a> {
             return;
         };
         self.list = tests.list.clone();
+        if let Some(scopes) = self.scopes.as_ref().filter(|s| s.any_scoped()) {
+            self.test_scopes = scopes.of_tests(&self.list);
+        }
         for (number, shard_tests) in &tests.shards {
             let Some(idx) = self.shards.iter().position(|s| s.number == *number) else {
                 continue;
@@ -48,7 +51,11 @@ impl<'a> Dispatcher<'a> {
             let reason = match &self.stopping {
                 Some(reason) => reason.clone(),
                 None if self.shards[idx].phase == EnvPhase::Failed => {
-                    format!("not run: environment of shard {number} failed")
+                    let reason = format!("not run: environment of shard {number} failed");
+                    for p in self.drain_env_tests(idx) {
+                        self.finalize_unrun(p.test, number, &reason);
+                    }
+                    continue;
                 }
                 None => continue,
             };
@@ -57,9 +64,13 @@ impl<'a> Dispatcher<'a> {
                 self.finalize_unrun(p.test, number, &reason);
             }
         }
-        for s in &mut self.shards {
-            if s.queue.is_empty() && s.phase == EnvPhase::AwaitPrepare {
-                s.phase = EnvPhase::Released;
+        for idx in 0..self.shards.len() {
+            if self.shards[idx].phase == EnvPhase::AwaitPrepare && self.env_drained(idx) {
+                // No test of it uses the environment: none is started.
+                self.shards[idx].phase = EnvPhase::Released;
+                if !self.shards[idx].queue.is_empty() {
+                    self.events.shard_ready(self.shards[idx].number, false);
+                }
             }
         }
         if self
@@ -71,16 +82,20 @@ impl<'a> Dispatcher<'a> {
                 task.abort();
             }
         }
+        if self.prepared && self.stopping.is_none() {
+            // Held until the tests were known (every service is scoped).
+            self.provision_all();
+        }
     }
 
     /// Starts whatever can start: tests into free slots, round-robin over
     /// ready shards; teardown of shards with nothing left to run.
     pub(super) fn schedule(&mut self) {
         while self.stopping.is_none() && self.running.len() < self.opts.test_threads {
-            let Some(idx) = self.next_ready_shard() else {
+            let Some((idx, pos)) = self.next_ready_shard() else {
                 break;
             };
-            let pending = self.shards[idx].queue.pop_front().expect("shard has work");
+            let pending = self.shards[idx].queue.remove(pos).expect("shard has work");
             self.start_attempt(idx, pending);
         }
         if !self.planned {
@@ -88,9 +103,8 @@ impl<'a> Dispatcher<'a> {
             return;
         }
         for idx in 0..self.shards.len() {
-            let s = &self.shards[idx];
-            let drained = s.queue.is_empty() && s.running == 0;
-            if drained && matches!(s.phase, EnvPhase::Ready | EnvPhase::Failed) {
+            let drained = self.env_drained(idx);
+            if drained && matches!(self.shards[idx].phase, EnvPhase::Ready | EnvPhase::Failed) {
                 self.release(idx);
             }
         }
@@ -108,24 +122,38 @@ impl<'a> Dispatcher<'a> {
             .clamp(1, self.opts.test_threads.max(1))
     }
 
-    pub(super) fn next_ready_shard(&mut self) -> Option<usize> {
+    /// A shard with a free slot and a test that may start now (see
+    /// `startable`), and that test's place in its queue.
+    pub(super) fn next_ready_shard(&mut self) -> Option<(usize, usize)> {
         let n = self.shards.len();
         let limit = self.per_shard_limit();
         for step in 0..n {
             let idx = (self.next_shard + step) % n;
-            let s = &self.shards[idx];
-            let limit = if s.serial { 1 } else { limit };
-            if s.phase == EnvPhase::Ready && !s.queue.is_empty() && s.running < limit {
+            if self.shards[idx].running >= limit {
+                continue;
+            }
+            if let Some(pos) = self.startable(idx) {
                 self.next_shard = (idx + 1) % n;
-                return Some(idx);
+                return Some((idx, pos));
             }
         }
         None
     }
 
     pub(super) fn start_attempt(&mut self, idx: usize, pending: Pending) {
+        let (uses_env, serial) = (
+            self.uses_env(pending.test),
+            self.is_serial(idx, pending.test),
+        );
+        let scope = self
+            .test_scopes
+            .get(pending.test)
+            .filter(|s| !s.all)
+            .cloned();
         let shard = &mut self.shards[idx];
         shard.running += 1;
+        shard.env_running += usize::from(uses_env);
+        shard.serial_running += usize::from(serial);
         let test = pending.test;
         let case = &self.list.tests[test];
         let binary = Arc::new(self.list.binaries[case.binary].clone());
@@ -140,7 +168,14 @@ impl<'a> Dispatcher<'a> {
             ("EPHEM_TEST_NAME".to_owned(), case.name.clone()),
             ("EPHEM_ATTEMPT".to_owned(), pending.attempt_no.to_string()),
         ];
-        env.extend(shard.vars.iter().cloned());
+        // Only the exports of the services whose scope matches the test.
+        env.extend(
+            shard
+                .vars
+                .iter()
+                .filter(|(name, _)| scope.as_ref().is_none_or(|s| s.exports.contains(name)))
+                .cloned(),
+        );
         let spec = AttemptSpec {
             binary,
             name: Arc::from(case.name.as_str()),
@@ -155,6 +190,8 @@ impl<'a> Dispatcher<'a> {
                 shard: shard.number,
                 attempt_no: pending.attempt_no,
                 started: Instant::now(),
+                uses_env,
+                serial,
             },
         );
         let (stop, shard_no, attempt_no) = (self.stop_rx.clone(), shard.number, pending.attempt_no);
@@ -163,10 +200,11 @@ impl<'a> Dispatcher<'a> {
             shard: shard_no,
             test,
         };
-        let hooks = shard.hooks.clone();
+        let hooks = shard.hooks.clone().filter(|_| uses_env);
+        let services = scope.map(|s| s.services.clone());
         self.tasks.spawn(task, async move {
             let attempt = tokio::select! {
-                attempt = attempt_with_hooks(spec, stop, hooks) => attempt,
+                attempt = attempt_with_hooks(spec, stop, hooks, services) => attempt,
                 _ = tokio::time::sleep(Duration::from_millis(300)), if panic_hook => {
                     panic!("{} is set: panicking on purpose while a test runs", PanicPoint::VAR)
                 }
@@ -187,10 +225,14 @@ impl<'a> Dispatcher<'a> {
         attempt_no: u32,
         mut attempt: Attempt,
     ) {
-        self.running.remove(&test);
+        let ran = self.running.remove(&test);
         let idx = self.shard_idx(number);
         let shard = &mut self.shards[idx];
         shard.running -= 1;
+        if let Some(ran) = ran {
+            shard.env_running -= usize::from(ran.uses_env);
+            shard.serial_running -= usize::from(ran.serial);
+        }
         // Masked before anything cuts the output to a tail, which could
         // leave half a secret.
         mask::mask_in_place(&mut attempt.stdout);
@@ -287,12 +329,13 @@ async fn attempt_with_hooks(
     mut spec: AttemptSpec,
     stop: watch::Receiver<StopLevel>,
     hooks: Option<Arc<dyn TestHooks>>,
+    services: Option<Vec<String>>,
 ) -> Attempt {
     let Some(hooks) = hooks else {
         return run_attempt(spec, stop).await;
     };
     let started_at = SystemTime::now();
-    let prepared = hooks.before_attempt().await;
+    let prepared = hooks.before_attempt(services.as_deref()).await;
     let extra = match prepared {
         Ok(extra) => extra,
         Err(e) => {
