@@ -112,8 +112,10 @@ impl<'a> Dispatcher<'a> {
         let s = &self.shards[idx];
         let env_free = s.phase == EnvPhase::Ready && !(s.serial && s.serial_running > 0);
         if self.test_scopes.is_empty() {
-            // Every test is alike: the first, when the environment allows.
-            return (env_free && !s.queue.is_empty()).then_some(0);
+            // Every test is alike: the first, when the environment allows
+            // (always without a backend: its shards are released at once).
+            let first = s.queue.front()?;
+            return (env_free || !self.uses_env(first.test)).then_some(0);
         }
         s.queue.iter().position(|p| {
             if !self.uses_env(p.test) {

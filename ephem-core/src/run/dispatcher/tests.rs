@@ -508,3 +508,24 @@ fn passed() -> Attempt {
         stderr: String::new(),
     }
 }
+
+/// Without a backend every shard is ready at once and releasing it (there
+/// is nothing to release) never stops its queued tests from starting.
+#[tokio::test]
+async fn without_a_backend_every_test_runs_one_slot_after_another() {
+    let backend = Arc::new(CountingBackend::default());
+    let mut input = input(backend, 1);
+    input.environments = None;
+    input.options.test_threads = 1;
+    let mut silent = Silent;
+    let (mut d, _events) = Dispatcher::new(input, &mut silent);
+    d.shards[0].queue.push_back(Pending {
+        test: 1,
+        attempt_no: 1,
+    });
+    d.schedule();
+    assert!(d.running.contains_key(&0));
+    d.attempt_done(1, 0, 1, passed());
+    d.schedule();
+    assert!(d.running.contains_key(&1), "the second test never started");
+}
