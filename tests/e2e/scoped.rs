@@ -210,3 +210,29 @@ fn a_bad_scope_exits_2_naming_the_service() {
     assert!(stderr.contains("tset(svc) |"), "{stderr}");
     assert!(!stderr.contains("Compiling"), "nothing built: {stderr}");
 }
+
+/// Per-test databases go only to the tests in their service's scope: the
+/// `svc::` test gets a database of its own (not the baseline `app`) and
+/// nothing of the other service; the `unit::` test gets the other
+/// service's export and no database.
+#[test]
+fn per_test_databases_go_only_to_the_tests_in_the_scope() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let out = scoped_run(
+        "env-scoped-per-test.toml",
+        dir.path(),
+        &["svc::sees_web_url", "unit::sees_no_service_vars"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let svc = seen(dir.path(), "svc");
+    assert!(svc.starts_with("WEB_URL=postgres://"), "{svc}");
+    assert!(!svc.ends_with("/app"), "a database of its own: {svc}");
+    assert!(!svc.contains("WEB_TOKEN"), "{svc}");
+    let unit = seen(dir.path(), "unit");
+    assert!(unit.starts_with("WEB_TOKEN="), "{unit}");
+    assert!(
+        !unit.contains("WEB_URL"),
+        "no database outside the scope: {unit}"
+    );
+}
