@@ -29,6 +29,7 @@ pub mod render;
 pub mod report;
 pub mod rerun;
 pub mod run;
+pub mod scopes;
 pub mod select;
 mod signals;
 pub mod teardown;

@@ -29,6 +29,7 @@ use crate::run::{
     self, Capture, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult,
     TestsSource,
 };
+use crate::scopes::ServiceScopes;
 use crate::select;
 use crate::signals::Signals;
 use crate::teardown::{self, Reaper, RunEnd};
@@ -90,6 +91,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         Some(setup) if options.reuse => Some(setup.enable_reuse(&workspace.root)?),
         _ => None,
     };
+    let scopes = service_scopes(setup.as_ref(), &workspace, options)?;
     let runtime = crate::runtime()?;
 
     // 2. Reach the backend before building: a dead daemon costs seconds.
@@ -161,6 +163,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         backend: c.backend,
         cleanup: c.cleanup,
         events: c.events,
+        scopes,
     });
     let mut display = Display::new(
         DisplayMode::detect(),
@@ -175,10 +178,22 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     if input.environments.is_some() {
         display = display.with_environments();
         let shards = input.shards.len();
-        display.line(&format!(
-            "  Starting the environments of {shards} shard{} while the tests build, run {run_id}",
-            if shards == 1 { "" } else { "s" }
-        ));
+        let held = input
+            .environments
+            .as_ref()
+            .and_then(|e| e.scopes.as_ref())
+            .is_some_and(|s| s.all_scoped());
+        display.line(&if held {
+            format!(
+                "  Preparing the environments of {shards} shard{} while the tests build (started for the shards whose tests match a service), run {run_id}",
+                if shards == 1 { "" } else { "s" }
+            )
+        } else {
+            format!(
+                "  Starting the environments of {shards} shard{} while the tests build, run {run_id}",
+                if shards == 1 { "" } else { "s" }
+            )
+        });
     }
     let result = runtime.block_on(run::run_with_signals(input, &mut display, signals));
     display.finish();
@@ -219,6 +234,34 @@ struct Done<'a> {
     target_dir: &'a Utf8Path,
     /// The profile's `junit.path`, under its store directory.
     profile_junit: Option<&'a Utf8Path>,
+}
+
+/// The services' `tests` scopes, compiled against the workspace's packages
+/// (read again with them if `-E` did not need them); `None` when no
+/// service has one. A bad expression costs no build (exit 2).
+fn service_scopes(
+    setup: Option<&EnvSetup>,
+    workspace: &Workspace,
+    options: &TestOptions,
+) -> Result<Option<Arc<ServiceScopes>>> {
+    let Some(setup) = setup.filter(|s| ServiceScopes::needed(&s.config)) else {
+        return Ok(None);
+    };
+    let json = match &workspace.graph_json {
+        Some(json) => json.clone(),
+        None if options.archive.is_none() => Workspace::load_with_graph(&options.cargo)?
+            .graph_json
+            .ok_or_else(|| EphemError::Internal("cargo metadata gave no package graph".into()))?,
+        None => {
+            return Err(EphemError::Usage(format!(
+                "{}: a service's tests = ... needs the package graph, which this archive lacks (made by an older cargo-ephem); make it again with this version",
+                setup.path
+            )))
+        }
+    };
+    let graph = crate::filterset::package_graph(&json)?;
+    let scopes = ServiceScopes::parse(&setup.config, &setup.path, &graph)?;
+    Ok(scopes.any_scoped().then(|| Arc::new(scopes)))
 }
 
 fn read_timings(paths: &[Utf8PathBuf]) -> Result<Timings> {

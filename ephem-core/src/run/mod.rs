@@ -138,6 +138,9 @@ pub struct RunEnvironments {
     pub cleanup: Arc<dyn Cleanup>,
     /// Pull progress, service deaths, warnings.
     pub events: mpsc::UnboundedReceiver<EnvEvent>,
+    /// Which tests get which services (`[services.NAME] tests`); `None`:
+    /// every test gets every service.
+    pub scopes: Option<Arc<crate::scopes::ServiceScopes>>,
 }
 
 /// The final word on one test.

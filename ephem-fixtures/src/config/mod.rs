@@ -175,6 +175,10 @@ pub struct ServiceSpec {
     pub per_test_databases: bool,
     /// `[services.NAME.kubernetes]`: user, groups and restarts on Kubernetes.
     pub kubernetes: ServiceKubernetes,
+    /// `tests`: the nextest filterset of the tests that get this service
+    /// (its exports, its waits, its resets); `None`: every test. Parsed by
+    /// the runner, which knows the workspace's packages.
+    pub tests: Option<String>,
 }
 
 /// How a service is restored to its baseline before every test.

@@ -105,6 +105,8 @@ pub(super) struct RawService {
     pub reset: Option<Spanned<RawReset>>,
     pub databases: Option<Spanned<String>>,
     pub kubernetes: Option<Spanned<RawServiceKubernetes>>,
+    /// `tests = "FILTERSET"`: which tests get the service.
+    pub tests: Option<Spanned<String>>,
 }
 
 /// `[services.NAME.kubernetes]`: what only the Kubernetes backend uses.

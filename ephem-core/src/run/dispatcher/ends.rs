@@ -130,8 +130,8 @@ impl<'a> Dispatcher<'a> {
                     Err(e) => {
                         shard.phase = EnvPhase::Failed;
                         let reason = format!("not run: environment of shard {number} failed");
-                        let drained: Vec<_> = shard.queue.drain(..).collect();
-                        for p in drained {
+                        // Tests that need no environment still run.
+                        for p in self.drain_env_tests(idx) {
                             self.finalize_unrun(p.test, number, &reason);
                         }
                         self.env_errors.push((number, e));

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::discover::BuildControl;
 use crate::mask;
+use crate::scopes::{ServiceScopes, TestScope};
 use crate::signals::Signals;
 use crate::test_list::{Selection, TestIdx, TestList};
 
@@ -94,6 +95,10 @@ struct ShardState {
     hooks: Option<Arc<dyn TestHooks>>,
     /// One test at a time: a service resets to its baseline between tests.
     serial: bool,
+    /// Running tests that use the environment, and those of them that
+    /// run one at a time (`serial`).
+    env_running: usize,
+    serial_running: usize,
 }
 
 impl ShardState {
@@ -128,6 +133,10 @@ struct Running {
     /// Threads of the budget it holds, and its test group's slot.
     threads: usize,
     group: Option<Arc<str>>,
+    /// It uses its shard's environment (counted in `env_running`).
+    uses_env: bool,
+    /// It runs alone among its shard's serial tests (`serial_running`).
+    serial: bool,
 }
 
 /// A retry waiting out its backoff delay.
@@ -187,6 +196,13 @@ struct Dispatcher<'a> {
     /// When the run-wide preparation began, and its span once it ended.
     prepare_started: Option<SystemTime>,
     prepare_span: Option<Span>,
+    /// Which tests get which services; `None`: all get all.
+    scopes: Option<Arc<ServiceScopes>>,
+    /// Each test's scope, by index, once the plan came; empty when no
+    /// service is scoped (every test uses the environment).
+    test_scopes: Vec<Arc<TestScope>>,
+    /// The run-wide preparation ended well: shards may be provisioned.
+    prepared: bool,
     events: &'a mut dyn RunEvents,
 }
 
@@ -330,9 +346,9 @@ impl<'a> Dispatcher<'a> {
             shard_count: options.shard_count,
             expires_at: SystemTime::now() + env_ttl,
         };
-        let (backend, cleanup, env_events) = match environments {
-            Some(e) => (Some(e.backend), Some(e.cleanup), Some(e.events)),
-            None => (None, None, None),
+        let (backend, cleanup, env_events, scopes) = match environments {
+            Some(e) => (Some(e.backend), Some(e.cleanup), Some(e.events), e.scopes),
+            None => (None, None, None, None),
         };
         let mut d = Dispatcher {
             list: Arc::new(TestList::default()),
@@ -369,6 +385,9 @@ impl<'a> Dispatcher<'a> {
             internal_error: None,
             prepare_started: None,
             prepare_span: None,
+            scopes,
+            test_scopes: Vec::new(),
+            prepared: false,
             events,
             opts: options,
         };

@@ -18,6 +18,9 @@ impl<'a> Dispatcher<'a> {
         };
         self.list = tests.list.clone();
         self.knobs = tests.knobs.clone();
+        if let Some(scopes) = self.scopes.as_ref().filter(|s| s.any_scoped()) {
+            self.test_scopes = scopes.of_tests(&self.list);
+        }
         for (number, shard_tests) in &tests.shards {
             let Some(idx) = self.shards.iter().position(|s| s.number == *number) else {
                 continue;
@@ -57,7 +60,12 @@ impl<'a> Dispatcher<'a> {
             let reason = match &self.stopping {
                 Some(reason) => reason.clone(),
                 None if self.shards[idx].phase == EnvPhase::Failed => {
-                    format!("not run: environment of shard {number} failed")
+                    let reason = format!("not run: environment of shard {number} failed");
+                    // Tests that need no environment still run.
+                    for p in self.drain_env_tests(idx) {
+                        self.finalize_unrun(p.test, number, &reason);
+                    }
+                    continue;
                 }
                 None => continue,
             };
@@ -66,9 +74,13 @@ impl<'a> Dispatcher<'a> {
                 self.finalize_unrun(p.test, number, &reason);
             }
         }
-        for s in &mut self.shards {
-            if s.queue.is_empty() && s.phase == EnvPhase::AwaitPrepare {
-                s.phase = EnvPhase::Released;
+        for idx in 0..self.shards.len() {
+            if self.shards[idx].phase == EnvPhase::AwaitPrepare && self.env_drained(idx) {
+                // No test of it uses the environment: none is started.
+                self.shards[idx].phase = EnvPhase::Released;
+                if !self.shards[idx].queue.is_empty() {
+                    self.events.shard_ready(self.shards[idx].number, false);
+                }
             }
         }
         if self
@@ -79,6 +91,10 @@ impl<'a> Dispatcher<'a> {
             if let Some(task) = self.prepare_task.take() {
                 task.abort();
             }
+        }
+        if self.prepared && self.stopping.is_none() {
+            // Held until the tests were known (every service is scoped).
+            self.provision_all();
         }
     }
 
@@ -97,10 +113,8 @@ impl<'a> Dispatcher<'a> {
             return;
         }
         for idx in 0..self.shards.len() {
-            let s = &self.shards[idx];
-            let waiting = self.delayed.iter().any(|d| d.shard == s.number);
-            let drained = s.queue.is_empty() && s.running == 0 && !waiting;
-            if drained && matches!(s.phase, EnvPhase::Ready | EnvPhase::Failed) {
+            let drained = self.env_drained(idx);
+            if drained && matches!(self.shards[idx].phase, EnvPhase::Ready | EnvPhase::Failed) {
                 self.release(idx);
             }
         }
@@ -122,8 +136,9 @@ impl<'a> Dispatcher<'a> {
     }
 
     /// The next test that may start, as (shard, position in its queue):
-    /// round-robin over ready shards; within a shard, tests whose test
-    /// group is full wait aside, and the first other test starts once the
+    /// round-robin over shards. Within a shard, tests wait aside while the
+    /// environment they use is not ready (or a serial test of it runs) or
+    /// their test group is full; the first other test starts once the
     /// threads it requires are free (it holds its place: a test that needs
     /// many threads is not starved by smaller ones behind it, as in nextest).
     fn next_startable(&mut self) -> Option<(usize, usize)> {
@@ -136,10 +151,9 @@ impl<'a> Dispatcher<'a> {
         for step in 0..n {
             let idx = (self.next_shard + step) % n;
             let s = &self.shards[idx];
-            if s.phase != EnvPhase::Ready || s.queue.is_empty() {
+            if s.queue.is_empty() {
                 continue;
             }
-            let limit = if s.serial { 1 } else { limit };
             let in_shard: usize = self
                 .running
                 .values()
@@ -147,6 +161,9 @@ impl<'a> Dispatcher<'a> {
                 .map(|r| r.threads)
                 .sum();
             for (pos, p) in s.queue.iter().enumerate() {
+                if !self.env_allows(idx, p.test) {
+                    continue;
+                }
                 let knobs = self.knobs(p.test);
                 if let Some(group) = &knobs.group {
                     let max = self.opts.test_groups.get(&**group).copied();
@@ -155,7 +172,11 @@ impl<'a> Dispatcher<'a> {
                         continue;
                     }
                 }
-                let need = knobs.threads.clamp(1, limit.min(budget));
+                let need = if self.is_serial(idx, p.test) {
+                    1
+                } else {
+                    knobs.threads.clamp(1, limit.min(budget))
+                };
                 if in_shard + need <= limit && self.threads_used + need <= budget {
                     self.next_shard = (idx + 1) % n;
                     return Some((idx, pos));
@@ -200,16 +221,20 @@ impl<'a> Dispatcher<'a> {
         let test = pending.test;
         let knobs = self.knobs(test);
         let (slot, nextest_vars) = self.nextest_attempt(test, pending.attempt_no, &knobs);
+        let (uses_env, serial) = (self.uses_env(test), self.is_serial(idx, test));
+        let scope = self.test_scopes.get(test).filter(|s| !s.all).cloned();
         let threads = knobs
             .threads
             .clamp(1, self.per_shard_limit().min(self.opts.test_threads.max(1)));
-        let threads = if self.shards[idx].serial { 1 } else { threads };
+        let threads = if serial { 1 } else { threads };
         self.threads_used += threads;
         if let Some(group) = &knobs.group {
             *self.group_running.entry(group.clone()).or_default() += 1;
         }
         let shard = &mut self.shards[idx];
         shard.running += 1;
+        shard.env_running += usize::from(uses_env);
+        shard.serial_running += usize::from(serial);
         let case = &self.list.tests[test];
         let binary = Arc::new(self.list.binaries[case.binary].clone());
         let mut env = vec![
@@ -224,7 +249,14 @@ impl<'a> Dispatcher<'a> {
             ("EPHEM_ATTEMPT".to_owned(), pending.attempt_no.to_string()),
         ];
         env.extend(nextest_vars);
-        env.extend(shard.vars.iter().cloned());
+        // Only the exports of the services whose scope matches the test.
+        env.extend(
+            shard
+                .vars
+                .iter()
+                .filter(|(name, _)| scope.as_ref().is_none_or(|s| s.exports.contains(name)))
+                .cloned(),
+        );
         let spec = AttemptSpec {
             binary,
             name: Arc::from(case.name.as_str()),
@@ -243,6 +275,8 @@ impl<'a> Dispatcher<'a> {
                 slot,
                 threads,
                 group: knobs.group.clone(),
+                uses_env,
+                serial,
             },
         );
         let (stop, shard_no, attempt_no) = (self.stop_rx.clone(), shard.number, pending.attempt_no);
@@ -251,10 +285,11 @@ impl<'a> Dispatcher<'a> {
             shard: shard_no,
             test,
         };
-        let hooks = shard.hooks.clone();
+        let hooks = shard.hooks.clone().filter(|_| uses_env);
+        let services = scope.map(|s| s.services.clone());
         self.tasks.spawn(task, async move {
             let attempt = tokio::select! {
-                attempt = attempt_with_hooks(spec, stop, hooks) => attempt,
+                attempt = attempt_with_hooks(spec, stop, hooks, services) => attempt,
                 _ = tokio::time::sleep(Duration::from_millis(300)), if panic_hook => {
                     panic!("{} is set: panicking on purpose while a test runs", PanicPoint::VAR)
                 }
@@ -275,11 +310,12 @@ impl<'a> Dispatcher<'a> {
         attempt_no: u32,
         mut attempt: Attempt,
     ) {
-        if let Some(r) = self.running.remove(&test) {
+        let ran = self.running.remove(&test);
+        if let Some(r) = &ran {
             self.release_slots(test, r.slot, r.group.as_ref());
             self.threads_used -= r.threads;
-            if let Some(group) = r.group {
-                if let Some(n) = self.group_running.get_mut(&group) {
+            if let Some(group) = &r.group {
+                if let Some(n) = self.group_running.get_mut(group) {
                     *n -= 1;
                 }
             }
@@ -288,6 +324,10 @@ impl<'a> Dispatcher<'a> {
         let idx = self.shard_idx(number);
         let shard = &mut self.shards[idx];
         shard.running -= 1;
+        if let Some(ran) = ran {
+            shard.env_running -= usize::from(ran.uses_env);
+            shard.serial_running -= usize::from(ran.serial);
+        }
         // Masked before anything cuts the output to a tail, which could
         // leave half a secret.
         mask::mask_in_place(&mut attempt.stdout);
@@ -408,12 +448,13 @@ async fn attempt_with_hooks(
     mut spec: AttemptSpec,
     stop: watch::Receiver<StopLevel>,
     hooks: Option<Arc<dyn TestHooks>>,
+    services: Option<Vec<String>>,
 ) -> Attempt {
     let Some(hooks) = hooks else {
         return run_attempt(spec, stop).await;
     };
     let started_at = SystemTime::now();
-    let prepared = hooks.before_attempt().await;
+    let prepared = hooks.before_attempt(services.as_deref()).await;
     let extra = match prepared {
         Ok(extra) => extra,
         Err(e) => {

@@ -29,6 +29,8 @@ impl<'a> Dispatcher<'a> {
                 phase_started: None,
                 hooks: None,
                 serial: false,
+                env_running: 0,
+                serial_running: 0,
             });
         }
     }
@@ -57,6 +59,12 @@ impl<'a> Dispatcher<'a> {
         let Some(backend) = self.backend.clone() else {
             return;
         };
+        self.prepared = true;
+        if !self.planned && self.scopes.as_ref().is_some_and(|s| s.all_scoped()) {
+            // Every service is scoped: which shards need their environment
+            // is known once the tests are (`plan_arrived` comes back here).
+            return;
+        }
         for shard in self
             .shards
             .iter_mut()
@@ -81,6 +89,52 @@ impl<'a> Dispatcher<'a> {
                 Msg::Provisioned(ctx.shard, result)
             }));
         }
+    }
+
+    /// Whether `test` waits for its shard's environment: with a backend,
+    /// unless no service's scope matches it.
+    pub(super) fn uses_env(&self, test: TestIdx) -> bool {
+        self.backend.is_some() && self.test_scopes.get(test).is_none_or(|s| s.needs_env())
+    }
+
+    /// Whether `test` runs alone among the serial tests of its shard (whose
+    /// environment is ready): it matches a service that resets.
+    pub(super) fn is_serial(&self, idx: usize, test: TestIdx) -> bool {
+        self.shards[idx].serial
+            && self.uses_env(test)
+            && self.test_scopes.get(test).is_none_or(|s| s.serial)
+    }
+
+    /// Whether `test` of shard `idx` may start as far as the environment
+    /// goes: it needs none (whatever its shard's phase), or it is ready and
+    /// no other serial test of it runs when `test` is serial.
+    pub(super) fn env_allows(&self, idx: usize, test: TestIdx) -> bool {
+        if !self.uses_env(test) {
+            return true;
+        }
+        let s = &self.shards[idx];
+        s.phase == EnvPhase::Ready && !(self.is_serial(idx, test) && s.serial_running > 0)
+    }
+
+    /// Whether shard `idx` has no test left that uses its environment:
+    /// it can be released (its other tests run on without it).
+    pub(super) fn env_drained(&self, idx: usize) -> bool {
+        let s = &self.shards[idx];
+        let waiting = self
+            .delayed
+            .iter()
+            .any(|d| d.shard == s.number && self.uses_env(d.pending.test));
+        s.env_running == 0 && !waiting && !s.queue.iter().any(|p| self.uses_env(p.test))
+    }
+
+    /// Takes the tests of shard `idx` that wait for its environment out of
+    /// its queue (it failed), leaving the others to run.
+    pub(super) fn drain_env_tests(&mut self, idx: usize) -> Vec<Pending> {
+        let queue = std::mem::take(&mut self.shards[idx].queue);
+        let (env, free): (VecDeque<Pending>, VecDeque<Pending>) =
+            queue.into_iter().partition(|p| self.uses_env(p.test));
+        self.shards[idx].queue = free;
+        env.into()
     }
 
     /// Tears the shard's environment down (or keeps it with `--keep-env`).

@@ -177,6 +177,7 @@ fn input(backend: Arc<CountingBackend>, shards: u32) -> RunInput {
             cleanup: backend.cleanup(),
             backend,
             events,
+            scopes: None,
         }),
         env_ttl: Duration::from_secs(60),
     }
@@ -516,4 +517,107 @@ async fn max_fail_counts_tests_not_attempts() {
     let attempts: Vec<usize> = result.outcomes.iter().map(|o| o.attempts.len()).collect();
     assert_eq!(attempts, [2, 2]);
     assert!(result.outcomes.iter().all(|o| o.verdict == Verdict::Failed));
+}
+
+fn scope(services: &[&str], serial: bool) -> Arc<TestScope> {
+    Arc::new(TestScope {
+        services: services.iter().map(|s| s.to_string()).collect(),
+        all: false,
+        exports: Default::default(),
+        serial,
+    })
+}
+
+/// A test that matches no service starts while its shard's environment is
+/// still being prepared; one that matches waits for it, and the shard is
+/// released once no test that uses it is left, the other still running.
+#[tokio::test]
+async fn a_test_outside_every_scope_starts_before_the_environment() {
+    let backend = Arc::new(CountingBackend::default());
+    let mut silent = Silent;
+    let (mut d, _events) = Dispatcher::new(input(backend.clone(), 1), &mut silent);
+    d.test_scopes = vec![scope(&["db"], true), scope(&[], false)];
+    d.shards[0].queue.push_back(Pending {
+        test: 1,
+        attempt_no: 1,
+    });
+    assert_eq!(d.shards[0].phase, EnvPhase::AwaitPrepare);
+    d.schedule();
+    assert!(
+        d.running.contains_key(&1),
+        "the test outside the scope waits"
+    );
+    assert!(
+        !d.running.contains_key(&0),
+        "the test in the scope does not"
+    );
+    d.shards[0].phase = EnvPhase::Ready;
+    d.shards[0].serial = true;
+    d.schedule();
+    assert!(d.running.contains_key(&0));
+    assert_eq!(d.shards[0].serial_running, 1);
+    assert_eq!(d.shards[0].env_running, 1);
+    d.attempt_done(1, 0, 1, passed());
+    d.schedule();
+    assert_eq!(d.shards[0].phase, EnvPhase::Released, "nothing uses it");
+    assert!(d.running.contains_key(&1), "the other test runs on");
+}
+
+/// Serial tests (in the scope of a service that resets) run one at a
+/// time; a test outside it starts beside them, even behind a waiting one.
+#[tokio::test]
+async fn a_reset_serialises_only_the_tests_in_its_scope() {
+    let backend = Arc::new(CountingBackend::default());
+    let mut silent = Silent;
+    let (mut d, _events) = Dispatcher::new(input(backend.clone(), 1), &mut silent);
+    d.opts.test_threads = 4;
+    d.test_scopes = vec![scope(&["db"], true), scope(&[], false)];
+    d.shards[0].queue.push_back(Pending {
+        test: 1,
+        attempt_no: 1,
+    });
+    d.shards[0].phase = EnvPhase::Ready;
+    d.shards[0].serial = true;
+    // Another serial test is running (as if started earlier).
+    d.shards[0].serial_running = 1;
+    d.schedule();
+    assert!(!d.running.contains_key(&0), "a second serial test started");
+    assert!(
+        d.running.contains_key(&1),
+        "the other did not start beside it"
+    );
+    d.shards[0].serial_running = 0;
+    d.schedule();
+    assert!(d.running.contains_key(&0));
+}
+
+fn passed() -> Attempt {
+    Attempt {
+        status: AttemptStatus::Passed,
+        started_at: SystemTime::now(),
+        duration: Duration::ZERO,
+        stdout: String::new(),
+        stderr: String::new(),
+    }
+}
+
+/// Without a backend every shard is ready at once and releasing it (there
+/// is nothing to release) never stops its queued tests from starting.
+#[tokio::test]
+async fn without_a_backend_every_test_runs_one_slot_after_another() {
+    let backend = Arc::new(CountingBackend::default());
+    let mut input = input(backend, 1);
+    input.environments = None;
+    input.options.test_threads = 1;
+    let mut silent = Silent;
+    let (mut d, _events) = Dispatcher::new(input, &mut silent);
+    d.shards[0].queue.push_back(Pending {
+        test: 1,
+        attempt_no: 1,
+    });
+    d.schedule();
+    assert!(d.running.contains_key(&0));
+    d.attempt_done(1, 0, 1, passed());
+    d.schedule();
+    assert!(d.running.contains_key(&1), "the second test never started");
 }
