@@ -306,3 +306,28 @@ fn two_runs_at_once_build_one_snapshot() {
         assert!(started_from_snapshot(&ws.run(&[])), "round {round}");
     }
 }
+
+/// Snapshots live in the image cache: without one, the run provisions
+/// normally and says once why no snapshot is kept.
+#[test]
+fn without_an_image_cache_a_snapshot_is_warned_about_not_silently_dropped() {
+    let _daemon = shared_daemon();
+    let ws = Workspace::new("no-cache");
+    let mut cmd = ephem();
+    cmd.arg("test")
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/baseline/Cargo.toml"))
+        .arg("--config")
+        .arg(ws.config())
+        .env_remove("EPHEM_SNAPSHOT")
+        .env_remove("EPHEM_IMAGE_CACHE")
+        .args(["pg_", "attrs_"]);
+    let out = run(&mut cmd);
+    let stderr = ws.passed(&out);
+    let warned = stderr
+        .lines()
+        .filter(|l| l.contains("snapshots are kept in the image cache, which is off"))
+        .count();
+    assert_eq!(warned, 1, "{stderr}");
+    assert!(!built(&stderr), "{stderr}");
+}

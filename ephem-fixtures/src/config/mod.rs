@@ -180,6 +180,10 @@ pub struct ServiceSpec {
     /// `snapshot`: the state after `setup` kept as an image and started
     /// from on later runs (Docker only).
     pub snapshot: Option<SnapshotSpec>,
+    /// `tests`: the nextest filterset of the tests that get this service
+    /// (its exports, its waits, its resets); `None`: every test. Parsed by
+    /// the runner, which knows the workspace's packages.
+    pub tests: Option<String>,
 }
 
 /// How a service is restored to its baseline before every test.

@@ -106,6 +106,8 @@ pub(super) struct RawService {
     pub databases: Option<Spanned<String>>,
     pub kubernetes: Option<Spanned<RawServiceKubernetes>>,
     pub snapshot: Option<Spanned<RawSnapshot>>,
+    /// `tests = "FILTERSET"`: which tests get the service.
+    pub tests: Option<Spanned<String>>,
 }
 
 /// `[services.NAME.kubernetes]`: what only the Kubernetes backend uses.

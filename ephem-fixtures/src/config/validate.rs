@@ -299,6 +299,17 @@ impl ServiceChecker<'_, '_> {
             .unwrap_or_default();
         let (setup, reset, per_test_databases) = self.baseline(key)?;
         let snapshot = self.snapshot(key)?;
+        let tests = match &raw.tests {
+            Some(expr) if expr.get_ref().trim().is_empty() => {
+                return Err(self.at.error(
+                    expr.span(),
+                    format!("{key}.tests"),
+                    "the filterset is empty; write the tests that get this service, e.g. \"test(/^db::/)\", or remove tests for all of them",
+                ))
+            }
+            Some(expr) => Some(expr.get_ref().clone()),
+            None => None,
+        };
 
         Ok(ServiceSpec {
             name: self.name.to_owned(),
@@ -317,6 +328,7 @@ impl ServiceChecker<'_, '_> {
             per_test_databases,
             kubernetes: ServiceKubernetes::default(),
             snapshot,
+            tests,
         })
     }
 

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     address: String,
     /// `${host}`: 127.0.0.1, or a tcp:// daemon's host.
     host: String,
+    /// The daemon is Podman, which runs healthchecks only from systemd timers.
+    podman: bool,
     config: EphemConfig,
     events: EventSink,
     images: ImageStore,
@@ -129,6 +131,7 @@ impl DockerBackend {
                 docker: conn.docker,
                 address: conn.address,
                 host: conn.host,
+                podman: conn.podman,
                 config,
                 events,
                 images,

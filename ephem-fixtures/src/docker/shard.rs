@@ -675,6 +675,7 @@ async fn start_service(
         host: &shared.host,
         ports: &ports,
         exec: &plan.exec,
+        run_healthcheck: shared.podman,
     };
     let outcome = tokio::select! {
         outcome = readiness::wait_ready(&target, &wait, deadline) => outcome,

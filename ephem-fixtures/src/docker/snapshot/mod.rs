@@ -161,7 +161,20 @@ impl State {
         let Some(snapshot) = &spec.snapshot else {
             return (Decision::Fresh, String::new());
         };
-        if disabled_by_env() || shared.images.cache().is_none() {
+        if disabled_by_env() {
+            return (Decision::Fresh, String::new());
+        }
+        if shared.images.cache().is_none() {
+            // Snapshots live in the image cache: without one there is
+            // nowhere to keep them, which the user should hear once.
+            self.warn_once(
+                shared,
+                &spec.name,
+                format!(
+                    "services.{}: no snapshot: snapshots are kept in the image cache, which is off; set [images] cache (or --image-cache DIR) to use them",
+                    spec.name
+                ),
+            );
             return (Decision::Fresh, String::new());
         }
         let image_id = match shared.docker.inspect_image(planned.run_name).await {
