@@ -6,7 +6,10 @@
 #   4. stand-ins for postgres:15-bookworm, redis:7-bookworm and busybox:1.36,
 #      built from Debian packages and pushed to that registry;
 #   5. kubernetes-validate, which checks rendered Kubernetes objects against
-#      the API's strict schemas without a cluster.
+#      the API's strict schemas without a cluster;
+#   6. with EPHEM_TEST_PODMAN=1 only: Podman from Debian, its Docker-compatible
+#      service rootful on /run/podman/podman.sock and rootless for the user
+#      ephem-podman, both pulling from the local registry.
 # No public container registry can be reached from our machines, so the
 # images the tests pull have to be made here, from the Debian mirror.
 #
@@ -131,6 +134,9 @@ need_pip() {
 # --- step 2: Docker daemon ---------------------------------------------------
 
 ensure_docker() {
+	# dockerd decompresses layers with unpigz when it is on PATH (looked up
+	# per pull, no restart): snapshot and image restores decompress in parallel.
+	need_packages pigz
 	if docker info >/dev/null 2>&1; then
 		say "docker daemon: already running"
 		return
@@ -445,6 +451,120 @@ ensure_kubernetes_validate() {
 	say "kubernetes-validate: $KUBE_VALIDATE_VERSION installed"
 }
 
+# --- step 6 (EPHEM_TEST_PODMAN=1): Podman --------------------------------------
+
+readonly PODMAN_SOCKET=/run/podman/podman.sock
+readonly PODMAN_LOG=/var/log/ephem-podman.log
+readonly PODMAN_ROOTLESS_USER=ephem-podman
+readonly PODMAN_ROOTLESS_LOG=/var/log/ephem-podman-rootless.log
+
+# podman_answers SOCKET: a Podman service (not Docker) answers there.
+podman_answers() {
+	curl -sf -m 5 --unix-socket "$1" http://podman/version 2>/dev/null | grep -q '"Podman Engine"'
+}
+
+# CAP_SYS_RESOURCE (bit 24) in our effective set: may raise hard rlimits.
+may_raise_rlimits() {
+	local caps
+	caps="$(awk '/^CapEff:/ { print $2 }' /proc/self/status)"
+	(((0x$caps >> 24) & 1))
+}
+
+# Podman reads these when a service starts (so a running one keeps its old
+# view until restarted); they touch only Podman, not Docker's daemon.
+write_podman_config() {
+	mkdir -p /etc/containers/registries.conf.d /etc/containers/containers.conf.d
+	cat >/etc/containers/registries.conf.d/50-ephem-local-registry.conf <<-EOF
+		# Written by cargo-ephem's scripts/provision-test-env.sh: the test
+		# registry speaks plain HTTP (Docker allows that for 127.0.0.0/8 by itself).
+		[[registry]]
+		location = "localhost:5000"
+		insecure = true
+
+		[[registry]]
+		location = "$REGISTRY_ADDR"
+		insecure = true
+	EOF
+	# Podman sets every container's open files and processes to 1048576 unless
+	# containers.conf says otherwise; without CAP_SYS_RESOURCE (our CI machines
+	# run in a sandbox) raising a hard limit fails, and so does every start
+	# ("error setting rlimit type 7"). Docker's containers inherit dockerd's
+	# limits; these give Podman's the service's own, which it derives from
+	# ours (processes capped at pid_max).
+	local ulimits=/etc/containers/containers.conf.d/50-ephem-ulimits.conf
+	if may_raise_rlimits; then
+		rm -f "$ulimits"
+		return
+	fi
+	local nofile nproc pid_max
+	nofile="$(ulimit -Hn)"
+	nproc="$(ulimit -Hu)"
+	pid_max="$(cat /proc/sys/kernel/pid_max)"
+	if [ "$nproc" = unlimited ] || ((nproc > pid_max)); then nproc="$pid_max"; fi
+	[ "$nofile" != unlimited ] || nofile=1048576
+	cat >"$ulimits" <<-EOF
+		# Written by cargo-ephem's scripts/provision-test-env.sh: no CAP_SYS_RESOURCE here.
+		[containers]
+		default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+	EOF
+}
+
+# start_podman_service SOCKET LOG [USER]: starts `podman system service` on
+# SOCKET (as USER: rootless) unless one answers there.
+start_podman_service() {
+	local socket="$1" log="$2" user="${3:-}" what="podman (rootful)"
+	[ -z "$user" ] || what="podman (rootless, user $user)"
+	if podman_answers "$socket"; then
+		say "$what: already serving on $socket"
+		return
+	fi
+	say "$what: starting podman system service on $socket (log: $log)"
+	local run=()
+	if [ -n "$user" ]; then
+		local runtime_dir
+		runtime_dir="$(dirname "$(dirname "$socket")")"
+		run=(runuser -u "$user" -- env XDG_RUNTIME_DIR="$runtime_dir" HOME="$(getent passwd "$user" | cut -d: -f6)")
+	fi
+	# A socket file left by a service that died is stale: nothing answered.
+	rm -f "$socket"
+	(cd / && start_background "$log" "${run[@]}" podman system service --time=0 "unix://$socket")
+	if ! wait_for 30 podman_answers "$socket"; then
+		tail -n 15 "$log" | sed 's/^/    /' >&2
+		die "$what: no answer on $socket after 30 s; see $log"
+	fi
+	# One container through the CLI: registry, storage and rlimits work.
+	local smoke=(podman run --rm --pull=always "localhost:5000/library/busybox:1.36" true)
+	if [ -n "$user" ]; then
+		smoke=("${run[@]}" "${smoke[@]}")
+	fi
+	quietly "$log" "$what: a first container (${smoke[*]})" "${smoke[@]}"
+	say "$what: serving on $socket"
+}
+
+# A user of our own, with subordinate ids for its user namespace and a
+# runtime directory (no login session makes one here).
+ensure_rootless_user() {
+	local user="$PODMAN_ROOTLESS_USER" uid
+	id -u "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
+	grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
+	grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
+	uid="$(id -u "$user")"
+	install -d -m 0700 -o "$user" -g "$user" "/run/user/$uid" "/run/user/$uid/podman"
+	ROOTLESS_SOCKET="/run/user/$uid/podman/podman.sock"
+}
+
+ensure_podman() {
+	if [ "${EPHEM_TEST_PODMAN:-}" != 1 ]; then
+		return 0
+	fi
+	# uidmap and slirp4netns: the rootless service's user namespace and network.
+	need_packages podman uidmap slirp4netns
+	write_podman_config
+	start_podman_service "$PODMAN_SOCKET" "$PODMAN_LOG"
+	ensure_rootless_user
+	start_podman_service "$ROOTLESS_SOCKET" "$PODMAN_ROOTLESS_LOG" "$PODMAN_ROOTLESS_USER"
+}
+
 main() {
 	[ "$(id -u)" = 0 ] || die "must run as root"
 	mkdir -p "$(dirname "$LOCK_FILE")"
@@ -457,6 +577,7 @@ main() {
 	ensure_registry
 	ensure_images
 	ensure_kubernetes_validate
+	ensure_podman
 	say "done in ${SECONDS} s"
 }
 

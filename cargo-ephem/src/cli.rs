@@ -11,10 +11,12 @@ use ephem_core::discover::{CargoOptions, TargetSelection};
 use ephem_core::limits;
 use ephem_core::options::{
     ArchiveInput, ConfigSource, DownOptions, EnvOptions, ExecOptions, ExecShards, GcOptions,
-    ImagesAction, ImagesOptions, ListFormat, ListOptions, NoTests, ReapOptions, ReaperLaunch,
-    RerunFrom, Sharding, TestOptions, UpOptions, VarsFormat,
+    ImagesAction, ImagesOptions, ListFormat, ListOptions, MaxFail, NoTests, ReapOptions,
+    ReaperLaunch, RerunFrom, Sharding, TestOptions, UpOptions, VarsFormat,
 };
 use ephem_core::partition::PartitionSpec;
+use ephem_core::profile::OutputLevels;
+use ephem_core::report::levels::{FinalStatusLevel, OutputDisplay, Reporting, StatusLevel};
 use ephem_core::test_list::{IgnoredMode, TestFilter};
 use ephem_core::{BackendKind, RenderBackend, RenderOptions, RenderShards};
 
@@ -258,6 +260,9 @@ pub struct EnvArgs {
     /// ones from it [default: EPHEM_IMAGE_CACHE, else [images] cache].
     #[arg(long, value_name = "DIR")]
     image_cache: Option<Utf8PathBuf>,
+    /// Provision services with `snapshot` normally and build no snapshot this run (also EPHEM_SNAPSHOT=0).
+    #[arg(long)]
+    no_snapshot: bool,
 }
 
 impl EnvArgs {
@@ -267,6 +272,7 @@ impl EnvArgs {
             backend: self.backend,
             env_ttl: self.env_ttl,
             image_cache: self.image_cache,
+            no_snapshot: self.no_snapshot,
         }
     }
 }
@@ -404,6 +410,7 @@ impl UpArgs {
                 backend: self.workspace.backend,
                 env_ttl: self.env_ttl,
                 image_cache: self.image_cache,
+                no_snapshot: false,
             },
             shard: self.shard,
             format: match self.format {
@@ -458,6 +465,7 @@ impl ExecArgs {
             backend: self.backend,
             env_ttl: self.env_ttl,
             image_cache: self.image_cache,
+            no_snapshot: false,
         };
         options.shards = match (self.partition, self.shards) {
             (Some(one), _) => one,
@@ -689,21 +697,39 @@ pub struct TestArgs {
     #[arg(short = 'j', long = "test-threads", value_name = "N", value_parser = limits::parse_test_threads, help_heading = "Running")]
     test_threads: Option<usize>,
 
-    /// Retry a failing test up to N more times; one that then passes is reported as flaky.
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = limits::parse_retries, help_heading = "Running")]
-    retries: u32,
+    /// Retry a failing test up to N more times; one that then passes is reported as flaky [default: the profile's `retries`, else 0].
+    #[arg(long, value_name = "N", value_parser = limits::parse_retries, help_heading = "Running")]
+    retries: Option<u32>,
 
     /// Kill a test (its whole process group) after this long and report it as timed out (e.g. 60s, 2m).
     #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, help_heading = "Running")]
     test_timeout: Option<Duration>,
 
-    /// Report a test as slow after this long.
-    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, default_value = "60s", help_heading = "Running")]
-    slow_timeout: Duration,
+    /// Report a test as slow after this long [default: the profile's `slow-timeout`, else 60s].
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration, help_heading = "Running")]
+    slow_timeout: Option<Duration>,
 
-    /// Run every test even after failures [default: stop scheduling after the first failure].
-    #[arg(long, help_heading = "Running")]
+    /// Run every test even after failures [default: the profile's `fail-fast`, else stop scheduling after the first failure].
+    #[arg(long, help_heading = "Running", conflicts_with = "max_fail")]
     no_fail_fast: bool,
+
+    /// Stop scheduling new tests after the first failure, whatever the profile's `fail-fast` says.
+    #[arg(long, help_heading = "Running", conflicts_with_all = ["no_fail_fast", "max_fail"])]
+    fail_fast: bool,
+
+    /// Stop scheduling new tests after N failures (`all`: never), as nextest's --max-fail.
+    #[arg(long, value_name = "N", value_parser = parse_max_fail, help_heading = "Running")]
+    max_fail: Option<MaxFail>,
+
+    /// The nextest profile of .config/nextest.toml to apply (retries, slow-timeout, fail-fast, test-threads, test groups, overrides, junit.path) [default: `default`].
+    #[arg(
+        short = 'P',
+        long,
+        value_name = "NAME",
+        env = "NEXTEST_PROFILE",
+        help_heading = "Running"
+    )]
+    profile: Option<String>,
 
     /// Run N shards at once in this invocation, each with its own environment (1 to 1024).
     #[arg(long, value_name = "N", value_parser = limits::parse_shard_count, help_heading = "Sharding", conflicts_with = "partition")]
@@ -745,6 +771,9 @@ pub struct TestArgs {
     #[command(flatten)]
     archive: ArchiveInputArgs,
 
+    #[command(flatten)]
+    reporting: ReportingArgs,
+
     /// Run only the tests the last run of this workspace left failed, timed out or not run (its record in target/ephem/runs/), with the same environments configuration; or those of run records from elsewhere (--rerun-failed FILE, repeatable: a CI job's <stem>.record.json, several shards'). Other filters still apply (AND). `-R latest` is the same as the flag alone.
     #[arg(
         short = 'R',
@@ -772,7 +801,12 @@ impl TestArgs {
             retries: self.retries,
             test_timeout: self.test_timeout,
             slow_timeout: self.slow_timeout,
-            fail_fast: !self.no_fail_fast,
+            fail_fast: match (self.fail_fast, self.no_fail_fast, self.max_fail) {
+                (true, _, _) => Some(MaxFail::FIRST),
+                (_, true, _) => Some(MaxFail::All),
+                (_, _, max_fail) => max_fail,
+            },
+            profile: self.profile,
             sharding: match (self.partition, self.shards) {
                 (Some(p), _) => Sharding::Partition(p),
                 (None, count) => Sharding::All {
@@ -788,8 +822,87 @@ impl TestArgs {
             reaper: ReaperLaunch::ThisExecutable,
             archive: self.archive.input(),
             rerun: rerun_from(self.rerun_failed),
+            output_flags: self.reporting.flags(),
+            reporting: self.reporting.reporting(),
         }
     }
+}
+
+/// What the run shows, as nextest's flags and variables say it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Reporting")]
+pub struct ReportingArgs {
+    /// Run tests one at a time with the terminal as their stdout and stderr (nothing is captured, no progress bar); environments still start.
+    #[arg(
+        long,
+        alias = "nocapture",
+        env = "NEXTEST_NO_CAPTURE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    no_capture: bool,
+    /// Test results shown during the run, as in nextest: each level also shows those before it [default: the profile's `status-level`, else pass].
+    #[arg(long, value_name = "LEVEL", env = "NEXTEST_STATUS_LEVEL", value_parser = named::<StatusLevel>(StatusLevel::NAMES, &[]))]
+    status_level: Option<StatusLevel>,
+    /// Test results listed again at the end of the run (`retry` means `flaky`) [default: the profile's, else flaky].
+    #[arg(long, value_name = "LEVEL", env = "NEXTEST_FINAL_STATUS_LEVEL", value_parser = named::<FinalStatusLevel>(FinalStatusLevel::NAMES, &[("retry", "flaky")]))]
+    final_status_level: Option<FinalStatusLevel>,
+    /// When a failing test's output is shown: right after its result, at the end, both, or never [default: the profile's, else immediate].
+    #[arg(long, value_name = "WHEN", env = "NEXTEST_FAILURE_OUTPUT", value_parser = named::<OutputDisplay>(OutputDisplay::NAMES, &[]))]
+    failure_output: Option<OutputDisplay>,
+    /// When a passing test's output is shown: right after its result, at the end, both, or never [default: the profile's, else never].
+    #[arg(long, value_name = "WHEN", env = "NEXTEST_SUCCESS_OUTPUT", value_parser = named::<OutputDisplay>(OutputDisplay::NAMES, &[]))]
+    success_output: Option<OutputDisplay>,
+}
+
+impl ReportingArgs {
+    /// The flags given; the profile fills in the rest, then nextest's
+    /// defaults ([`Reporting::default`]).
+    fn flags(&self) -> OutputLevels {
+        OutputLevels {
+            status_level: self.status_level,
+            final_status_level: self.final_status_level,
+            failure_output: self.failure_output,
+            success_output: self.success_output,
+        }
+    }
+
+    fn reporting(self) -> Reporting {
+        let default = Reporting::default();
+        Reporting {
+            status_level: self.status_level.unwrap_or(default.status_level),
+            final_status_level: self
+                .final_status_level
+                .unwrap_or(default.final_status_level),
+            failure_output: self.failure_output.unwrap_or(default.failure_output),
+            success_output: self.success_output.unwrap_or(default.success_output),
+            no_capture: self.no_capture,
+        }
+    }
+}
+
+/// A parser for one of `names` (and `aliases`, as `(alias, name)`), listed
+/// in `--help` and in the error for any other value.
+fn named<T>(
+    names: &'static [&'static str],
+    aliases: &'static [(&'static str, &'static str)],
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Debug,
+{
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(names.iter().map(|&name| {
+        aliases
+            .iter()
+            .filter(|(_, of)| *of == name)
+            .fold(PossibleValue::new(name), |v, (alias, _)| v.alias(alias))
+    }))
+    .map(|given| given.parse::<T>().expect("clap accepted only listed names"))
+}
+
+fn parse_max_fail(text: &str) -> Result<MaxFail, String> {
+    text.parse()
 }
 
 /// `--rerun-failed` alone or `-R latest`: the workspace's last run; else

@@ -38,6 +38,11 @@ impl EnvSetup {
         };
         let mut config = EphemConfig::load(&path)?;
         let backend = options.backend.unwrap_or(config.backend);
+        if options.no_snapshot || ephem_fixtures::docker::snapshot::disabled_by_env() {
+            for service in &mut config.services {
+                service.snapshot = None;
+            }
+        }
         check_support(&path, &config, backend)?;
         config.images.cache = image_cache_dir(options, config.images.cache.as_deref())?;
         Ok(Some(EnvSetup {
@@ -122,6 +127,14 @@ pub fn image_cache_dir(
 fn check_support(path: &Utf8Path, config: &EphemConfig, backend: BackendKind) -> Result<()> {
     if backend != BackendKind::Kubernetes {
         return Ok(());
+    }
+    if let Some(s) = config.services.iter().find(|s| s.snapshot.is_some()) {
+        return Err(EphemError::Usage(format!(
+            "{path}: services.{}.snapshot: snapshots work with the docker backend only for now \
+             (Kubernetes needs the snapshot image pushed to [kubernetes] registry); drop it for \
+             --backend kubernetes, or run with --no-snapshot",
+            s.name
+        )));
     }
     let baseline = config
         .services

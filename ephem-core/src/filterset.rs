@@ -85,6 +85,44 @@ impl DefaultFilter {
     }
 }
 
+/// A profile override's `filter`, parsed as nextest parses one
+/// (`group()` refused: overrides decide the groups).
+#[derive(Clone, Debug)]
+pub struct OverrideFilter {
+    compiled: CompiledExpr,
+}
+
+impl OverrideFilter {
+    /// Parses `expr` against `graph`; the error carries nextest's diagnostic.
+    pub fn parse(expr: &str, graph: &PackageGraph) -> Result<OverrideFilter> {
+        let cx = ParseContext::new(graph);
+        let parsed = Filterset::parse(
+            expr.to_owned(),
+            &cx,
+            FiltersetKind::OverrideFilter,
+            &KnownGroups::Unavailable,
+        )
+        .map_err(|e| parse_error("override filter", &[e]))?;
+        Ok(OverrideFilter {
+            compiled: parsed.compiled,
+        })
+    }
+
+    /// Whether the test `name` of `binary` matches.
+    pub fn matches(&self, binary: &TestBinary, name: &str) -> bool {
+        let keys = BinaryKeys::of(binary);
+        let name = TestCaseName::new(name);
+        let query = TestQuery {
+            binary_query: keys.query(binary),
+            test_name: &name,
+        };
+        let ecx = EvalContext {
+            default_filter: &CompiledExpr::ALL,
+        };
+        self.compiled.matches_test(&query, &ecx)
+    }
+}
+
 /// Reads `cargo metadata`'s JSON into the package graph filtersets are
 /// parsed against.
 pub fn package_graph(json: &str) -> Result<PackageGraph> {
@@ -264,6 +302,37 @@ impl BinaryKeys {
             },
         }
     }
+}
+
+/// Parses a service's `tests` scope as nextest parses `-E` (`label` names
+/// it in the error: the file and key); `None` when it is `all()`.
+pub(crate) fn parse_scope(
+    expr: &str,
+    graph: &PackageGraph,
+    label: &str,
+) -> Result<Option<Filterset>> {
+    let cx = ParseContext::new(graph);
+    let groups = KnownGroups::Known {
+        custom_groups: Default::default(),
+    };
+    let set = Filterset::parse(expr.to_owned(), &cx, FiltersetKind::Test, &groups)
+        .map_err(|e| parse_error(label, &[e]))?;
+    Ok((set.compiled != CompiledExpr::ALL).then_some(set))
+}
+
+/// Whether a service's scope matches the test `name` of `binary`
+/// (`default()` there is every test: services have no default set).
+pub(crate) fn scope_matches(set: &Filterset, binary: &TestBinary, name: &str) -> bool {
+    let keys = BinaryKeys::of(binary);
+    let name = TestCaseName::new(name);
+    let query = TestQuery {
+        binary_query: keys.query(binary),
+        test_name: &name,
+    };
+    let ecx = EvalContext {
+        default_filter: &CompiledExpr::ALL,
+    };
+    set.matches_test_with_groups(&query, &ecx, &GlobalGroupOnly)
 }
 
 /// Test groups without profiles: every test is in `@global`, as in nextest

@@ -170,8 +170,47 @@ async fn update(env: &crate::options::EnvOptions, config: EphemConfig) -> Result
     }
 }
 
+/// Snapshot entries: their service, key, base image, key inputs and size.
+fn ls_snapshots(entries: &[layout::Descriptor]) {
+    use ephem_fixtures::docker::snapshot::{
+        BASE_ANNOTATION, INPUTS_ANNOTATION, SERVICE_ANNOTATION,
+    };
+    let snapshots: Vec<&layout::Descriptor> = entries
+        .iter()
+        .filter(|d| d.annotations.contains_key(SERVICE_ANNOTATION))
+        .collect();
+    if snapshots.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<16} {:<14} {:<24} {:>10}  KEY INPUTS",
+        "SNAPSHOT OF", "KEY", "BASE IMAGE", "SIZE"
+    );
+    for d in snapshots {
+        let get = |k: &str| d.annotations.get(k).map_or("", String::as_str);
+        let key = d
+            .reference()
+            .and_then(|r| r.rsplit(':').next())
+            .unwrap_or("");
+        let inputs: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(get(INPUTS_ANNOTATION)).unwrap_or_default();
+        let files = inputs.keys().filter(|k| k.starts_with("input:")).count();
+        let env = inputs.keys().filter(|k| k.starts_with("env.")).count();
+        let size = get(layout::TOTAL_SIZE).parse().unwrap_or(d.size);
+        println!(
+            "{:<16} {:<14} {:<24} {:>10}  image, {env} env, cmd, setup, {files} input files, format",
+            get(SERVICE_ANNOTATION),
+            key.get(..12).unwrap_or(key),
+            get(BASE_ANNOTATION),
+            image_cache::format_size(size)
+        );
+    }
+}
+
 fn ls(cache: &ImageCache) {
     let mut entries = cache.entries();
+    let all = entries.clone();
     entries.sort_by(|a, b| a.reference().cmp(&b.reference()));
     println!(
         "{:<40} {:<20} {:>10}  LAST USED",
@@ -205,6 +244,7 @@ fn ls(cache: &ImageCache) {
             image_cache::format_size(size)
         );
     }
+    ls_snapshots(&all);
 }
 
 /// Prints pull progress (at most once a second per image), notes and

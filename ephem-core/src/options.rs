@@ -10,6 +10,8 @@ use crate::discover::CargoOptions;
 use crate::error::{EphemError, Result};
 use crate::limits::{MAX_DURATION, MAX_RETRIES, MAX_SHARDS, MAX_TEST_THREADS};
 use crate::partition::{PartitionKind, PartitionSpec};
+pub use crate::profile::MaxFail;
+use crate::report::levels::Reporting;
 pub use crate::rerun::RerunFrom;
 use crate::test_list::TestFilter;
 
@@ -22,16 +24,24 @@ pub struct TestOptions {
     pub filter: TestFilter,
     /// What an empty selection means.
     pub no_tests: NoTests,
-    /// Tests at once across all shards; `None`: the number of CPUs.
+    /// Tests at once across all shards; `None`: the profile's
+    /// `test-threads`, else the number of CPUs.
     pub test_threads: Option<usize>,
-    /// Extra attempts of a failing test.
-    pub retries: u32,
-    /// Kill a test after this long.
+    /// Extra attempts of a failing test, for every test; `None`: the
+    /// profile's `retries` (0 without one).
+    pub retries: Option<u32>,
+    /// Kill a test after this long; `None`: the profile's
+    /// `slow-timeout.terminate-after` periods, if set.
     pub test_timeout: Option<Duration>,
-    /// Report a test as slow after this long.
-    pub slow_timeout: Duration,
-    /// Stop scheduling new tests after the first failure.
-    pub fail_fast: bool,
+    /// Report a test as slow after this long; `None`: the profile's
+    /// `slow-timeout` (60s without one).
+    pub slow_timeout: Option<Duration>,
+    /// When failures stop the run (`--max-fail`, `--no-fail-fast`);
+    /// `None`: the profile's `fail-fast` (the first failure without one).
+    pub fail_fast: Option<MaxFail>,
+    /// The nextest profile of `.config/nextest.toml` (`--profile`,
+    /// `NEXTEST_PROFILE`); `None`: `default`.
+    pub profile: Option<String>,
     /// How tests split into shards, and which run here.
     pub sharding: Sharding,
     /// JUnit reports of earlier runs, for `duration` partitions.
@@ -53,6 +63,12 @@ pub struct TestOptions {
     pub archive: Option<ArchiveInput>,
     /// `--rerun-failed`: only what an earlier run left failed or not run.
     pub rerun: Option<RerunFrom>,
+    /// What the display shows (status levels, test output) and
+    /// `--no-capture`.
+    pub reporting: Reporting,
+    /// The display settings given as flags (or `NEXTEST_*` variables):
+    /// they win over the profile's, which win over nextest's defaults.
+    pub output_flags: crate::profile::OutputLevels,
 }
 
 /// `--archive-file FILE [--workspace-remap DIR]`: tests built elsewhere.
@@ -88,10 +104,11 @@ impl TestOptions {
             filter: TestFilter::default(),
             no_tests: NoTests::default(),
             test_threads: None,
-            retries: 0,
+            retries: None,
             test_timeout: None,
-            slow_timeout: Duration::from_secs(60),
-            fail_fast: true,
+            slow_timeout: None,
+            fail_fast: None,
+            profile: None,
             sharding: Sharding::default(),
             timings: Vec::new(),
             junit: None,
@@ -102,6 +119,8 @@ impl TestOptions {
             reaper: ReaperLaunch::default(),
             archive: None,
             rerun: None,
+            reporting: Reporting::default(),
+            output_flags: Default::default(),
         }
     }
 
@@ -116,15 +135,14 @@ impl TestOptions {
                 ));
             }
         }
-        if self.retries > MAX_RETRIES {
+        if let Some(retries) = self.retries.filter(|r| *r > MAX_RETRIES) {
             return usage(format!(
-                "--retries {} is out of range (allowed: 0 to {MAX_RETRIES})",
-                self.retries
+                "--retries {retries} is out of range (allowed: 0 to {MAX_RETRIES})"
             ));
         }
         for (flag, d) in [
             ("--test-timeout", self.test_timeout),
-            ("--slow-timeout", Some(self.slow_timeout)),
+            ("--slow-timeout", self.slow_timeout),
             ("--env-ttl", Some(self.env.env_ttl)),
         ] {
             if let Some(d) = d.filter(|d| d.is_zero() || *d > MAX_DURATION) {
@@ -257,6 +275,9 @@ pub struct EnvOptions {
     /// `--image-cache DIR`: the warm image cache, overriding
     /// `EPHEM_IMAGE_CACHE` and `[images] cache`.
     pub image_cache: Option<Utf8PathBuf>,
+    /// `--no-snapshot`: services with `snapshot` are provisioned normally
+    /// and no snapshot is built (as with `EPHEM_SNAPSHOT=0`).
+    pub no_snapshot: bool,
 }
 
 impl Default for EnvOptions {
@@ -266,6 +287,7 @@ impl Default for EnvOptions {
             backend: None,
             env_ttl: Duration::from_secs(30 * 60),
             image_cache: None,
+            no_snapshot: false,
         }
     }
 }

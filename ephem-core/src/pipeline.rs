@@ -16,16 +16,20 @@ use crate::mask;
 use crate::options::{ListFormat, ListOptions, NoTests, Sharding, TestOptions};
 use crate::partition::Timings;
 use crate::plan::TestPlan;
+use crate::profile::{self, Profile};
 use crate::report::command::HTML_IS_A_FOLDER;
 use crate::report::display::{Display, DisplayMode};
 use crate::report::html;
 use crate::report::junit;
+use crate::report::levels::OutputDisplay;
 use crate::report::record::{self, RecordEnvironments, RunMeta, RunRecord, SourcedRecord};
 use crate::report::summary::{self, shell_quote, Counts};
 use crate::rerun::{self, Rerun};
 use crate::run::{
-    self, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult, TestsSource,
+    self, Capture, PanicPoint, PlannedTests, RunEnvironments, RunInput, RunOptions, RunResult,
+    TestsSource,
 };
+use crate::scopes::ServiceScopes;
 use crate::select;
 use crate::signals::Signals;
 use crate::teardown::{self, Reaper, RunEnd};
@@ -61,6 +65,20 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         options.archive.as_ref(),
         options.rerun.as_ref(),
     )?;
+    // The nextest profile: flags left unset come from it; its overrides'
+    // filters are checked now, before the build.
+    let cli = options;
+    let profile = Profile::load(
+        &workspace.root,
+        &workspace.target_dir,
+        options.profile.as_deref(),
+    )?;
+    if let Some(note) = profile.unapplied_note() {
+        eprintln!("{note}");
+    }
+    let graph = profile_graph(&profile, &workspace, options)?;
+    let filled = profile::apply::fill_in(options, &profile);
+    let options = &filled;
     let env_options = match &rerun {
         Some(rerun) => rerun.environments(&options.env, &workspace.root),
         None => options.env.clone(),
@@ -73,6 +91,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         Some(setup) if options.reuse => Some(setup.enable_reuse(&workspace.root)?),
         _ => None,
     };
+    let scopes = service_scopes(setup.as_ref(), &workspace, options)?;
     let runtime = crate::runtime()?;
 
     // 2. Reach the backend before building: a dead daemon costs seconds.
@@ -107,6 +126,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         let run_id = run_id.clone();
         let target_dir = workspace.target_dir.clone();
         let rerun = rerun.clone();
+        let (cli, profile) = (cli.clone(), profile.clone());
         runtime.spawn_blocking(move || {
             let list = match archived {
                 Some(list) => list,
@@ -122,7 +142,14 @@ pub fn test(options: &TestOptions) -> Result<i32> {
                     rerun.announce(&plan.list, &plan.selection)
                 );
             }
-            let _ = plan_tx.send(Some(plan.planned_tests(headline)));
+            let mut planned = plan.planned_tests(headline);
+            if profile.file.is_some() {
+                let threads = test_threads(&options);
+                let knobs =
+                    profile::apply::knobs(&profile, graph.as_ref(), &plan.list, &cli, threads)?;
+                planned.knobs = Some(Arc::new(knobs));
+            }
+            let _ = plan_tx.send(Some(planned));
             Ok::<_, EphemError>((plan, selector, target_dir))
         })
     };
@@ -130,24 +157,43 @@ pub fn test(options: &TestOptions) -> Result<i32> {
     // 5. Run: environments first, tests once planned, teardown as shards end.
     let mut input = run_input(options, &run_id, shard_test_threads, plan_rx, control);
     input.options.reuse_ttl = reuse_ttl;
+    input.options.test_groups = profile::apply::group_limits(&profile);
+    input.options.grace = profile.slow_timeout.grace_period;
     input.environments = connected.map(|c| RunEnvironments {
         backend: c.backend,
         cleanup: c.cleanup,
         events: c.events,
+        scopes,
     });
     let mut display = Display::new(
         DisplayMode::detect(),
         &options.sharding.shards_here(),
         options.sharding.count(),
-        options.slow_timeout,
-    );
+        slow_after(options),
+    )
+    .with_reporting(options.reporting);
+    if options.reporting.no_capture && options.test_threads.is_some_and(|j| j > 1) {
+        display.line("      NOTE --no-capture runs one test at a time: --test-threads is ignored");
+    }
     if input.environments.is_some() {
         display = display.with_environments();
         let shards = input.shards.len();
-        display.line(&format!(
-            "  Starting the environments of {shards} shard{} while the tests build, run {run_id}",
-            if shards == 1 { "" } else { "s" }
-        ));
+        let held = input
+            .environments
+            .as_ref()
+            .and_then(|e| e.scopes.as_ref())
+            .is_some_and(|s| s.all_scoped());
+        display.line(&if held {
+            format!(
+                "  Preparing the environments of {shards} shard{} while the tests build (started for the shards whose tests match a service), run {run_id}",
+                if shards == 1 { "" } else { "s" }
+            )
+        } else {
+            format!(
+                "  Starting the environments of {shards} shard{} while the tests build, run {run_id}",
+                if shards == 1 { "" } else { "s" }
+            )
+        });
     }
     let result = runtime.block_on(run::run_with_signals(input, &mut display, signals));
     display.finish();
@@ -174,6 +220,7 @@ pub fn test(options: &TestOptions) -> Result<i32> {
         rerun: rerun.as_ref(),
         record_env,
         target_dir: &target_dir,
+        profile_junit: profile.junit_path.as_deref(),
     };
     report(&done, options, &result, &run_id)
 }
@@ -185,6 +232,36 @@ struct Done<'a> {
     rerun: Option<&'a Rerun>,
     record_env: RecordEnvironments,
     target_dir: &'a Utf8Path,
+    /// The profile's `junit.path`, under its store directory.
+    profile_junit: Option<&'a Utf8Path>,
+}
+
+/// The services' `tests` scopes, compiled against the workspace's packages
+/// (read again with them if `-E` did not need them); `None` when no
+/// service has one. A bad expression costs no build (exit 2).
+fn service_scopes(
+    setup: Option<&EnvSetup>,
+    workspace: &Workspace,
+    options: &TestOptions,
+) -> Result<Option<Arc<ServiceScopes>>> {
+    let Some(setup) = setup.filter(|s| ServiceScopes::needed(&s.config)) else {
+        return Ok(None);
+    };
+    let json = match &workspace.graph_json {
+        Some(json) => json.clone(),
+        None if options.archive.is_none() => Workspace::load_with_graph(&options.cargo)?
+            .graph_json
+            .ok_or_else(|| EphemError::Internal("cargo metadata gave no package graph".into()))?,
+        None => {
+            return Err(EphemError::Usage(format!(
+                "{}: a service's tests = ... needs the package graph, which this archive lacks (made by an older cargo-ephem); make it again with this version",
+                setup.path
+            )))
+        }
+    };
+    let graph = crate::filterset::package_graph(&json)?;
+    let scopes = ServiceScopes::parse(&setup.config, &setup.path, &graph)?;
+    Ok(scopes.any_scoped().then(|| Arc::new(scopes)))
 }
 
 fn read_timings(paths: &[Utf8PathBuf]) -> Result<Timings> {
@@ -229,15 +306,18 @@ fn run_input(
         options: RunOptions {
             run_id: run_id.to_owned(),
             test_threads: test_threads(options),
-            retries: options.retries,
+            retries: options.retries.unwrap_or(0),
             test_timeout: options.test_timeout,
             grace: Duration::from_secs(10),
-            slow_after: options.slow_timeout,
-            fail_fast: options.fail_fast,
+            slow_after: slow_after(options),
+            fail_fast: profile::apply::max_fail(options).is_some(),
+            max_fail: profile::apply::max_fail(options).unwrap_or(1),
+            test_groups: Default::default(),
             shard_count: options.sharding.count(),
             keep_env: options.keep_env,
             reuse_ttl: None,
             shard_test_threads,
+            capture: capture(options),
             panic_at: PanicPoint::from_env(),
         },
         environments: None,
@@ -245,7 +325,56 @@ fn run_input(
     }
 }
 
+/// Where tests' output goes: the terminal with `--no-capture`; else
+/// captured, a passing test's too when `--success-output` shows it.
+fn capture(options: &TestOptions) -> Capture {
+    let reporting = options.reporting.effective();
+    if reporting.no_capture {
+        Capture::None
+    } else if reporting.success_output != OutputDisplay::Never {
+        Capture::All
+    } else {
+        Capture::Failures
+    }
+}
+
+fn slow_after(options: &TestOptions) -> Duration {
+    options.slow_timeout.unwrap_or(Duration::from_secs(60))
+}
+
+/// The package graph a profile's override filters are compiled against
+/// (read again when `-E` did not need it), with the filters checked.
+fn profile_graph(
+    profile: &Profile,
+    workspace: &Workspace,
+    options: &TestOptions,
+) -> Result<Option<guppy::graph::PackageGraph>> {
+    if !profile.needs_graph() {
+        return Ok(None);
+    }
+    let json = match &workspace.graph_json {
+        Some(json) => json.clone(),
+        None if options.archive.is_none() => Workspace::load_with_graph(&options.cargo)?
+            .graph_json
+            .ok_or_else(|| EphemError::Internal("cargo metadata gave no package graph".into()))?,
+        None => {
+            return Err(EphemError::Usage(
+                "the profile's override filters need the package graph, which this archive \
+                 does not carry (it was made by an older cargo-ephem); make it again"
+                    .to_owned(),
+            ))
+        }
+    };
+    let graph = crate::filterset::package_graph(&json)?;
+    profile.compile(Some(&graph))?;
+    Ok(Some(graph))
+}
+
 fn test_threads(options: &TestOptions) -> usize {
+    if options.reporting.no_capture {
+        // The tests share the terminal (the dispatcher enforces it too).
+        return 1;
+    }
     options.test_threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -272,6 +401,11 @@ fn report(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: &s
     let plan = done.plan;
     if let Some(path) = &options.junit {
         write_junit(path, plan, result)?;
+    }
+    if let Some(path) = done.profile_junit {
+        let all: Vec<_> = result.outcomes.iter().collect();
+        junit::write_report(&junit::build_report("cargo-ephem", &plan.list, &all), path)?;
+        eprintln!("    JUnit {path} (profile)");
     }
     // After JUnit, so that failing to write these never loses it; their
     // error comes once the summary has been shown.
@@ -362,7 +496,16 @@ fn conclude(done: &Done<'_>, options: &TestOptions, result: &RunResult, run_id: 
     };
     eprint!(
         "{}",
-        mask::mask(&summary::render(result, &plan.list, hint, plan.shard_count))
+        mask::mask(&summary::render(
+            result,
+            &plan.list,
+            hint,
+            plan.shard_count,
+            &summary::Shown {
+                reporting: options.reporting,
+                slow_after: slow_after(options),
+            },
+        ))
     );
     if let Some(rerun) = done.rerun {
         let left = rerun.outstanding(&plan.list, &plan.selection).len();
@@ -486,6 +629,9 @@ fn rerun_prefix(options: &TestOptions, selector: &Selector) -> String {
         if let Some(dir) = &input.workspace_remap {
             words.extend(["--workspace-remap".to_owned(), shell_quote(dir.as_str())]);
         }
+    }
+    if let Some(profile) = &options.profile {
+        words.extend(["--profile".to_owned(), shell_quote(profile)]);
     }
     match options.filter.ignored {
         IgnoredMode::Only => words.push("--ignored".to_owned()),

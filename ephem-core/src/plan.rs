@@ -86,6 +86,7 @@ impl TestPlan {
             selection: Arc::new(self.selection.clone()),
             shards: self.shards.clone(),
             headline,
+            knobs: None,
         }
     }
 

@@ -77,7 +77,7 @@ async fn hand_outs(
             for _ in (w..tests).step_by(parallel) {
                 let start = Instant::now();
                 let handed = hooks
-                    .before_attempt()
+                    .before_attempt(None)
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
                 times.push(start.elapsed());

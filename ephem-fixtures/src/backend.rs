@@ -71,8 +71,10 @@ impl fmt::Debug for Environment {
 #[async_trait::async_trait]
 pub trait TestHooks: Send + Sync {
     /// Before an attempt starts: returns the variables only this attempt
-    /// gets (e.g. `DATABASE_URL` naming its own database).
-    async fn before_attempt(&self) -> Result<AttemptEnv, EnvError>;
+    /// gets (e.g. `DATABASE_URL` naming its own database). `services`: the
+    /// services the test gets (`tests = ...` scopes), `None` for all; the
+    /// others are neither reset nor cloned for it.
+    async fn before_attempt(&self, services: Option<&[String]>) -> Result<AttemptEnv, EnvError>;
 
     /// After the attempt ended: gives back what `before_attempt` handed out.
     async fn after_attempt(&self, env: AttemptEnv);

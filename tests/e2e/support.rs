@@ -10,6 +10,8 @@ pub fn ephem() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cargo-ephem"));
     // Plain output, as in CI, so assertions do not depend on a terminal.
     cmd.env("CI", "1").env_remove("RUST_BACKTRACE");
+    // Set by nextest when it runs this suite; it would select a profile.
+    cmd.env_remove("NEXTEST_PROFILE");
     cmd
 }
 

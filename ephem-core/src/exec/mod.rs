@@ -323,7 +323,7 @@ async fn prepare(
     let mut errors = Vec::new();
     for (shard, env) in envs {
         let attempt = match &env.test_hooks {
-            Some(hooks) => match hooks.before_attempt().await {
+            Some(hooks) => match hooks.before_attempt(None).await {
                 Ok(attempt) => Some(attempt),
                 Err(e) => {
                     errors.push((shard, e));

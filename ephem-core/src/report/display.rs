@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use ephem_fixtures::EnvEvent;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::levels::{status_level_of, Reporting, StatusLevel};
+use super::summary::{attempt_why, output_block, output_header};
 use crate::run::{Attempt, PlannedTests, RunEvents, RunningTest, TestOutcome, Verdict};
 use crate::test_list::{Selection, TestIdx, TestList};
 
@@ -66,6 +68,10 @@ pub struct Display {
     started: Instant,
     /// The tests are known and the bars drawn (in a terminal).
     planned: bool,
+    /// Which lines and which output are shown.
+    reporting: Reporting,
+    /// Failed attempts so far of tests being retried.
+    tries: HashMap<TestIdx, u32>,
 }
 
 impl Display {
@@ -129,6 +135,36 @@ impl Display {
             waiting: HashMap::new(),
             started: Instant::now(),
             planned: false,
+            reporting: Reporting::default(),
+            tries: HashMap::new(),
+        }
+    }
+
+    /// Shows what `reporting` says. With `--no-capture` the tests write to
+    /// the terminal, so nothing is drawn in place: plain lines only.
+    pub fn with_reporting(mut self, reporting: Reporting) -> Display {
+        if reporting.no_capture {
+            self.mode = DisplayMode::Plain;
+            self.color = false;
+        }
+        self.reporting = reporting.effective();
+        self
+    }
+
+    /// Whether lines of `level` are shown during the run.
+    fn shows(&self, level: StatusLevel) -> bool {
+        self.reporting.status_level >= level
+    }
+
+    /// A test's output, as it is (secrets masked): no URL is cut, unlike
+    /// in [`Display::line`]'s messages.
+    fn output(&self, block: &str) {
+        let block = crate::mask::mask(block.trim_end_matches('\n'));
+        if self.mode == DisplayMode::Live && self.planned {
+            let _ = self.multi.println(block);
+        } else {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{block}");
         }
     }
 
@@ -190,6 +226,20 @@ impl Display {
         }
     }
 
+    /// The label without colours, for output headers.
+    fn plain_label(&self, test: TestIdx, shard: u32) -> String {
+        let shard = if self.shard_count > 1 {
+            format!("shard {shard} ")
+        } else {
+            String::new()
+        };
+        format!(
+            "{shard}{} {}",
+            self.list.binary_id(test),
+            self.list.tests[test].name
+        )
+    }
+
     fn test_label(&self, test: TestIdx, shard: u32) -> String {
         let shard = if self.shard_count > 1 {
             format!("shard {shard} ")
@@ -228,6 +278,19 @@ impl RunEvents for Display {
         }
         self.overall.set_length(total as u64);
         self.line(&tests.headline);
+        if self.shows(StatusLevel::Skip) {
+            for (shard, shard_tests) in &tests.shards {
+                for &t in shard_tests {
+                    if tests.selection[t] == Selection::SkipIgnored {
+                        let label = self.test_label(t, *shard);
+                        self.line(&format!(
+                            "{} [         ] {label}",
+                            self.paint("33", "      SKIP")
+                        ));
+                    }
+                }
+            }
+        }
         if self.mode == DisplayMode::Live {
             self.multi
                 .set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
@@ -328,35 +391,51 @@ impl RunEvents for Display {
     }
 
     fn retrying(&mut self, test: TestIdx, shard: u32, failed: &Attempt) {
+        let tries = self.tries.entry(test).or_default();
+        *tries += 1;
+        let tries = *tries;
+        if !self.shows(StatusLevel::Retry) {
+            return;
+        }
         let label = self.test_label(test, shard);
         self.line(&format!(
             "{} {} {label}",
-            self.paint("33;1", "     RETRY"),
+            self.paint("33;1", &format!("{:>10}", format!("TRY {tries} FAIL"))),
             fmt_duration(failed.duration)
         ));
+        if self.reporting.failure_output.is_immediate() {
+            let plain = self.plain_label(test, shard);
+            let why = attempt_why(failed);
+            self.output(&output_block(
+                &format!("{plain} (attempt {tries}: {why})"),
+                failed,
+                None,
+            ));
+        }
     }
 
     fn finished(&mut self, outcome: &TestOutcome) {
         let c = self.counts.entry(outcome.shard).or_default();
         c.done += 1;
-        let shown = match &outcome.verdict {
+        let tries = self.tries.remove(&outcome.test).unwrap_or(0);
+        let shown: (&str, String) = match &outcome.verdict {
             Verdict::Passed => {
                 c.passed += 1;
-                None
+                ("32;1", "PASS".to_owned())
             }
             Verdict::Flaky => {
                 c.passed += 1;
-                Some(("33;1", "     FLAKY"))
+                ("33;1", format!("TRY {} PASS", tries + 1))
             }
             Verdict::Failed => {
                 c.failed += 1;
-                Some(("31;1", "      FAIL"))
+                ("31;1", "FAIL".to_owned())
             }
             Verdict::TimedOut => {
                 c.failed += 1;
-                Some(("31;1", "   TIMEOUT"))
+                ("31;1", "TIMEOUT".to_owned())
             }
-            Verdict::Skipped(_) => None,
+            Verdict::Skipped(_) => ("33", "SKIP".to_owned()),
         };
         let (passed, failed, done) = (c.passed, c.failed, c.done);
         if matches!(outcome.verdict, Verdict::Failed | Verdict::TimedOut) {
@@ -371,13 +450,24 @@ impl RunEvents for Display {
         if self.failed > 0 {
             self.overall.set_message(format!("{} failed", self.failed));
         }
-        if let Some((color, word)) = shown {
+        if self.shows(status_level_of(&outcome.verdict)) {
+            let (color, word) = shown;
             let label = self.test_label(outcome.test, outcome.shard);
+            let took = match outcome.verdict {
+                Verdict::Skipped(_) => "[         ]".to_owned(),
+                _ => fmt_duration(outcome.duration()),
+            };
             self.line(&format!(
-                "{} {} {label}",
-                self.paint(color, word),
-                fmt_duration(outcome.duration())
+                "{} {took} {label}",
+                self.paint(color, &format!("{word:>10}"))
             ));
+        }
+        let immediate = self.reporting.output_of(&outcome.verdict);
+        if let (Some(display), Some(last)) = (immediate, outcome.attempts.last()) {
+            if display.is_immediate() {
+                let header = output_header(&self.plain_label(outcome.test, outcome.shard), outcome);
+                self.output(&output_block(&header, last, outcome.diagnosis.as_deref()));
+            }
         }
     }
 
@@ -386,6 +476,9 @@ impl RunEvents for Display {
             return;
         }
         for r in running {
+            if !self.shows(StatusLevel::Slow) {
+                break;
+            }
             if r.elapsed >= self.slow_after && self.slow_reported.insert(r.test) {
                 let label = self.test_label(r.test, r.shard);
                 self.line(&format!(
@@ -422,7 +515,8 @@ impl RunEvents for Display {
                 }
             }
             DisplayMode::Plain => {
-                if self.last_count.elapsed() >= self.count_every {
+                // With --no-capture the terminal is the tests'.
+                if !self.reporting.no_capture && self.last_count.elapsed() >= self.count_every {
                     self.last_count = Instant::now();
                     let done: usize = self.counts.values().map(|c| c.done).sum();
                     let total: usize = self.counts.values().map(|c| c.total).sum();

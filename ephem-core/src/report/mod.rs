@@ -5,5 +5,6 @@ pub mod command;
 pub mod display;
 pub mod html;
 pub mod junit;
+pub mod levels;
 pub mod record;
 pub mod summary;

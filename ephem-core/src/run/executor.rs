@@ -32,6 +32,19 @@ pub enum StopLevel {
     Kill,
 }
 
+/// Where tests' standard output and error go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Capture {
+    /// Captured; a passing attempt's output is dropped, as nothing shows it.
+    #[default]
+    Failures,
+    /// Captured, a passing attempt's too (`--success-output`).
+    All,
+    /// Not captured: the runner's own stdout and stderr (`--no-capture`).
+    /// Tests then run one at a time, so that their output does not mix.
+    None,
+}
+
 /// Everything needed to start one attempt.
 #[derive(Clone, Debug)]
 pub struct AttemptSpec {
@@ -48,6 +61,8 @@ pub struct AttemptSpec {
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// Where its output goes.
+    pub capture: Capture,
 }
 
 /// How one attempt ended.
@@ -97,12 +112,16 @@ pub async fn run_attempt(spec: AttemptSpec, mut stop: watch::Receiver<StopLevel>
     if spec.ignored {
         cmd.arg("--ignored");
     }
+    let output = || match spec.capture {
+        Capture::None => Stdio::inherit(),
+        Capture::Failures | Capture::All => Stdio::piped(),
+    };
     cmd.current_dir(&spec.binary.cwd)
         .envs(spec.binary.env.iter().map(|(k, v)| (k, v)))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(output())
+        .stderr(output())
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(child) => child,

@@ -3,8 +3,10 @@
 
 mod dispatcher;
 pub mod executor;
+mod slots;
 mod tasks;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
@@ -14,8 +16,9 @@ use tokio::sync::mpsc;
 
 pub(crate) use dispatcher::run_with_signals;
 pub use dispatcher::{run, RunInput, TestsSource};
-pub use executor::{Attempt, AttemptStatus};
+pub use executor::{Attempt, AttemptStatus, Capture};
 
+use crate::profile::RetryPolicy;
 use crate::test_list::{Selection, TestIdx, TestList};
 
 /// The tests of the shards run here, once built, listed and split.
@@ -30,6 +33,27 @@ pub struct PlannedTests {
     pub shards: Vec<(u32, Vec<TestIdx>)>,
     /// The line announcing what runs, shown once the plan is known.
     pub headline: String,
+    /// Per test (by [`TestIdx`]), what a nextest profile and its overrides
+    /// say; `None`: every test runs under [`RunOptions`]' retries and timeout.
+    pub knobs: Option<Arc<Vec<TestKnobs>>>,
+}
+
+/// How one test runs: a profile's settings for it, command-line flags
+/// applied on top.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestKnobs {
+    /// Retries, and the wait before each.
+    pub retries: RetryPolicy,
+    /// Kill it after this long.
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when it is killed.
+    pub grace: Duration,
+    /// Threads of the run's budget it takes (1 to `test_threads`).
+    pub threads: usize,
+    /// Its test group, limited by [`RunOptions::test_groups`]; `None`: `@global`.
+    pub group: Option<Arc<str>>,
+    /// Higher starts first.
+    pub priority: i8,
 }
 
 /// Knobs of one run.
@@ -48,8 +72,13 @@ pub struct RunOptions {
     pub grace: Duration,
     /// A test running longer than this is reported as slow.
     pub slow_after: Duration,
-    /// Stop scheduling new tests after the first failure.
+    /// Stop scheduling new tests after failures (`max_fail` of them).
     pub fail_fast: bool,
+    /// With `fail_fast`, the failures after which no new test starts
+    /// (`--max-fail`; 1: the first).
+    pub max_fail: u32,
+    /// Most tests of each test group at once (`[test-groups]`).
+    pub test_groups: BTreeMap<String, usize>,
     /// Number of shards in the whole plan (`EPHEM_SHARD_COUNT`).
     pub shard_count: u32,
     /// Leave environments running after the run.
@@ -60,6 +89,8 @@ pub struct RunOptions {
     /// At most this many tests of one shard at once (`[shards]
     /// test-threads`); `None`: `ceil(test_threads / shards)`.
     pub shard_test_threads: Option<usize>,
+    /// Where tests' output goes; [`Capture::None`] runs one test at a time.
+    pub capture: Capture,
     /// Test hook: make a task panic on purpose (see [`PanicPoint`]).
     #[doc(hidden)]
     pub panic_at: Option<PanicPoint>,
@@ -107,6 +138,9 @@ pub struct RunEnvironments {
     pub cleanup: Arc<dyn Cleanup>,
     /// Pull progress, service deaths, warnings.
     pub events: mpsc::UnboundedReceiver<EnvEvent>,
+    /// Which tests get which services (`[services.NAME] tests`); `None`:
+    /// every test gets every service.
+    pub scopes: Option<Arc<crate::scopes::ServiceScopes>>,
 }
 
 /// The final word on one test.

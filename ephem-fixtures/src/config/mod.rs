@@ -7,6 +7,7 @@
 mod error;
 pub(crate) mod kubernetes;
 mod raw;
+mod snapshot;
 mod validate;
 mod wait;
 
@@ -22,6 +23,7 @@ pub use kubernetes::{
     DEFAULT_CLUSTER_DOMAIN, DEFAULT_HELM_RELEASE, DEFAULT_HELM_TIMEOUT, DEFAULT_NAMESPACE_PREFIX,
     KUBERNETES_REGISTRY_ENV, MAX_HELM_RELEASE_LEN, MAX_QUOTA_PODS,
 };
+pub use snapshot::{SnapshotKind, SnapshotSpec};
 pub use wait::{LogPattern, WaitKind, WaitStrategy, DEFAULT_WAIT_INTERVAL};
 
 use crate::image_ref::ImageRef;
@@ -175,6 +177,13 @@ pub struct ServiceSpec {
     pub per_test_databases: bool,
     /// `[services.NAME.kubernetes]`: user, groups and restarts on Kubernetes.
     pub kubernetes: ServiceKubernetes,
+    /// `snapshot`: the state after `setup` kept as an image and started
+    /// from on later runs (Docker only).
+    pub snapshot: Option<SnapshotSpec>,
+    /// `tests`: the nextest filterset of the tests that get this service
+    /// (its exports, its waits, its resets); `None`: every test. Parsed by
+    /// the runner, which knows the workspace's packages.
+    pub tests: Option<String>,
 }
 
 /// How a service is restored to its baseline before every test.

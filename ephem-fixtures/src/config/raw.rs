@@ -105,6 +105,9 @@ pub(super) struct RawService {
     pub reset: Option<Spanned<RawReset>>,
     pub databases: Option<Spanned<String>>,
     pub kubernetes: Option<Spanned<RawServiceKubernetes>>,
+    pub snapshot: Option<Spanned<RawSnapshot>>,
+    /// `tests = "FILTERSET"`: which tests get the service.
+    pub tests: Option<Spanned<String>>,
 }
 
 /// `[services.NAME.kubernetes]`: what only the Kubernetes backend uses.
@@ -152,6 +155,44 @@ impl<'de> Deserialize<'de> for RawReset {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawReset, A::Error> {
                 RawExec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(RawReset::Exec)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `snapshot = true` or `snapshot = { paths = [...], inputs = [...], quiesce = { exec = [...] } }`.
+pub(super) enum RawSnapshot {
+    Enabled(bool),
+    Table(RawSnapshotTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSnapshotTable {
+    pub paths: Option<SpannedList<String>>,
+    pub inputs: Option<SpannedList<String>>,
+    pub quiesce: Option<Spanned<RawExec>>,
+}
+
+// A visitor for the same reason as `RawReset`'s: spans survive.
+impl<'de> Deserialize<'de> for RawSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSnapshot;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("snapshot = true or snapshot = { paths = [...], inputs = [...] }")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawSnapshot, E> {
+                Ok(RawSnapshot::Enabled(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSnapshot, A::Error> {
+                RawSnapshotTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawSnapshot::Table)
             }
         }
         deserializer.deserialize_any(Visitor)

@@ -664,3 +664,15 @@ fn a_malformed_reset_names_the_forms_there_are() {
     assert_points_at(&message, 5, "services.db.reset.exec");
     assert!(message.contains("the command is empty"), "{message}");
 }
+
+#[test]
+fn a_service_scope_is_kept_as_written_and_may_not_be_empty() {
+    let text = format!("{RESET_BASE}tests = \"test(/^db::/)\"\n");
+    let config = EphemConfig::parse(&text, "ephem.toml").unwrap();
+    assert_eq!(config.services[0].tests.as_deref(), Some("test(/^db::/)"));
+    let config = EphemConfig::parse(RESET_BASE, "ephem.toml").unwrap();
+    assert_eq!(config.services[0].tests, None, "no scope: every test");
+    let message = load_err(&format!("{RESET_BASE}tests = \"  \"\n"));
+    assert_points_at(&message, 5, "services.db.tests");
+    assert!(message.contains("the filterset is empty"), "{message}");
+}

@@ -298,6 +298,18 @@ impl ServiceChecker<'_, '_> {
             .map(|list| list.get_ref().iter().map(|d| d.get_ref().clone()).collect())
             .unwrap_or_default();
         let (setup, reset, per_test_databases) = self.baseline(key)?;
+        let snapshot = self.snapshot(key)?;
+        let tests = match &raw.tests {
+            Some(expr) if expr.get_ref().trim().is_empty() => {
+                return Err(self.at.error(
+                    expr.span(),
+                    format!("{key}.tests"),
+                    "the filterset is empty; write the tests that get this service, e.g. \"test(/^db::/)\", or remove tests for all of them",
+                ))
+            }
+            Some(expr) => Some(expr.get_ref().clone()),
+            None => None,
+        };
 
         Ok(ServiceSpec {
             name: self.name.to_owned(),
@@ -315,7 +327,26 @@ impl ServiceChecker<'_, '_> {
             reset,
             per_test_databases,
             kubernetes: ServiceKubernetes::default(),
+            snapshot,
+            tests,
         })
+    }
+
+    /// `snapshot`, its `quiesce` command rendered like `setup`'s.
+    fn snapshot(&self, key: &str) -> Result<Option<super::SnapshotSpec>, ConfigError> {
+        let Some(raw) = &self.svc.snapshot else {
+            return Ok(None);
+        };
+        let quiesce = match raw.get_ref() {
+            super::raw::RawSnapshot::Table(table) => match &table.quiesce {
+                Some(q) => {
+                    Some(self.exec(&q.get_ref().exec, &format!("{key}.snapshot.quiesce.exec"))?)
+                }
+                None => None,
+            },
+            super::raw::RawSnapshot::Enabled(_) => None,
+        };
+        super::snapshot::check(self.at, raw, &self.image, key, quiesce)
     }
 
     /// `setup`, `reset` and `databases`: how the service's baseline is made

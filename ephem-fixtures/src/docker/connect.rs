@@ -25,6 +25,8 @@ pub(crate) struct Connection {
     pub address: String,
     /// Where published ports are reached: 127.0.0.1, or a tcp:// daemon's host.
     pub host: String,
+    /// Podman's Docker-compatible service answered (see the README's Podman section).
+    pub podman: bool,
 }
 
 /// One address to try.
@@ -116,11 +118,26 @@ async fn try_candidate(candidate: &Candidate, deadline: Instant) -> Result<Conne
         Ok(Err(e)) => return Err(describe(&e)),
         Err(_) => return Err("no answer in time".to_owned()),
     };
+    // A daemon that answered but not this is taken for Docker.
+    let podman = match tokio::time::timeout_at(deadline, docker.version()).await {
+        Ok(Ok(version)) => is_podman(&version),
+        _ => false,
+    };
     Ok(Connection {
         docker,
         address: candidate.address.clone(),
         host: host.clone(),
+        podman,
     })
+}
+
+/// Podman's service lists a "Podman Engine" component; Docker's, "Engine".
+fn is_podman(version: &bollard::models::SystemVersion) -> bool {
+    version
+        .components
+        .iter()
+        .flatten()
+        .any(|c| c.name.starts_with("Podman"))
 }
 
 /// The innermost cause of a connection error, e.g. `Connection refused (os

@@ -138,6 +138,28 @@ impl ImageStore {
         self
     }
 
+    /// The image cache, when one is configured (snapshots are kept there).
+    pub(crate) fn cache(&self) -> Option<&Arc<ImageCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Puts a snapshot image stored in the cache into the daemon, tagged
+    /// `name`, the way cached images come back; says how.
+    pub(crate) async fn restore_snapshot(
+        &self,
+        cache: &ImageCache,
+        entry: &crate::image_cache::layout::Descriptor,
+        name: &str,
+    ) -> Result<String, String> {
+        let image = ImageRef::parse(name)?;
+        let filled = Filled {
+            descriptor: entry.clone(),
+            source: FillSource::Cache,
+            downloaded: 0,
+        };
+        self.restore(cache, &image, &filled).await
+    }
+
     /// How images come back from the cache.
     pub(crate) fn set_restore(&mut self, restore: RestorePath) {
         self.restore = restore;

@@ -101,6 +101,14 @@ pub(crate) fn shard_filter(shard: &ShardContext) -> HashMap<String, Vec<String>>
     )])
 }
 
+/// Whether `labels` name this run and shard. Podman 4.3 ORs several label
+/// filters on volume lists and events (Docker ANDs them), so what a filtered
+/// list or event stream returns is checked again here.
+pub(crate) fn of_shard(labels: &HashMap<String, String>, run_id: &str, shard: u32) -> bool {
+    labels.get(RUN).is_some_and(|r| r == run_id)
+        && labels.get(SHARD).is_some_and(|s| s == &shard.to_string())
+}
+
 pub use crate::process::hostname;
 
 /// First 8 name-safe characters of the run id, for readable container names.
@@ -162,6 +170,21 @@ mod tests {
             hostname: "box".to_owned(),
         };
         assert!(!for_shard(&shard(), &owner).contains_key(PID_START));
+    }
+
+    #[test]
+    fn of_shard_needs_both_the_run_and_the_shard() {
+        let owner = Owner {
+            pid: 1,
+            pid_start: None,
+            hostname: "box".to_owned(),
+        };
+        let labels = for_shard(&shard(), &owner);
+        assert!(of_shard(&labels, "r1", 2));
+        assert!(!of_shard(&labels, "r1", 1), "another shard of the run");
+        assert!(!of_shard(&labels, "r2", 2), "the same shard of another run");
+        let lease = owner.labels("r1", UNIX_EPOCH);
+        assert!(!of_shard(&lease, "r1", 2), "a run-wide lease volume");
     }
 
     #[cfg(target_os = "linux")]

@@ -9,9 +9,10 @@ mod images;
 pub mod inventory;
 pub mod labels;
 pub mod lease;
-mod readiness;
+pub(crate) mod readiness;
 pub mod reuse;
 mod shard;
+pub mod snapshot;
 mod teardown;
 mod watch;
 
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     address: String,
     /// `${host}`: 127.0.0.1, or a tcp:// daemon's host.
     host: String,
+    /// The daemon is Podman, which runs healthchecks only from systemd timers.
+    podman: bool,
     config: EphemConfig,
     events: EventSink,
     images: ImageStore,
@@ -56,6 +59,8 @@ pub(crate) struct Shared {
     owner: labels::Owner,
     /// Delays before each reconnect of a broken event stream.
     event_retry: Vec<Duration>,
+    /// This run's snapshot lookups and builds.
+    snapshots: snapshot::State,
 }
 
 impl DockerBackend {
@@ -126,11 +131,13 @@ impl DockerBackend {
                 docker: conn.docker,
                 address: conn.address,
                 host: conn.host,
+                podman: conn.podman,
                 config,
                 events,
                 images,
                 owner: labels::Owner::current(),
                 event_retry: watch::DEFAULT_RETRY.to_vec(),
+                snapshots: snapshot::State::default(),
             },
             watchers: Mutex::new(HashMap::new()),
         }
@@ -312,6 +319,7 @@ impl Backend for DockerBackend {
     }
 
     async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError> {
+        self.shared.snapshots.stored(shard).await;
         // Stop reporting exits first: teardown itself kills the containers.
         self.stop_watcher(shard);
         // A taken-over environment carries the labels of the run that made it.
@@ -324,6 +332,7 @@ impl Backend for DockerBackend {
     /// Leaves the environment for the next `--reuse` run: a lease marked
     /// `keep` until `until` (the idle TTL), the claim released.
     async fn keep(&self, shard: &ShardContext, until: SystemTime) -> Result<(), EnvError> {
+        self.shared.snapshots.stored(shard).await;
         self.stop_watcher(shard);
         let held = self.held(shard);
         let owner = held.as_ref().map_or(&shard.run.run_id, |h| &h.run);

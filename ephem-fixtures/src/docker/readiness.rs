@@ -41,6 +41,9 @@ pub(crate) struct Target<'a> {
     pub ports: &'a HashMap<u16, u16>,
     /// The rendered `wait.exec` command, for exec waits.
     pub exec: &'a [String],
+    /// Run the container's healthcheck here while it is `starting`: Podman
+    /// runs them from systemd timers, so without systemd never.
+    pub run_healthcheck: bool,
 }
 
 /// Why a container is not ready; the caller adds exit code and logs.
@@ -85,9 +88,12 @@ async fn wait_kind(
                 Ok(host_port) => probe_http(target.host, host_port, path, *status).await,
                 Err(why) => Err(why),
             },
-            WaitKind::Exec { .. } => probe_exec(target).await,
+            WaitKind::Exec { .. } => probe_exec(target, target.exec).await,
             WaitKind::Healthcheck => match health {
                 Some(HealthStatusEnum::HEALTHY) => Ok(()),
+                Some(HealthStatusEnum::STARTING) if target.run_healthcheck => {
+                    probe_healthcheck(target).await
+                }
                 Some(status) => Err(format!("docker reports health {status:?}").to_lowercase()),
                 None => {
                     return Err(NotReady::Impossible(
@@ -301,12 +307,43 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Runs the exec command in the container; ready when it exits 0.
-async fn probe_exec(target: &Target<'_>) -> Result<(), String> {
-    let shown = target.exec.join(" ");
+/// Runs the container's own healthcheck test, as the daemon would.
+async fn probe_healthcheck(target: &Target<'_>) -> Result<(), String> {
+    let inspect = target
+        .docker
+        .inspect_container(target.container, None)
+        .await
+        .map_err(|e| format!("the container cannot be inspected: {e}"))?;
+    let test = inspect
+        .config
+        .and_then(|c| c.healthcheck)
+        .and_then(|h| h.test)
+        .unwrap_or_default();
+    match healthcheck_command(&test) {
+        Some(cmd) => probe_exec(target, &cmd).await,
+        None => Err(format!(
+            "health starting, and its test {test:?} cannot be run here"
+        )),
+    }
+}
+
+/// The command of a healthcheck test: `["CMD", args...]` or `["CMD-SHELL", line]`.
+fn healthcheck_command(test: &[String]) -> Option<Vec<String>> {
+    match test {
+        [kind, args @ ..] if kind == "CMD" && !args.is_empty() => Some(args.to_vec()),
+        [kind, line] if kind == "CMD-SHELL" => {
+            Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()])
+        }
+        _ => None,
+    }
+}
+
+async fn probe_exec(target: &Target<'_>, cmd: &[String]) -> Result<(), String> {
+    let shown = cmd.join(" ");
     let done = exec_in(
         target.docker,
         target.container,
-        target.exec,
+        cmd,
         Duration::from_secs(10),
     )
     .await?;
@@ -420,6 +457,25 @@ mod tests {
     use tokio::net::TcpListener;
 
     const BAD_HOST: &str = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+
+    fn strings(parts: &[&str]) -> Vec<String> {
+        parts.iter().map(|p| (*p).to_owned()).collect()
+    }
+
+    #[test]
+    fn healthcheck_tests_become_commands() {
+        assert_eq!(
+            healthcheck_command(&strings(&["CMD", "pg_isready", "-q"])),
+            Some(strings(&["pg_isready", "-q"]))
+        );
+        assert_eq!(
+            healthcheck_command(&strings(&["CMD-SHELL", "curl -f localhost || exit 1"])),
+            Some(strings(&["/bin/sh", "-c", "curl -f localhost || exit 1"]))
+        );
+        assert_eq!(healthcheck_command(&strings(&["NONE"])), None);
+        assert_eq!(healthcheck_command(&strings(&["CMD"])), None);
+        assert_eq!(healthcheck_command(&[]), None);
+    }
 
     #[test]
     fn ipv6_hosts_are_bracketed() {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::baseline;
 use super::images::ImageFacts;
 use super::readiness::{self, NotReady, Target};
-use super::{labels, Shared};
+use super::{labels, snapshot, Shared};
 use crate::config::{ServiceSpec, WaitKind};
 use crate::template::{Bindings, Template};
 use crate::{EnvError, Environment, ExportedVar, ShardContext};
@@ -37,6 +37,11 @@ struct ServicePlan<'a> {
     /// The rendered `setup` and `reset = { exec }` commands.
     setup: Option<Vec<String>>,
     reset_exec: Option<Vec<String>>,
+    /// The rendered `snapshot.quiesce` command.
+    quiesce: Option<Vec<String>>,
+    /// Start from a snapshot, build one, or neither; and the base image's
+    /// id a build checks against.
+    snapshot: (snapshot::Decision, String),
 }
 
 /// A ready service: what exports and connect hints need.
@@ -78,7 +83,19 @@ pub(crate) async fn provision(
     let mut base_labels = labels::for_shard(shard, &shared.owner);
     base_labels.extend(extra_labels.clone());
     let mut secrets = Vec::new();
-    let plans = plan(shared, shard, &mut secrets).await?;
+    let mut plans = plan(shared, shard, &mut secrets).await?;
+    for plan in &mut plans {
+        let planned = snapshot::Planned {
+            spec: plan.spec,
+            run_name: &plan.facts.run_name,
+            env: &plan.env,
+            cmd: plan.cmd.as_deref(),
+            setup: plan.setup.as_deref(),
+            quiesce: plan.quiesce.as_deref(),
+            secrets: &secrets,
+        };
+        plan.snapshot = shared.snapshots.plan(shared, planned).await;
+    }
 
     let network = names.network();
     shared
@@ -309,15 +326,27 @@ async fn baselines(
     let mut hooks = baseline::HooksBuilder::new(shared.docker.clone(), shard.shard);
     for plan in plans {
         let service = &running[&plan.spec.name];
+        let from_snapshot = matches!(plan.snapshot.0, snapshot::Decision::Start { .. });
         let ready = baseline::ReadyService {
             spec: plan.spec,
             container: &service.container,
             env: &plan.env,
             ports: &service.ports,
             command: plan.cmd.clone(),
-            setup: plan.setup.clone(),
+            // The snapshot holds what `setup` left.
+            setup: plan.setup.clone().filter(|_| !from_snapshot),
             reset_exec: plan.reset_exec.clone(),
         };
+        if from_snapshot {
+            snapshot::rekey(
+                shared,
+                shard.shard,
+                plan.spec,
+                &service.container,
+                &plan.env,
+            )
+            .await?;
+        }
         baseline::run_setup(
             &shared.docker,
             shard.shard,
@@ -325,9 +354,46 @@ async fn baselines(
             plan.spec.startup_timeout,
         )
         .await?;
+        if let (snapshot::Decision::Build { key, .. }, image_id) = &plan.snapshot {
+            build_snapshot(shared, shard, plan, &service.container, key, image_id).await;
+        }
         hooks.add(&ready, &shared.host).await?;
     }
     Ok(hooks)
+}
+
+/// Copies the service's state out after its `setup` and has it stored as a
+/// snapshot while the tests run; a failure costs only the snapshot (a
+/// warning), never the shard.
+async fn build_snapshot(
+    shared: &Shared,
+    shard: &ShardContext,
+    plan: &ServicePlan<'_>,
+    container: &str,
+    key: &snapshot::key::Key,
+    image_id: &str,
+) {
+    let built = snapshot::Built {
+        spec: plan.spec,
+        container,
+        image_id,
+        quiesce: plan.quiesce.as_deref(),
+        key,
+    };
+    match snapshot::copy(shared, built).await {
+        Ok(copied) => shared
+            .snapshots
+            .store_later(shared.events.clone(), shard, copied),
+        Err(reason) => {
+            let _ = shared.events.send(crate::EnvEvent::Warning {
+                shard: Some(shard.shard),
+                message: format!(
+                    "services.{}: no snapshot built: {reason}; later runs provision it normally",
+                    plan.spec.name
+                ),
+            });
+        }
+    }
 }
 
 /// Renders env, commands and healthchecks in start order, so that
@@ -397,6 +463,10 @@ async fn plan<'a>(
             Some(crate::config::Reset::Exec(cmd)) => Some(render_all(cmd, "reset.exec")?),
             _ => None,
         };
+        let quiesce = match spec.snapshot.as_ref().and_then(|s| s.quiesce.as_ref()) {
+            Some(cmd) => Some(render_all(cmd, "snapshot.quiesce.exec")?),
+            None => None,
+        };
         rendered_env.insert(spec.name.clone(), env.clone());
         plans.push(ServicePlan {
             spec,
@@ -407,6 +477,8 @@ async fn plan<'a>(
             health_test,
             setup,
             reset_exec,
+            quiesce,
+            snapshot: (snapshot::Decision::Fresh, String::new()),
         });
     }
     Ok(plans)
@@ -521,8 +593,12 @@ async fn start_service(
         });
     let mut env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
+    let (image, wait) = match &plan.snapshot.0 {
+        snapshot::Decision::Start { image } => (image.clone(), snapshot::wait_once(&spec.wait)),
+        _ => (plan.facts.run_name.clone(), spec.wait.clone()),
+    };
     let body = ContainerCreateBody {
-        image: Some(plan.facts.run_name.clone()),
+        image: Some(image.clone()),
         env: Some(env),
         cmd: plan.cmd.clone(),
         labels: Some(labels),
@@ -554,8 +630,8 @@ async fn start_service(
         .await
         .map_err(|e| {
             EnvError::Other(format!(
-                "shard {}: cannot create container {container} for service {} from {}: {e}",
-                shard.shard, spec.name, plan.facts.run_name
+                "shard {}: cannot create container {container} for service {} from {image}: {e}",
+                shard.shard, spec.name
             ))
         })?;
 
@@ -599,9 +675,10 @@ async fn start_service(
         host: &shared.host,
         ports: &ports,
         exec: &plan.exec,
+        run_healthcheck: shared.podman,
     };
     let outcome = tokio::select! {
-        outcome = readiness::wait_ready(&target, &spec.wait, deadline) => outcome,
+        outcome = readiness::wait_ready(&target, &wait, deadline) => outcome,
         _ = cancel.wait_for(|cancelled| *cancelled) => {
             return Err(EnvError::Other(format!("shard {}: {} stopped waiting: another service failed", shard.shard, spec.name)));
         }

@@ -1,5 +1,6 @@
 //! Removing a shard's containers, network and volumes, found by label.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::query_parameters::{
@@ -59,7 +60,11 @@ async fn remove_containers(
             return 0;
         }
     };
-    let ids: Vec<String> = containers.into_iter().filter_map(|c| c.id).collect();
+    let ids: Vec<String> = containers
+        .into_iter()
+        .filter(|c| of_shard(c.labels.as_ref(), shard))
+        .filter_map(|c| c.id)
+        .collect();
     let removals = ids.iter().map(|id| async move {
         // v: anonymous volumes (e.g. Postgres' VOLUME) go with the container.
         let options = RemoveContainerOptions {
@@ -92,7 +97,12 @@ async fn remove_networks(docker: &Docker, shard: &ShardContext, problems: &mut V
         Err(e) => return problems.push(format!("cannot list networks: {}", daemon_message(&e))),
     };
     for network in networks {
-        let Some(id) = network.id else { continue };
+        let Some(id) = network
+            .id
+            .filter(|_| of_shard(network.labels.as_ref(), shard))
+        else {
+            continue;
+        };
         match docker.remove_network(&id).await {
             Ok(()) => {}
             Err(e) if is_gone(&e) => {}
@@ -114,6 +124,9 @@ async fn remove_volumes(docker: &Docker, shard: &ShardContext, problems: &mut Ve
         Err(e) => return problems.push(format!("cannot list volumes: {}", daemon_message(&e))),
     };
     for volume in volumes {
+        if !of_shard(Some(&volume.labels), shard) {
+            continue;
+        }
         match docker
             .remove_volume(&volume.name, Some(RemoveVolumeOptions { force: true }))
             .await
@@ -127,6 +140,12 @@ async fn remove_volumes(docker: &Docker, shard: &ShardContext, problems: &mut Ve
             )),
         }
     }
+}
+
+/// The daemon's label filter is checked again: Podman 4.3 ORs the run and
+/// shard filters on volumes, which would list other runs' shard volumes.
+fn of_shard(found: Option<&HashMap<String, String>>, shard: &ShardContext) -> bool {
+    found.is_some_and(|l| labels::of_shard(l, &shard.run.run_id, shard.shard))
 }
 
 fn short(id: &str) -> &str {

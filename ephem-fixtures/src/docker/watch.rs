@@ -38,10 +38,16 @@ pub(crate) fn spawn(
 ) -> JoinHandle<()> {
     let mut filters = labels::shard_filter(shard);
     filters.insert("type".to_owned(), vec!["container".to_owned()]);
-    filters.insert("event".to_owned(), vec!["die".to_owned()]);
+    // Podman 4.3 filters by its own name for the event, `died`, and reports
+    // it as `die`; Docker knows no `died` and matches `die`.
+    filters.insert(
+        "event".to_owned(),
+        vec!["die".to_owned(), "died".to_owned()],
+    );
     let follower = Follower {
         docker,
         filters,
+        run_id: shard.run.run_id.clone(),
         shard: shard.shard,
         events,
         since: unix_nanos(SystemTime::now()),
@@ -56,6 +62,7 @@ struct Unheard;
 struct Follower {
     docker: Docker,
     filters: HashMap<String, Vec<String>>,
+    run_id: String,
     shard: u32,
     events: EventSink,
     /// Where a new stream starts: the start, then the last event's time.
@@ -115,6 +122,10 @@ impl Follower {
             }
         }
         let attributes = actor.attributes.unwrap_or_default();
+        // Podman ORs the run and shard filters: other runs' deaths come too.
+        if !labels::of_shard(&attributes, &self.run_id, self.shard) {
+            return Ok(());
+        }
         let Some(service) = attributes.get(labels::SERVICE) else {
             return Ok(());
         };

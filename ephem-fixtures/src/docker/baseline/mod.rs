@@ -348,8 +348,8 @@ impl HooksBuilder {
 }
 
 impl DockerTestHooks {
-    async fn reset_all(&self) -> Result<(), String> {
-        for (service, target) in &self.resets {
+    async fn reset_all(&self, services: Option<&[String]>) -> Result<(), String> {
+        for (service, target) in self.resets.iter().filter(|(s, _)| wanted(services, s)) {
             let result = match target {
                 ResetTarget::Postgres {
                     pool,
@@ -387,9 +387,10 @@ impl DockerTestHooks {
     fn render_exports(
         &self,
         databases: &HashMap<&str, String>,
+        services: Option<&[String]>,
     ) -> Result<Vec<ExportedVar>, String> {
         let mut vars = Vec::new();
-        for export in &self.exports {
+        for export in self.exports.iter().filter(|e| wanted(services, &e.service)) {
             let b = &export.bindings;
             let bindings = Bindings {
                 host: Some(&b.host),
@@ -410,14 +411,19 @@ impl DockerTestHooks {
     }
 }
 
+/// Whether the test's services (`None`: all) include `service`.
+fn wanted(services: Option<&[String]>, service: &str) -> bool {
+    services.is_none_or(|s| s.iter().any(|s| s == service))
+}
+
 #[async_trait::async_trait]
 impl TestHooks for DockerTestHooks {
-    async fn before_attempt(&self) -> Result<AttemptEnv, EnvError> {
+    async fn before_attempt(&self, services: Option<&[String]>) -> Result<AttemptEnv, EnvError> {
         let work = async {
-            self.reset_all().await?;
+            self.reset_all(services).await?;
             let mut databases = HashMap::new();
             let mut handed_out = Vec::new();
-            for pool in &self.pools {
+            for pool in self.pools.iter().filter(|p| wanted(services, &p.service)) {
                 let name = pool
                     .take()
                     .await
@@ -425,7 +431,7 @@ impl TestHooks for DockerTestHooks {
                 handed_out.push(format!("{}\u{1f}{name}", pool.service));
                 databases.insert(pool.service.as_str(), name);
             }
-            let vars = self.render_exports(&databases)?;
+            let vars = self.render_exports(&databases, services)?;
             Ok::<_, String>(AttemptEnv { vars, handed_out })
         };
         match tokio::time::timeout(HOOK_BUDGET, work).await {

@@ -1,0 +1,275 @@
+//! The snapshot's one layer: the state copied out of the container (the
+//! daemon's archive API), each copied folder moved to where the image keeps
+//! it, gzipped into a blob of the image cache; and the image around it (the
+//! base image's config and manifest with the layer added).
+
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use flate2::write::GzEncoder;
+use serde_json::{json, Value};
+
+use crate::image_cache::layout::{Hasher, Layout};
+
+/// A folder copied out of the container and where it goes in the image.
+pub(crate) struct Copy {
+    /// The daemon's archive of the folder (its entries start with the
+    /// folder's own name).
+    pub archive: Vec<u8>,
+    /// Absolute path in the image.
+    pub to: String,
+}
+
+/// A blob written into the cache.
+#[derive(Clone, Debug)]
+pub(crate) struct Blob {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The written layer: its blob, and the digest of its uncompressed tar
+/// (the config's `diff_id`).
+pub(crate) struct Layer {
+    pub blob: Blob,
+    pub diff_id: String,
+}
+
+/// Writes the layer holding `copies` into the cache (a temporary file
+/// renamed into place once complete: a reader never sees half a blob).
+pub(crate) fn write_layer(layout: &Layout, copies: &[Copy]) -> io::Result<Layer> {
+    let tmp = layout.temp_path("snapshot-layer");
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let compressed = Hashing::new(io::BufWriter::new(file));
+        let gzip = GzEncoder::new(compressed, flate2::Compression::fast());
+        let mut builder = tar::Builder::new(Hashing::new(gzip));
+        for copy in copies {
+            append_moved(&mut builder, &copy.archive, &copy.to)?;
+        }
+        let raw = builder.into_inner()?;
+        let diff_id = raw.hasher.finish();
+        let compressed = raw.inner.finish()?;
+        let digest = compressed.hasher.finish();
+        let size = compressed.written;
+        let file = compressed.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let path = layout
+            .blob_path(&digest)
+            .ok_or_else(|| io::Error::other("malformed digest"))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(Layer {
+            blob: Blob { digest, size },
+            diff_id,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Appends every entry of `archive` with its first path component (the
+/// copied folder's name) replaced by `to`.
+fn append_moved<W: Write>(
+    builder: &mut tar::Builder<W>,
+    archive: &[u8],
+    to: &str,
+) -> io::Result<()> {
+    let to = Path::new(to.trim_start_matches('/'));
+    let moved = |path: &Path| -> io::Result<PathBuf> {
+        let mut parts = path
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir));
+        parts.next();
+        let rest: PathBuf = parts.collect();
+        if rest
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(io::Error::other(format!(
+                "unexpected path {} in the container's archive",
+                path.display()
+            )));
+        }
+        Ok(to.join(rest))
+    };
+    let mut entries = tar::Archive::new(archive);
+    for entry in entries.entries()? {
+        let mut entry = entry?;
+        let path = moved(&entry.path()?)?;
+        let mut header = entry.header().clone();
+        match header.entry_type() {
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| io::Error::other("a hard link without a target"))?;
+                let target = moved(&target)?;
+                builder.append_link(&mut header, &path, &target)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| io::Error::other("a symlink without a target"))?
+                    .into_owned();
+                builder.append_link(&mut header, &path, &target)?;
+            }
+            tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => {}
+            _ => {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data)?;
+                builder.append_data(&mut header, &path, data.as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A writer that hashes and counts what passes through.
+struct Hashing<W> {
+    inner: W,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: Hasher::default(),
+            written: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The snapshot's config: the base image's, with the layer's `diff_id`,
+/// a history line and a label naming the key (never the container's
+/// environment: no rendered secret ends up in the image).
+pub(crate) fn config(base: &[u8], diff_id: &str, service: &str, key: &str) -> io::Result<Vec<u8>> {
+    let mut config: Value = serde_json::from_slice(base).map_err(io::Error::other)?;
+    let now = super::now();
+    let diff_ids = config
+        .pointer_mut("/rootfs/diff_ids")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| io::Error::other("the base image's config has no rootfs.diff_ids"))?;
+    diff_ids.push(json!(diff_id));
+    if let Some(history) = config.get_mut("history").and_then(Value::as_array_mut) {
+        history.push(json!({
+            "created": now,
+            "created_by": format!("cargo-ephem snapshot of services.{service} after setup"),
+        }));
+    }
+    config["created"] = json!(now);
+    if let Some(inner) = config.get_mut("config").and_then(Value::as_object_mut) {
+        let labels = inner.entry("Labels").or_insert_with(|| json!({}));
+        if labels.is_null() {
+            *labels = json!({});
+        }
+        labels[super::KEY_LABEL] = json!(key);
+    }
+    serde_json::to_vec(&config).map_err(io::Error::other)
+}
+
+/// The snapshot's manifest: the base image's, with `config` replaced and
+/// the layer added in the manifest's own media type family.
+pub(crate) fn manifest(base: &[u8], config: &Blob, layer: &Blob) -> io::Result<Vec<u8>> {
+    let mut manifest: Value = serde_json::from_slice(base).map_err(io::Error::other)?;
+    let docker = manifest
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .is_some_and(|m| m.contains("docker"));
+    let layer_type = if docker {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    } else {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    };
+    manifest["config"]["digest"] = json!(config.digest);
+    manifest["config"]["size"] = json!(config.size);
+    manifest
+        .get_mut("layers")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| io::Error::other("the base image's manifest has no layers"))?
+        .push(json!({"mediaType": layer_type, "digest": layer.digest, "size": layer.size}));
+    serde_json::to_vec(&manifest).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_move_under_the_target_and_hashes_match_the_bytes() {
+        let mut source = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o700);
+        dir.set_uid(999);
+        dir.set_gid(999);
+        dir.set_size(0);
+        source
+            .append_data(&mut dir, "ephem-snapshot/", io::empty())
+            .unwrap();
+        let mut file = tar::Header::new_gnu();
+        file.set_size(3);
+        file.set_mode(0o600);
+        file.set_uid(0);
+        source
+            .append_data(&mut file, "ephem-snapshot/base/PG_VERSION", &b"15\n"[..])
+            .unwrap();
+        let archive = source.into_inner().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let copies = [Copy {
+            archive,
+            to: "/var/lib/postgresql/data".into(),
+        }];
+        let layer = write_layer(&layout, &copies).unwrap();
+        let stored = std::fs::read(layout.blob_path(&layer.blob.digest).unwrap()).unwrap();
+        assert_eq!(
+            crate::image_cache::layout::digest_of(&stored),
+            layer.blob.digest
+        );
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(stored.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(crate::image_cache::layout::digest_of(&raw), layer.diff_id);
+        let mut moved = tar::Archive::new(raw.as_slice());
+        let entries: Vec<(String, u32, u64)> = moved
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                ("var/lib/postgresql/data/".to_owned(), 0o700, 999),
+                (
+                    "var/lib/postgresql/data/base/PG_VERSION".to_owned(),
+                    0o600,
+                    0
+                ),
+            ]
+        );
+    }
+}
