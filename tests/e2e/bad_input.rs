@@ -183,6 +183,9 @@ fn unbuildable(dir: &Path) -> String {
 
 #[test]
 fn absurd_numbers_exit_2_before_the_build_naming_the_range() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let manifest = unbuildable(dir.path());
     let huge = "10000000000000000000s";
@@ -214,6 +217,9 @@ fn absurd_numbers_exit_2_before_the_build_naming_the_range() {
 
 #[test]
 fn an_unknown_backend_exits_2_naming_the_line_and_the_backends() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let manifest = unbuildable(dir.path());
     std::fs::write(

@@ -435,6 +435,9 @@ fn per_test_databases_on_a_service_that_is_not_postgres_exit_102() {
 /// Configurations that cannot work are refused before anything starts.
 #[test]
 fn impossible_baselines_exit_2_with_line_and_key() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     for (text, needle) in [
         (

@@ -196,6 +196,9 @@ fn images_cmd(sub: &[&str], config: &Path, cache: &Path) -> Command {
 
 #[test]
 fn an_unwritable_image_cache_exits_2_naming_the_folder() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().expect("temp dir");
     // A folder under a regular file cannot be created, even by root.
     std::fs::write(dir.path().join("blocker"), b"").expect("file");
@@ -356,6 +359,9 @@ fn cargo_ephem_test_restores_through_the_image_cache() {
 
 #[test]
 fn a_new_image_cache_folder_is_private_and_an_existing_one_keeps_its_mode() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let fresh = dir.path().join("new/cache");

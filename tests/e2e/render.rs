@@ -121,6 +121,9 @@ fn render_one_shard() {
 
 #[test]
 fn render_with_the_docker_backend_exits_2() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     // The example's configuration names no backend: docker.
     assert_usage_error(
         &render_example(&["--shards", "2"]),
@@ -142,6 +145,9 @@ fn render_with_the_docker_backend_exits_2() {
 
 #[test]
 fn render_refuses_configurations_with_their_line_key_or_service() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ephem.toml");
     let path = config.display().to_string();

@@ -188,6 +188,9 @@ fn a_reset_serialises_only_the_tests_in_its_scope() {
 /// the service and the file, with nextest's diagnostic.
 #[test]
 fn a_bad_scope_exits_2_naming_the_service() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("ephem.toml");
     let text = std::fs::read_to_string(config("env-scoped-reset.toml"))

@@ -319,6 +319,9 @@ fn a_value_marked_secret_is_masked_in_every_encoding() {
 
 #[test]
 fn a_secret_missing_from_the_runners_environment_stops_before_the_build() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let out = run(ephem_test()
         .arg("--config")
         .arg(config("env-secret-token.toml"))

@@ -56,6 +56,9 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 /// time while -j stays 3.
 #[test]
 fn shards_test_threads_runs_a_shards_tests_one_at_a_time() {
+    // A run that reaches the daemon sweeps abandoned runs first: not while
+    // a test that plants one (reliability::gc_*) holds the daemon.
+    let _daemon = shared_daemon();
     let dir = tempfile::tempdir().unwrap();
     let out = run(ephem_test()
         .args(["-j", "3", "--no-fail-fast", "--no-env", "excl_"])
