@@ -262,3 +262,77 @@ fn a_kept_environment_unused_past_its_ttl_is_swept() {
     assert_eq!(gc.status.code(), Some(0), "{}", describe(&gc));
     assert_nothing_left(&kept);
 }
+
+/// The ready copies of the baseline in the kept Postgres `container`
+/// (`ephem_t_<n>`), by oid.
+fn ready_copies(container: &str) -> BTreeSet<String> {
+    let out = Command::new("docker")
+        .args([
+            "exec", container, "psql", "-U", "postgres", "-d", "postgres", "-Atc",
+        ])
+        .arg("SELECT oid FROM pg_database WHERE datname ~ '^ephem_t_[0-9]+$'")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A rerun's first test gets a copy of the baseline the kept environment
+/// held ready before the rerun started (no copying while it waits), and
+/// finds exactly the baseline in it; a copy handed out is never handed out
+/// again by a later rerun.
+#[test]
+fn a_rerun_hands_out_the_copies_the_kept_environment_held_ready() {
+    let _daemon = shared_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("pool{}", std::process::id());
+    let config = write_config(dir.path(), &marker, "");
+    let (_, first) = reuse_run(&config);
+    let mut guard = RemoveKept(vec![first.clone()]);
+    let container = containers_of(&first).into_iter().next().expect("kept");
+
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let held = ready_copies(&container);
+        assert!(!held.is_empty(), "round {round}: no copy kept ready");
+        let record = tempfile::tempdir().unwrap();
+        let out = run(ephem()
+            .arg("test")
+            .arg("--manifest-path")
+            .arg(baseline_manifest())
+            .arg("--config")
+            .arg(&config)
+            .args(["--reuse", "-j", "1", "inplace_rows_1"])
+            .env("BASELINE_RECORD_DIR", record.path()));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if let Some(run_id) = run_id_of(&stderr) {
+            guard.0.push(run_id);
+        }
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(
+            stderr.contains("1 tests run: 1 passed"),
+            "{}",
+            describe(&out)
+        );
+        let oid = std::fs::read_to_string(record.path().join("inplace_rows_1")).unwrap();
+        assert!(
+            held.contains(&oid),
+            "round {round}: the test got database {oid}, not one of the ready copies {held:?}"
+        );
+        assert!(!rounds.contains(&oid), "database {oid} handed out twice");
+        rounds.push(oid);
+    }
+    assert_eq!(
+        containers_of(&first).len(),
+        1,
+        "the kept environment was replaced"
+    );
+    let out = down();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for run in &guard.0 {
+        assert_nothing_left(run);
+    }
+}

@@ -247,10 +247,10 @@ impl HooksBuilder {
     }
 
     /// A kept service taken over by a new run (`--reuse`): the baseline taken
-    /// after its setup is there already, with its attributes; copies left
-    /// from the run that kept it are dropped (who knows which were handed
-    /// out), the pool refills in the background so the first test need not
-    /// wait for all of it.
+    /// after its setup is there already, with its attributes. The ready
+    /// copies the run that kept it left are handed out first; the copies it
+    /// handed out (or was making) are dropped in the background, and the
+    /// pool refills in the background, so the first tests need not wait.
     pub(crate) async fn reattach(
         &mut self,
         service: &ReadyService<'_>,
@@ -272,14 +272,15 @@ impl HooksBuilder {
             .ok_or_else(|| not_postgres(shard, &spec.name, what, "port 5432 is not published"))?;
         let admin = pg.admin(&spec.name, shard, what).await?;
         let fail = |e: String| not_postgres(shard, &spec.name, what, &e);
-        admin
-            .drop_copies()
+        let copies = admin
+            .copies()
             .await
-            .map_err(|e| fail(format!("cannot drop the kept copies: {}", pg_message(&e))))?;
+            .map_err(|e| fail(format!("cannot list the kept copies: {}", pg_message(&e))))?;
         let attributes = Attributes::read(&admin.client, BASELINE)
             .await
             .map_err(fail)?;
         let pool = DatabasePool::new(&spec.name, uses, &pg, attributes, admin, None, None);
+        pool.adopt(copies);
         let filling = pool.clone();
         tokio::spawn(async move { filling.fill().await });
         if spec.per_test_databases {

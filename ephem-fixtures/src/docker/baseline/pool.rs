@@ -18,6 +18,23 @@ const POOL_SIZE: usize = 4;
 /// getting in the way, or the session is lost, before the test fails.
 const SWAP_ATTEMPTS: u32 = 3;
 
+/// A copy being made, or handed out to a test: whoever takes a kept
+/// environment over drops these (who knows what a test did to one).
+const MADE: &str = "ephem_u_";
+/// A ready copy nobody has used: an exact copy of the baseline, which a run
+/// taking a kept environment over hands out first. Only a finished copy,
+/// attributes and all, is renamed to this; a handed-out one is renamed away
+/// before the test sees it, so the name alone tells, even after a crash.
+const READY: &str = "ephem_t_";
+
+/// The `<n>` of a copy's name (`ephem_u_<n>` or `ephem_t_<n>`).
+fn number(name: &str) -> Option<u64> {
+    let rest = name
+        .strip_prefix(MADE)
+        .or_else(|| name.strip_prefix(READY))?;
+    rest.parse().ok()
+}
+
 /// What the pool's copies are for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Use {
@@ -68,10 +85,13 @@ pub(super) struct DatabasePool {
     swapper: tokio::sync::Mutex<Option<PgAdmin>>,
     /// Ends the sessions in the way of a swap while it waits for them.
     ender: Session,
+    /// Renames a ready copy as it is handed out to a test: on a session of
+    /// its own, so it never waits behind a copy being made.
+    handout: Session,
     pg: PgService,
-    /// Ready clones, oldest first.
+    /// Ready copies (`ephem_t_<n>`), oldest first.
     ready: Mutex<VecDeque<String>>,
-    /// Names are `ephem_t_<n>`, unique within the shard.
+    /// The next `<n>` of a copy's name, unique within the environment.
     next: AtomicU64,
     /// Serializes refills (one `CREATE DATABASE` stream at a time).
     refill: tokio::sync::Mutex<()>,
@@ -96,6 +116,7 @@ impl DatabasePool {
             admin: Session::new(pg, Some(admin)),
             swapper: tokio::sync::Mutex::new(swapper),
             ender: Session::new(pg, ender),
+            handout: Session::new(pg, None),
             pg: pg.clone(),
             ready: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(1),
@@ -104,12 +125,34 @@ impl DatabasePool {
     }
 
     fn name(&self) -> String {
-        format!("ephem_t_{}", self.next.fetch_add(1, Ordering::Relaxed))
+        format!("{MADE}{}", self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// A new copy of the baseline with the baseline's attributes.
+    /// Takes over the copies the last run of a kept environment left
+    /// (`--reuse`): its ready ones are handed out first (the reuse key
+    /// guarantees the same baseline), the others dropped in the background.
+    pub fn adopt(self: &Arc<Self>, copies: Vec<String>) {
+        let mut ready = Vec::new();
+        for name in copies {
+            let Some(n) = number(&name) else { continue };
+            self.next.fetch_max(n + 1, Ordering::Relaxed);
+            if name.starts_with(READY) {
+                ready.push((n, name));
+            } else {
+                self.drop_later(name);
+            }
+        }
+        ready.sort();
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ready.into_iter().map(|(_, name)| name));
+    }
+
+    /// A new ready copy of the baseline with the baseline's attributes.
     async fn create(&self) -> Result<String, String> {
         let name = self.name();
+        let ready = name.replacen(MADE, READY, 1);
         let admin = self.admin.get().await.map_err(|e| pg_message(&e))?;
         let made = async {
             admin
@@ -118,17 +161,26 @@ impl DatabasePool {
             admin
                 .client
                 .batch_execute(&self.attributes.statements(&name))
+                .await?;
+            admin
+                .client
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    ident(&name),
+                    ident(&ready)
+                ))
                 .await
         };
         if let Err(e) = made.await {
             let _ = admin.drop_database(&name).await;
             return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
         }
-        Ok(name)
+        Ok(ready)
     }
 
-    /// A database of the test's own: a ready one, else made now.
-    pub async fn take(self: &Arc<Self>) -> Result<String, String> {
+    /// A ready copy (`ephem_t_<n>`): a waiting one, else made now; the pool
+    /// refills in the background.
+    async fn ready_copy(self: &Arc<Self>) -> Result<String, String> {
         let ready = self
             .ready
             .lock()
@@ -141,6 +193,37 @@ impl DatabasePool {
         let pool = self.clone();
         tokio::spawn(async move { pool.fill().await });
         Ok(name)
+    }
+
+    /// A database of the test's own: a ready copy, renamed to a handed-out
+    /// name (`ephem_u_<n>`) before the test sees it, so that a run taking
+    /// the environment over later never hands it out again.
+    pub async fn take(self: &Arc<Self>) -> Result<String, String> {
+        let mut last = String::new();
+        for _ in 0..SWAP_ATTEMPTS {
+            let ready = self.ready_copy().await?;
+            let handed = ready.replacen(READY, MADE, 1);
+            let renamed = async {
+                let session = self.handout.get().await?;
+                session
+                    .client
+                    .batch_execute(&format!(
+                        "ALTER DATABASE {} RENAME TO {}",
+                        ident(&ready),
+                        ident(&handed)
+                    ))
+                    .await
+            };
+            match renamed.await {
+                Ok(()) => return Ok(handed),
+                Err(e) => {
+                    // Someone (autovacuum, say) was in it: the next one.
+                    last = pg_message(&e);
+                    self.drop_later(ready);
+                }
+            }
+        }
+        Err(format!("cannot hand out a copy of the baseline: {last}"))
     }
 
     /// Drops a database in the background: the next test need not wait.
@@ -186,7 +269,7 @@ impl DatabasePool {
 
     async fn swap(self: &Arc<Self>, database: &str) -> Result<(), String> {
         let mut swapper = self.swapper.lock().await;
-        let mut fresh = self.take().await?;
+        let mut fresh = self.ready_copy().await?;
         // A name per attempt: an attempt whose commit went through unseen
         // has used its own. All are dropped (if they exist) in the end.
         let mut used = Vec::new();
@@ -208,7 +291,7 @@ impl DatabasePool {
                 match self.existing(&[database, &fresh]).await {
                     Some(found) if !found.contains(&fresh) => {
                         last = format!("the ready copy {fresh} was dropped by someone else");
-                        fresh = self.take().await?;
+                        fresh = self.ready_copy().await?;
                     }
                     Some(found) if !found.iter().any(|n| n == database) => rename_away = false,
                     _ => {}

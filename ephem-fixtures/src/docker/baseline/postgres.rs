@@ -250,21 +250,18 @@ impl PgAdmin {
             .await
     }
 
-    /// Drops every copy of the baseline (`ephem_t_*`), in use or not: what a
-    /// run that kept the environment left.
-    pub async fn drop_copies(&self) -> Result<(), tokio_postgres::Error> {
+    /// Every copy of the baseline on the server (`ephem_u_<n>`: being made
+    /// or handed out; `ephem_t_<n>`: ready), as a run that kept the
+    /// environment left them.
+    pub async fn copies(&self) -> Result<Vec<String>, tokio_postgres::Error> {
         let rows = self
             .client
             .query(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'ephem\\_t\\_%'",
+                "SELECT datname::text FROM pg_database WHERE datname ~ '^ephem_[tu]_[0-9]+$'",
                 &[],
             )
             .await?;
-        for row in rows {
-            let name: String = row.get(0);
-            self.drop_database(&name).await?;
-        }
-        Ok(())
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Takes the baseline: `database` as it is now becomes the template,
