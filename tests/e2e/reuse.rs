@@ -258,9 +258,24 @@ fn a_kept_environment_unused_past_its_ttl_is_swept() {
     let _guard = RemoveKept(vec![kept.clone()]);
     assert_eq!(containers_of(&kept).len(), 1);
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let gc = run(ephem().arg("gc"));
-    assert_eq!(gc.status.code(), Some(0), "{}", describe(&gc));
-    assert_nothing_left(&kept);
+    // The expiry is judged by the clock: on a loaded machine the first gc
+    // may still see it a moment early, so it is asked a few times before
+    // the test concludes the kept environment outlives its TTL.
+    let mut said = Vec::new();
+    for _ in 0..5 {
+        let gc = run(ephem().arg("gc"));
+        assert_eq!(gc.status.code(), Some(0), "{}", describe(&gc));
+        said.push(describe(&gc));
+        if resources_of(&kept).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    panic!(
+        "gc left the kept environment {kept} 13 s past its 2 s TTL: {:?}\n{}",
+        resources_of(&kept),
+        said.join("\n")
+    );
 }
 
 /// The ready copies of the baseline in the kept Postgres `container`
