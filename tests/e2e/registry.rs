@@ -138,9 +138,21 @@ fn serve(
         .unwrap_or_else(|p| p.into_inner())
         .push(text.clone());
     let is_blob_get = text.starts_with("GET ") && text.contains("/blobs/sha256:");
+    // Decided and counted in one step: blobs are fetched concurrently, and
+    // two first requests at once must not both stall.
     let stall = match mode {
-        Mode::StallEveryBlob => is_blob_get,
-        Mode::StallFirstBlob => is_blob_get && stalled.load(Ordering::SeqCst) == 0,
+        Mode::StallEveryBlob => {
+            if is_blob_get {
+                stalled.fetch_add(1, Ordering::SeqCst);
+            }
+            is_blob_get
+        }
+        Mode::StallFirstBlob => {
+            is_blob_get
+                && stalled
+                    .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+        }
         Mode::RequireBasic(_) => false,
     };
     let forwarded: String = text
@@ -151,7 +163,6 @@ fn serve(
         .collect::<String>()
         + "Connection: close\r\n\r\n";
     if stall {
-        stalled.fetch_add(1, Ordering::SeqCst);
         // The registry's own headers and half its body, then nothing.
         let mut upstream = TcpStream::connect(UPSTREAM)?;
         upstream.write_all(forwarded.as_bytes())?;
