@@ -525,6 +525,9 @@ start_podman_service() {
 		runtime_dir="$(dirname "$(dirname "$socket")")"
 		run=(runuser -u "$user" -- env XDG_RUNTIME_DIR="$runtime_dir" HOME="$(getent passwd "$user" | cut -d: -f6)")
 	fi
+	# A fresh install has no /run/podman yet (the package makes it only when
+	# its systemd socket unit runs, and no systemd runs here).
+	[ -n "$user" ] || mkdir -p "$(dirname "$socket")"
 	# A socket file left by a service that died is stale: nothing answered.
 	rm -f "$socket"
 	(cd / && start_background "$log" "${run[@]}" podman system service --time=0 "unix://$socket")
