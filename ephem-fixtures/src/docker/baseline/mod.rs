@@ -30,7 +30,7 @@ use attributes::Attributes;
 use pool::{DatabasePool, Use};
 use postgres::{not_postgres, pg_message, PgService, BASELINE};
 use redis::{FlushError, RedisTarget};
-use restore::{InPlace, Restore};
+use restore::InPlace;
 
 /// Longest a reset or a database hand-out may take before the test fails.
 const HOOK_BUDGET: Duration = Duration::from_secs(60);
@@ -105,14 +105,14 @@ pub(crate) struct OwnedBindings {
 
 /// Restores one service before each test.
 enum ResetTarget {
-    /// A small baseline is restored in place (`in_place`) when the test
-    /// changed only rows; otherwise a copy of the baseline waiting in `pool`
-    /// is renamed into the database's place (a catalog update, milliseconds)
-    /// and the used one dropped in the background.
+    /// A copy of the baseline waiting in `pool` is renamed into the
+    /// database's place (a catalog update, milliseconds); the used one is
+    /// restored in place in the background (`in_place`: a small baseline
+    /// whose test changed only rows) to wait as a copy again, or dropped.
     Postgres {
         pool: Arc<DatabasePool>,
         database: String,
-        in_place: Box<InPlace>,
+        in_place: Arc<InPlace>,
     },
     Redis(RedisTarget),
     Exec {
@@ -167,7 +167,7 @@ impl HooksBuilder {
                     not_postgres(shard, &spec.name, "reset", "port 5432 is not published")
                 })?;
                 // The database is the baseline right now.
-                let in_place = Box::new(InPlace::new(&pg, &database));
+                let in_place = Arc::new(InPlace::new(&pg, &database));
                 in_place.rebase().await;
                 let target = ResetTarget::Postgres {
                     pool,
@@ -290,7 +290,7 @@ impl HooksBuilder {
             // and reads the baseline from the fresh copy.
             let target = ResetTarget::Postgres {
                 pool,
-                in_place: Box::new(InPlace::new(&pg, &pg.database)),
+                in_place: Arc::new(InPlace::new(&pg, &pg.database)),
                 database: pg.database,
             };
             self.hooks.resets.push((spec.name.clone(), target));
@@ -356,15 +356,12 @@ impl DockerTestHooks {
                     pool,
                     database,
                     in_place,
-                } => match in_place.restore().await {
-                    Restore::Done => Ok(()),
-                    Restore::Swap => {
-                        let swapped = pool.swap_into(database).await;
-                        if swapped.is_ok() {
-                            in_place.rebase().await;
-                        }
-                        swapped
+                } => match pool.swap_into(database).await {
+                    Ok(swapped) => {
+                        in_place.swapped(pool, swapped).await;
+                        Ok(())
                     }
+                    Err(e) => Err(e),
                 },
                 ResetTarget::Redis(redis) => redis.flushall().await.map_err(|e| e.to_string()),
                 ResetTarget::Exec { container, cmd } => {

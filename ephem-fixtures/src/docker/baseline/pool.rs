@@ -2,17 +2,25 @@
 //! `reset = "postgres"`, which swaps one into the database's place.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::attributes::Attributes;
 use tokio_postgres::error::SqlState;
 
-use super::postgres::{ident, in_use, pg_message, session_lost, PgAdmin, PgService, BASELINE};
+use super::postgres::{
+    ident, in_use, pg_message, session_lost, PgAdmin, PgService, BASELINE, SESSIONS_GONE_WITHIN,
+};
 
 /// How many copies of the baseline wait ready for the next tests (per-test
 /// databases, or the next reset).
 const POOL_SIZE: usize = 4;
+
+/// How long a reset waits for a used database being restored in place
+/// (`recycle`) rather than taking a fresh copy: a restore takes tens of
+/// milliseconds, a fresh copy hundreds.
+const RECYCLE_WAIT: Duration = Duration::from_millis(500);
 
 /// How many times a reset tries to swap a copy in when a client keeps
 /// getting in the way, or the session is lost, before the test fails.
@@ -95,6 +103,18 @@ pub(super) struct DatabasePool {
     next: AtomicU64,
     /// Serializes refills (one `CREATE DATABASE` stream at a time).
     refill: tokio::sync::Mutex<()>,
+    /// Used databases being restored in place to come back as ready
+    /// copies: counted as ready by refills, waited for by swaps.
+    recycling: AtomicUsize,
+    /// Told when a recycled copy comes back (or fails to).
+    returned: tokio::sync::Notify,
+}
+
+/// What a swap did: `fresh` (a ready copy) now holds the database's name;
+/// the used database is `away` (`None`: a test had dropped it).
+pub(super) struct Swapped {
+    pub fresh: String,
+    pub away: Option<String>,
 }
 
 impl DatabasePool {
@@ -121,6 +141,8 @@ impl DatabasePool {
             ready: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(1),
             refill: tokio::sync::Mutex::new(()),
+            recycling: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
         })
     }
 
@@ -178,21 +200,105 @@ impl DatabasePool {
         Ok(ready)
     }
 
-    /// A ready copy (`ephem_t_<n>`): a waiting one, else made now; the pool
-    /// refills in the background.
+    /// A ready copy (`ephem_t_<n>`): a waiting one (or one being recycled,
+    /// for a while), else made now; the pool refills in the background.
     async fn ready_copy(self: &Arc<Self>) -> Result<String, String> {
-        let ready = self
-            .ready
+        let deadline = tokio::time::Instant::now() + RECYCLE_WAIT;
+        let name = loop {
+            let returned = self.returned.notified();
+            if let Some(name) = self.pop_ready() {
+                break name;
+            }
+            if self.recycling.load(Ordering::SeqCst) == 0
+                || tokio::time::timeout_at(deadline, returned).await.is_err()
+            {
+                break self.create().await?;
+            }
+        };
+        // A reset's copy comes back (`shelve`), or its loss refills
+        // (`retire`, `recycle_failed`); a per-test one never comes back.
+        if self.uses == Use::PerTest
+            || self
+                .ready
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
+            let pool = self.clone();
+            tokio::spawn(async move { pool.fill().await });
+        }
+        Ok(name)
+    }
+
+    fn pop_ready(&self) -> Option<String> {
+        self.ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
-        let name = match ready {
-            Some(name) => name,
-            None => self.create().await?,
+            .pop_front()
+    }
+
+    /// A used database is being restored in place (see [`Self::shelve`]):
+    /// refills count it as ready meanwhile. Pair with `shelve` or
+    /// [`Self::recycle_failed`].
+    pub fn recycling(&self) {
+        self.recycling.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `used`, restored in place to the baseline, becomes a ready copy again:
+    /// closed to connections, renamed `ephem_t_<n>` (only now: the name tells
+    /// a later run it is an exact copy) and handed out next. `offered` runs
+    /// with the ready name before any reset can take it.
+    pub async fn shelve(
+        self: &Arc<Self>,
+        used: &str,
+        offered: impl FnOnce(&str),
+    ) -> Result<(), String> {
+        let ready = self.name().replacen(MADE, READY, 1);
+        let shelved = async {
+            let admin = self.admin.get().await?;
+            admin
+                .client
+                .batch_execute(&format!(
+                    "ALTER DATABASE {used} ALLOW_CONNECTIONS false;\
+                     ALTER DATABASE {used} RENAME TO {ready}",
+                    used = ident(used),
+                    ready = ident(&ready)
+                ))
+                .await
         };
+        let result = match shelved.await {
+            Ok(()) => {
+                offered(&ready);
+                self.ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_front(ready);
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_later(used.to_owned());
+                Err(pg_message(&e))
+            }
+        };
+        self.recycling.fetch_sub(1, Ordering::SeqCst);
+        self.returned.notify_waiters();
+        result
+    }
+
+    /// A used database could not be restored in place: dropped, and the
+    /// pool refilled with a fresh copy instead.
+    pub fn recycle_failed(self: &Arc<Self>, used: String) {
+        self.recycling.fetch_sub(1, Ordering::SeqCst);
+        self.returned.notify_waiters();
+        self.retire(used);
+    }
+
+    /// A database leaves the pool for good: dropped, and a fresh copy made
+    /// in its stead, in the background.
+    pub fn retire(self: &Arc<Self>, name: String) {
+        self.drop_later(name);
         let pool = self.clone();
         tokio::spawn(async move { pool.fill().await });
-        Ok(name)
     }
 
     /// A database of the test's own: a ready copy, renamed to a handed-out
@@ -240,7 +346,8 @@ impl DatabasePool {
     pub async fn fill(&self) {
         let _one_at_a_time = self.refill.lock().await;
         loop {
-            if self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() >= POOL_SIZE {
+            let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if ready + self.recycling.load(Ordering::SeqCst) >= POOL_SIZE {
                 return;
             }
             match self.create().await {
@@ -259,7 +366,7 @@ impl DatabasePool {
     /// copy renamed in. It happens whole or not at all: `database` exists
     /// whatever the outcome. Runs to its end even if the caller stops
     /// waiting (a test's budget), so no swap is abandoned halfway by us.
-    pub async fn swap_into(self: &Arc<Self>, database: &str) -> Result<(), String> {
+    pub async fn swap_into(self: &Arc<Self>, database: &str) -> Result<Swapped, String> {
         let pool = self.clone();
         let database = database.to_owned();
         tokio::spawn(async move { pool.swap(&database).await })
@@ -267,9 +374,14 @@ impl DatabasePool {
             .map_err(|e| format!("the reset stopped: {e}"))?
     }
 
-    async fn swap(self: &Arc<Self>, database: &str) -> Result<(), String> {
+    async fn swap(self: &Arc<Self>, database: &str) -> Result<Swapped, String> {
         let mut swapper = self.swapper.lock().await;
         let mut fresh = self.ready_copy().await?;
+        // The last test's sessions are closing as its process exits: a
+        // rename that found one would wait 100 ms for it to go.
+        if let Ok(ender) = self.ender.get().await {
+            let _ = ender.end_sessions(database, SESSIONS_GONE_WITHIN).await;
+        }
         // A name per attempt: an attempt whose commit went through unseen
         // has used its own. All are dropped (if they exist) in the end.
         let mut used = Vec::new();
@@ -308,13 +420,17 @@ impl DatabasePool {
             }
         }
         let attempts = used.len();
+        let away = match (done, rename_away) {
+            (true, true) => used.pop(),
+            _ => None,
+        };
         for name in used {
             self.drop_later(name);
         }
         if done {
-            return Ok(());
+            return Ok(Swapped { fresh, away });
         }
-        self.drop_later(fresh);
+        self.retire(fresh);
         let attempts = match attempts {
             1 => "1 attempt".to_owned(),
             n => format!("{n} attempts"),

@@ -190,7 +190,49 @@ pub(super) fn literal(value: &str) -> String {
     }
 }
 
+/// How long ending the sessions on a database waits for them to be gone
+/// before it gives up (clients that keep reconnecting: a swap wins against
+/// them its own way). A test's own sessions go in a few ms.
+pub(super) const SESSIONS_GONE_WITHIN: Duration = Duration::from_millis(300);
+
 impl PgAdmin {
+    /// Ends every other session on `database` and waits until they are
+    /// gone: false if they would not go within `within`, or a prepared
+    /// transaction holds the database (no session to end).
+    pub async fn end_sessions(
+        &self,
+        database: &str,
+        within: Duration,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // One round trip: the prepared transactions and the sessions
+            // still there (ended by this very query).
+            let row = self
+                .client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_xacts \
+                             WHERE database = $1), \
+                            (SELECT count(pg_catalog.pg_terminate_backend(pid)) \
+                             FROM pg_catalog.pg_stat_activity \
+                             WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid())",
+                    &[&database],
+                )
+                .await?;
+            let (prepared, left): (i64, i64) = (row.get(0), row.get(1));
+            if prepared > 0 {
+                return Ok(false);
+            }
+            if left == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Ends every other session on `database` (a rename or a template copy
     /// needs it alone).
     pub async fn terminate_sessions(&self, database: &str) -> Result<(), tokio_postgres::Error> {

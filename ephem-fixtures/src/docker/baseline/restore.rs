@@ -1,35 +1,36 @@
-//! `reset = "postgres"` in place, for small baselines: the baseline's rows
-//! and sequence positions, kept in the runner's memory, are written back
-//! into the database (`TRUNCATE`, `COPY ... FROM STDIN`, `setval`) in one
-//! transaction, a few milliseconds instead of a fresh copy of the whole
+//! `reset = "postgres"` for small baselines: a used database is restored to
+//! the baseline in place and becomes a ready copy again. Every reset swaps
+//! a ready copy into the database's place (`pool.rs`: two renames, a few
+//! milliseconds while the next test waits); the database the last test
+//! used is then restored in the background, while the next test runs: the
+//! baseline's rows and sequence positions, kept in the runner's memory, are
+//! written back (`TRUNCATE`, `COPY ... FROM STDIN`, `setval`) in one
+//! transaction, tens of milliseconds instead of a fresh copy of the whole
 //! database (hundreds of milliseconds of catalog pages each).
 //!
 //! That restores exactly the baseline only if the test changed nothing but
 //! rows and sequences. So every restore first compares the database's
-//! catalogs with what the last restore left: a catalog row inserted,
+//! catalogs with what its last restore left: a catalog row inserted,
 //! updated or deleted since (any DDL, a large object, statistics, a
 //! changed owner, privilege, setting or comment of the database), or a
-//! table's size figures changed by `VACUUM`, and the reset swaps a fresh
-//! copy in instead (`pool.rs`). A catalog row changed shows as one whose
-//! `xmin` is newer than the last restore's transaction; one deleted, as a
-//! row count that dropped.
+//! table's size figures changed by `VACUUM`, and the used database is
+//! dropped instead (the pool makes a fresh copy). A catalog row changed
+//! shows as one whose `xmin` is newer than the last restore's transaction;
+//! one deleted, as a row count that dropped; the database's own entry is
+//! compared by content, as the swaps rename it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
-use super::postgres::{pg_message, PgAdmin, PgService};
+use super::pool::{DatabasePool, Swapped};
+use super::postgres::{literal, pg_message, PgAdmin, PgService, SESSIONS_GONE_WITHIN};
 
 /// The most table data (`pg_table_size`, all tables) a baseline restored in
 /// place may have: beyond it, rewriting it all costs more than a copy.
 const MAX_BASELINE_BYTES: i64 = 1 << 20;
-
-/// How long a restore waits for the sessions it ended to be gone before
-/// it leaves the reset to a swap (clients that keep reconnecting: the swap
-/// wins against them its own way). A test's own sessions go in a few ms.
-const SESSIONS_GONE_WITHIN: Duration = Duration::from_millis(300);
 
 /// Options of the restoring session, over the database's own settings
 /// (which a baseline may set to anything): triggers and foreign keys do not
@@ -50,7 +51,7 @@ struct Snapshot {
     fingerprint: String,
 }
 
-/// The catalogs as the last restore left them.
+/// The catalogs of one database as its last restore left them.
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Reference {
     /// The restoring transaction's xid: rows newer than it are changes.
@@ -74,28 +75,25 @@ enum State {
     Never,
     Ready {
         snapshot: Arc<Snapshot>,
-        /// `None`: unknown (a restore failed halfway): the next reset swaps.
+        /// The fingerprint of the baseline as first read: a fresh copy of
+        /// the template has it too.
+        base: Option<String>,
+        /// Of the database in `database`'s place; `None`: unknown (taking
+        /// it failed), and that database is dropped after its test.
         reference: Option<Reference>,
     },
 }
 
-/// Outcome of [`InPlace::restore`].
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Restore {
-    /// The database is the baseline again.
-    Done,
-    /// Not restored (the test changed more than rows, or it could not be
-    /// told): the caller swaps a copy in, then calls [`InPlace::rebase`].
-    Swap,
-}
-
-/// The in-place reset of one Postgres database.
+/// The in-place restores of one Postgres service's reset database.
 pub(super) struct InPlace {
     pg: PgService,
     database: String,
-    /// Ends sessions on the database, on `template1`.
+    /// Ends sessions on the databases restored, on `template1`.
     admin: tokio::sync::Mutex<Option<PgAdmin>>,
     state: tokio::sync::Mutex<State>,
+    /// The references of ready copies that were restored in place, by
+    /// their ready names: one swapped in brings its reference along.
+    spares: Mutex<HashMap<String, Reference>>,
 }
 
 impl InPlace {
@@ -105,6 +103,7 @@ impl InPlace {
             database: database.to_owned(),
             admin: tokio::sync::Mutex::new(None),
             state: tokio::sync::Mutex::new(State::Unread),
+            spares: Mutex::new(HashMap::new()),
         }
     }
 
@@ -114,17 +113,19 @@ impl InPlace {
     /// failure leaves the next reset to a swap.
     pub async fn rebase(&self) {
         let mut state = self.state.lock().await;
-        let read = match &*state {
+        let (read, base) = match &*state {
             State::Never => return,
-            State::Ready { snapshot, .. } => Ok(Some(snapshot.clone())),
-            State::Unread => self.read_snapshot().await.map(|s| s.map(Arc::new)),
+            State::Ready { snapshot, base, .. } => (Ok(Some(snapshot.clone())), base.clone()),
+            State::Unread => (self.read_snapshot().await.map(|s| s.map(Arc::new)), None),
         };
         *state = match read {
             Ok(None) => State::Never,
             Ok(Some(snapshot)) => {
                 let reference = self.reference(&snapshot).await.ok();
+                let base = base.or_else(|| reference.as_ref().map(|r| r.fingerprint.clone()));
                 State::Ready {
                     snapshot,
+                    base,
                     reference,
                 }
             }
@@ -134,46 +135,127 @@ impl InPlace {
         };
     }
 
-    /// Restores the baseline in place if the test changed only rows and
-    /// sequences; else (or on any failure) says to swap.
-    pub async fn restore(&self) -> Restore {
-        let mut state = self.state.lock().await;
-        let State::Ready {
-            snapshot,
-            reference,
-        } = &mut *state
-        else {
-            return Restore::Swap;
-        };
-        let Some(expected) = reference.take() else {
-            return Restore::Swap;
-        };
-        match self.try_restore(snapshot, &expected).await {
-            Ok(Some(next)) => {
-                *reference = Some(Reference {
-                    settled: true,
-                    ..next
-                });
-                Restore::Done
+    /// A reset swapped `swapped.fresh` into the database's place: its
+    /// reference becomes the current one (taken now if it has none: a
+    /// fresh copy), and the database the last test used is restored in
+    /// place in the background, to come back as a ready copy, or dropped
+    /// when it cannot be (the pool then makes a fresh copy).
+    pub async fn swapped(self: &Arc<Self>, pool: &Arc<DatabasePool>, swapped: Swapped) {
+        let arrived = self
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&swapped.fresh);
+        let left = {
+            let mut state = self.state.lock().await;
+            match &mut *state {
+                State::Ready { reference, .. } => {
+                    let left = reference.take();
+                    if arrived.is_some() {
+                        *reference = arrived.clone();
+                    }
+                    left
+                }
+                _ => None,
             }
-            // Rolled back: the database is as the test left it.
-            Ok(None) | Err(_) => Restore::Swap,
+        };
+        if arrived.is_none() {
+            self.arrived_fresh().await;
         }
+        let Some(away) = swapped.away else { return };
+        // A restore puts back the same rows into the same tables, so it
+        // leaves the catalogs as the one before it did: from then on the
+        // fingerprint is known without reading it again (see `Reference`).
+        let Some(left) = left else {
+            pool.retire(away);
+            return;
+        };
+        pool.recycling();
+        let (this, pool) = (self.clone(), pool.clone());
+        tokio::spawn(async move {
+            match this.try_restore(&away, &left).await {
+                Ok(Some(next)) => {
+                    let spares = &this.spares;
+                    let offered = |ready: &str| {
+                        spares.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                            ready.to_owned(),
+                            Reference {
+                                settled: true,
+                                ..next
+                            },
+                        );
+                    };
+                    let _ = pool.shelve(&away, offered).await;
+                }
+                // The catalogs changed, or it could not be told.
+                Ok(None) | Err(_) => pool.recycle_failed(away),
+            }
+        });
     }
 
-    /// `Ok(None)`: the catalogs changed. The restore and the new reference
-    /// are one transaction: either both happened or neither.
+    /// A fresh copy of the template is in the database's place: its
+    /// catalogs are the template's pages, as the baseline's were when its
+    /// reference was first taken, so that fingerprint holds for it too,
+    /// with an xid from now (before its test starts). Were the fingerprint
+    /// not the copy's after all, its restore would only drop it. A baseline
+    /// not read yet (a kept environment) is read from the copy instead.
+    async fn arrived_fresh(&self) {
+        {
+            let mut state = self.state.lock().await;
+            if let State::Ready {
+                base, reference, ..
+            } = &mut *state
+            {
+                *reference = match (base, self.now_xid().await) {
+                    (Some(base), Ok(xid)) => Some(Reference {
+                        xid,
+                        fingerprint: base.clone(),
+                        settled: false,
+                    }),
+                    _ => None,
+                };
+                return;
+            }
+        }
+        self.rebase().await;
+    }
+
+    /// A new xid, on the admin session.
+    async fn now_xid(&self) -> Result<String, String> {
+        let mut slot = self.admin.lock().await;
+        if slot.as_ref().is_none_or(|a| a.client.is_closed()) {
+            *slot = Some(self.pg.session().await.map_err(|e| pg_message(&e))?);
+        }
+        let Some(admin) = slot.as_ref() else {
+            unreachable!("opened above")
+        };
+        let row = admin
+            .client
+            .query_one("SELECT (pg_catalog.txid_current() % 4294967296)::text", &[])
+            .await
+            .map_err(|e| pg_message(&e))?;
+        Ok(row.get(0))
+    }
+
+    /// Restores `database` (a used one, swapped away) to the baseline if its
+    /// test changed only rows and sequences since `expected`: its new
+    /// reference, or `Ok(None)` when the catalogs changed. The restore and
+    /// the new reference are one transaction: both happened or neither.
     async fn try_restore(
         &self,
-        snapshot: &Snapshot,
+        database: &str,
         expected: &Reference,
     ) -> Result<Option<Reference>, String> {
-        if !self.end_sessions().await? {
+        let snapshot = match &*self.state.lock().await {
+            State::Ready { snapshot, .. } => snapshot.clone(),
+            _ => return Ok(None),
+        };
+        if !self.end_sessions(database).await? {
             return Ok(None);
         }
         let mut client = self
             .pg
-            .connect(&self.database, Some(SESSION_OPTIONS))
+            .connect(database, Some(SESSION_OPTIONS))
             .await
             .map_err(|e| pg_message(&e))?;
         let fail = |e: tokio_postgres::Error| pg_message(&e);
@@ -201,13 +283,20 @@ impl InPlace {
             sink.send(rows.clone()).await.map_err(fail)?;
             sink.as_mut().finish().await.map_err(fail)?;
         }
-        for (name, value, called) in &snapshot.sequences {
-            tx.execute(
-                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-                &[name, value, called],
-            )
-            .await
-            .map_err(fail)?;
+        if !snapshot.sequences.is_empty() {
+            let positions: Vec<String> = snapshot
+                .sequences
+                .iter()
+                .map(|(name, value, called)| {
+                    format!(
+                        "pg_catalog.setval({}::regclass, {value}, {called})",
+                        literal(name)
+                    )
+                })
+                .collect();
+            tx.batch_execute(&format!("SELECT {}", positions.join(", ")))
+                .await
+                .map_err(fail)?;
         }
         let next = if expected.settled {
             Reference {
@@ -215,17 +304,16 @@ impl InPlace {
                 ..expected.clone()
             }
         } else {
-            reference_in(&tx, snapshot).await.map_err(fail)?
+            reference_in(&tx, &snapshot).await.map_err(fail)?
         };
         tx.commit().await.map_err(fail)?;
         Ok(Some(next))
     }
 
-    /// Ends every session on the database (what the test left, autovacuum)
+    /// Ends every session on `database` (what the test left, autovacuum)
     /// and waits until they are gone: false if they would not go, or a
-    /// prepared transaction holds the database (no session to end: the
-    /// swap fails saying so).
-    async fn end_sessions(&self) -> Result<bool, String> {
+    /// prepared transaction holds the database.
+    async fn end_sessions(&self, database: &str) -> Result<bool, String> {
         let mut slot = self.admin.lock().await;
         if slot.as_ref().is_none_or(|a| a.client.is_closed()) {
             *slot = Some(self.pg.session().await.map_err(|e| pg_message(&e))?);
@@ -233,39 +321,10 @@ impl InPlace {
         let Some(admin) = slot.as_ref() else {
             unreachable!("opened above")
         };
-        let prepared: i64 = admin
-            .client
-            .query_one(
-                "SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE database = $1",
-                &[&self.database],
-            )
+        admin
+            .end_sessions(database, SESSIONS_GONE_WITHIN)
             .await
-            .map_err(|e| pg_message(&e))?
-            .get(0);
-        if prepared > 0 {
-            return Ok(false);
-        }
-        let deadline = tokio::time::Instant::now() + SESSIONS_GONE_WITHIN;
-        loop {
-            let left: i64 = admin
-                .client
-                .query_one(
-                    "SELECT count(pg_catalog.pg_terminate_backend(pid)) \
-                     FROM pg_catalog.pg_stat_activity \
-                     WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
-                    &[&self.database],
-                )
-                .await
-                .map_err(|e| pg_message(&e))?
-                .get(0);
-            if left == 0 {
-                return Ok(true);
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+            .map_err(|e| pg_message(&e))
     }
 
     /// The baseline's tables and sequences as they are now, or `None` when
@@ -409,8 +468,13 @@ async fn fingerprint_query(
             .to_owned(),
     );
     let database = "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
+    // By content: the swaps rename it and open and close it to
+    // connections; vacuums move its frozen horizons; a fresh copy of the
+    // template has its own oid and the same content.
     parts.push(format!(
-        "(SELECT xmin || ':' || ctid FROM pg_catalog.pg_database WHERE oid = {database})"
+        "(SELECT (pg_catalog.to_jsonb(d) - 'oid' - 'datname' - 'datallowconn' \
+                  - 'datfrozenxid' - 'datminmxid')::text \
+          FROM pg_catalog.pg_database d WHERE oid = {database})"
     ));
     parts.push(format!(
         "(SELECT count(*) || ':' || {newer} FROM pg_catalog.pg_db_role_setting \
