@@ -8,6 +8,7 @@
 //! the cache folder) builds while the others provision normally.
 
 mod build;
+mod fallback;
 pub(crate) mod key;
 mod layer;
 mod restore;
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 pub(crate) use self::build::{copy, Built};
+pub(crate) use self::fallback::ready_within;
 use self::key::Key;
 pub(crate) use self::restore::rekey;
 use crate::image_cache::layout::{FileLock, Mode};
@@ -66,8 +68,9 @@ pub(crate) fn tag(service: &str, key: &Key) -> String {
 
 /// What a shard does with a snapshotted service.
 pub(crate) enum Decision {
-    /// Start from this image (in the daemon): no init, no `setup`.
-    Start { image: String },
+    /// Start from this image (in the daemon): no init, no `setup`; if it
+    /// does not become ready, the snapshot of `key` is discarded.
+    Start { image: String, key: Key },
     /// Provision normally, then build the snapshot (this shard holds the
     /// build for the key, in this run and across processes).
     Build { key: Key, _lock: FileLock },
@@ -264,8 +267,19 @@ impl State {
             .await
             .clone();
         if let Found::Image(image) = found {
-            return Decision::Start { image };
+            return Decision::Start { image, key };
         }
+        self.claim(cache, spec, key)
+    }
+
+    /// Lets this shard build the snapshot of `key` if no other shard of the
+    /// run, nor another process, builds it.
+    fn claim(
+        &self,
+        cache: &crate::image_cache::ImageCache,
+        spec: &crate::config::ServiceSpec,
+        key: Key,
+    ) -> Decision {
         let first = self
             .building
             .lock()
