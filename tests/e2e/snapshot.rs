@@ -150,7 +150,8 @@ fn started_from_snapshot(stderr: &str) -> bool {
 /// The first run builds the snapshot (its tests pass as usual); the next
 /// starts every shard from it, with no init and no setup, and the same
 /// tests (seed rows, roles, database settings, privileges) pass; a run with
-/// --no-snapshot or EPHEM_SNAPSHOT=0 provisions normally.
+/// --no-snapshot or EPHEM_SNAPSHOT=0 provisions normally. No lock file is
+/// left in the cache.
 #[test]
 fn a_snapshot_is_built_once_then_started_from() {
     let _daemon = shared_daemon();
@@ -167,6 +168,13 @@ fn a_snapshot_is_built_once_then_started_from() {
         "one shard builds: {first}"
     );
     assert_eq!(ws.snapshots().len(), 1);
+    // The build's lock file goes once the snapshot is stored.
+    let locks: Vec<_> = std::fs::read_dir(ws.cache())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
 
     let ls = run(ephem()
         .args(["images", "ls", "--config"])

@@ -368,9 +368,17 @@ async fn baselines(
         )
         .await?;
         let decision = service.fallback.as_ref().unwrap_or(&plan.snapshot.0);
-        if let snapshot::Decision::Build { key, .. } = decision {
+        if let snapshot::Decision::Build { key, lock } = decision {
             let image_id = &plan.snapshot.1;
-            build_snapshot(shared, shard, plan, &service.container, key, image_id).await;
+            let built = snapshot::Built {
+                spec: plan.spec,
+                container: &service.container,
+                image_id,
+                quiesce: plan.quiesce.as_deref(),
+                key,
+                lock: lock.clone(),
+            };
+            build_snapshot(shared, shard, built).await;
         }
         hooks.add(&ready, &shared.host).await?;
     }
@@ -380,21 +388,8 @@ async fn baselines(
 /// Copies the service's state out after its `setup` and has it stored as a
 /// snapshot while the tests run; a failure costs only the snapshot (a
 /// warning), never the shard.
-async fn build_snapshot(
-    shared: &Shared,
-    shard: &ShardContext,
-    plan: &ServicePlan<'_>,
-    container: &str,
-    key: &snapshot::key::Key,
-    image_id: &str,
-) {
-    let built = snapshot::Built {
-        spec: plan.spec,
-        container,
-        image_id,
-        quiesce: plan.quiesce.as_deref(),
-        key,
-    };
+async fn build_snapshot(shared: &Shared, shard: &ShardContext, built: snapshot::Built<'_>) {
+    let service = built.spec.name.clone();
     match snapshot::copy(shared, built).await {
         Ok(copied) => shared
             .snapshots
@@ -403,8 +398,7 @@ async fn build_snapshot(
             let _ = shared.events.send(crate::EnvEvent::Warning {
                 shard: Some(shard.shard),
                 message: format!(
-                    "services.{}: no snapshot built: {reason}; later runs provision it normally",
-                    plan.spec.name
+                    "services.{service}: no snapshot built: {reason}; later runs provision it normally",
                 ),
             });
         }

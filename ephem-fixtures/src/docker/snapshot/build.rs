@@ -30,6 +30,8 @@ pub(crate) struct Built<'a> {
     /// The rendered `quiesce` command.
     pub quiesce: Option<&'a [String]>,
     pub key: &'a Key,
+    /// The build's lock, held until the snapshot is stored.
+    pub lock: Arc<super::BuildLock>,
 }
 
 /// The state copied out of the service, ready to be stored: what
@@ -38,6 +40,8 @@ pub(crate) struct Copied {
     cache: Arc<ImageCache>,
     /// Held until stored: prune waits.
     _in_use: InUse,
+    /// Held until stored: no other process builds the same snapshot.
+    _lock: Arc<super::BuildLock>,
     copies: Vec<Copy>,
     base: Descriptor,
     config_digest: String,
@@ -83,6 +87,7 @@ pub(crate) async fn copy(shared: &Shared, built: Built<'_>) -> Result<Copied, St
     Ok(Copied {
         cache: cache.clone(),
         _in_use: in_use,
+        _lock: built.lock.clone(),
         copies,
         base: base.descriptor.clone(),
         config_digest: config_digest.clone(),

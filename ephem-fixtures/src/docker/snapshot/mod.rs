@@ -73,9 +73,28 @@ pub(crate) enum Decision {
     Start { image: String, key: Key },
     /// Provision normally, then build the snapshot (this shard holds the
     /// build for the key, in this run and across processes).
-    Build { key: Key, _lock: FileLock },
+    Build { key: Key, lock: Arc<BuildLock> },
     /// Provision normally.
     Fresh,
+}
+
+/// `snapshot-<key>.lock` in the cache folder, held by the one process
+/// building that snapshot until it is stored (or given up); the file is
+/// removed before the lock is released. A process that opened the file
+/// before then and gets the lock after sees that the path no longer names
+/// its file and builds nothing (see [`State::claim`]).
+pub(crate) struct BuildLock {
+    path: std::path::PathBuf,
+    lock: FileLock,
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        // Only while the path is still ours: never another holder's file.
+        if self.lock.is_at(&self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The outcome of one key's lookup, shared by the run's shards.
@@ -292,7 +311,12 @@ impl State {
             .root()
             .join(format!("snapshot-{}.lock", &key.hex[..16]));
         match FileLock::try_acquire(&path, Mode::Exclusive) {
+            // Removed by its last holder after we opened it: that holder
+            // stored the snapshot, or gave up; either way this run does not
+            // build on a lock no longer anyone's.
+            Ok(Some(lock)) if !lock.is_at(&path) => Decision::Fresh,
             Ok(Some(lock)) => {
+                let lock = Arc::new(BuildLock { path, lock });
                 // Another process may have finished it meanwhile.
                 let done = cache
                     .entries()
@@ -301,7 +325,7 @@ impl State {
                 if done {
                     Decision::Fresh
                 } else {
-                    Decision::Build { key, _lock: lock }
+                    Decision::Build { key, lock }
                 }
             }
             // Another run builds it; this one provisions normally.
