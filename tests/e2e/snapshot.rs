@@ -404,7 +404,7 @@ fn a_snapshot_that_does_not_become_ready_is_discarded_and_rebuilt() {
             "{out}"
         );
         assert!(built(&out), "{out}");
-        assert_eq!(ws.snapshots(), [tag.clone()]);
+        assert_eq!(ws.snapshots(), std::slice::from_ref(&tag));
         let next = ws.run(&[]);
         assert!(started_from_snapshot(&next), "{next}");
         assert!(!next.contains("did not become ready"), "{next}");

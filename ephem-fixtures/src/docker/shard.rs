@@ -624,7 +624,6 @@ async fn start_service(
             shard.shard,
             spec,
             key,
-            image,
             &names.container(&spec.name),
             &reason,
         )

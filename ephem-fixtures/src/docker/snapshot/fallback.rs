@@ -28,8 +28,7 @@ pub(crate) fn ready_within(startup_timeout: Duration) -> Duration {
 }
 
 impl State {
-    /// Discards the snapshot `image` of `key` the service could not start
-    /// from: removes the container, the daemon's image and the cache's
+    /// Discards the snapshot of `key` the service could not start from: removes the container, the daemon's image and the cache's
     /// entry, warns once per key (naming the service, the key and why),
     /// and tells the shard what to do now: build the snapshot again (if no
     /// other shard or process does), or provision normally.
@@ -39,10 +38,10 @@ impl State {
         shard: u32,
         spec: &ServiceSpec,
         key: &Key,
-        image: &str,
         container: &str,
         reason: &str,
     ) -> Decision {
+        let image = &super::tag(&spec.name, key);
         let options = RemoveContainerOptions {
             force: true,
             v: true,
@@ -81,7 +80,11 @@ impl State {
             if let Some(cache) = shared.images.cache() {
                 let _ = cache.layout().update_index(
                     |_| {},
-                    |index| index.manifests.retain(|d| d.reference() != Some(image)),
+                    |index| {
+                        index
+                            .manifests
+                            .retain(|d| d.reference() != Some(image.as_str()))
+                    },
                 );
             }
             let left = match removed {
