@@ -150,7 +150,8 @@ fn started_from_snapshot(stderr: &str) -> bool {
 /// The first run builds the snapshot (its tests pass as usual); the next
 /// starts every shard from it, with no init and no setup, and the same
 /// tests (seed rows, roles, database settings, privileges) pass; a run with
-/// --no-snapshot or EPHEM_SNAPSHOT=0 provisions normally.
+/// --no-snapshot or EPHEM_SNAPSHOT=0 provisions normally. No lock file is
+/// left in the cache.
 #[test]
 fn a_snapshot_is_built_once_then_started_from() {
     let _daemon = shared_daemon();
@@ -167,6 +168,13 @@ fn a_snapshot_is_built_once_then_started_from() {
         "one shard builds: {first}"
     );
     assert_eq!(ws.snapshots().len(), 1);
+    // The build's lock file goes once the snapshot is stored.
+    let locks: Vec<_> = std::fs::read_dir(ws.cache())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
 
     let ls = run(ephem()
         .args(["images", "ls", "--config"])
@@ -330,4 +338,75 @@ fn without_an_image_cache_a_snapshot_is_warned_about_not_silently_dropped() {
         .count();
     assert_eq!(warned, 1, "{stderr}");
     assert!(!built(&stderr), "{stderr}");
+}
+
+/// Replaces the daemon's snapshot image `tag` with one that starts from the
+/// snapshot's data and then fails: `entrypoint` runs first (as root, the
+/// data directory in place), then the image's own entrypoint.
+fn plant_broken(tag: &str, entrypoint: &str) {
+    let name = format!("ephem-e2e-broken-snapshot-{}", std::process::id());
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().unwrap();
+        assert!(out.status.success(), "docker {args:?}: {}", describe(&out));
+    };
+    docker(&["create", "--name", &name, tag]);
+    let change = format!(
+        r#"ENTRYPOINT ["sh", "-c", {}, "--"]"#,
+        serde_json::to_string(&format!("{entrypoint}; exec docker-entrypoint.sh \"$@\"")).unwrap()
+    );
+    let committed = Command::new("docker")
+        .args(["commit", "--change", &change, &name, tag])
+        .output()
+        .unwrap();
+    docker(&["rm", "-v", &name]);
+    assert!(committed.status.success(), "{}", describe(&committed));
+}
+
+/// A snapshot in the daemon that starts but never becomes ready does not
+/// fail the run: it is discarded with a warning naming the service and the
+/// key, the service is provisioned normally (setup and all), and the
+/// snapshot built again, which the next run starts from. Twice: a broken
+/// data directory (the server exits), and a server that never starts
+/// (the snapshot start's shorter limit runs out: a quarter of 120 s).
+#[test]
+fn a_snapshot_that_does_not_become_ready_is_discarded_and_rebuilt() {
+    let _daemon = shared_daemon();
+    let ws = Workspace::new("not-ready");
+    assert!(built(&ws.run(&[])));
+    let tag = ws.snapshots().pop().unwrap();
+    let key = &tag[tag.rfind(':').unwrap() + 1..];
+    let in_daemon = |tag: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", tag])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    if !in_daemon(&tag) {
+        assert!(started_from_snapshot(&ws.run(&[])));
+    }
+    let cases = [
+        (r#"echo 99 > "$PGDATA/PG_VERSION""#, "exited with code"),
+        ("sleep 3600", "timed out after 30s"),
+    ];
+    for (entrypoint, why) in cases {
+        plant_broken(&tag, entrypoint);
+        let out = ws.run(&[]);
+        let warning = format!(
+            "services.postgres: snapshot {tag} (key {}) did not become ready: ",
+            &key[..16]
+        );
+        let line = out.lines().find(|l| l.contains(&warning));
+        assert!(line.is_some_and(|l| l.contains(why)), "{why}: {out}");
+        assert!(
+            out.contains("discarded from the daemon and the image cache, provisioning normally"),
+            "{out}"
+        );
+        assert!(built(&out), "{out}");
+        assert_eq!(ws.snapshots(), std::slice::from_ref(&tag));
+        let next = ws.run(&[]);
+        assert!(started_from_snapshot(&next), "{next}");
+        assert!(!next.contains("did not become ready"), "{next}");
+    }
 }

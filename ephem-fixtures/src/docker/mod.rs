@@ -319,14 +319,17 @@ impl Backend for DockerBackend {
     }
 
     async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError> {
-        self.shared.snapshots.stored(shard).await;
         // Stop reporting exits first: teardown itself kills the containers.
         self.stop_watcher(shard);
         // A taken-over environment carries the labels of the run that made it.
-        match self.held(shard) {
+        let removed = match self.held(shard) {
             Some(held) => reuse::remove_held(&self.shared.docker, &held).await,
             None => teardown::teardown(&self.shared.docker, shard).await,
-        }
+        };
+        // The snapshot was copied out before the tests: its storing needs
+        // no container, so they go first and the run ends once it is stored.
+        self.shared.snapshots.stored(shard).await;
+        removed
     }
 
     /// Leaves the environment for the next `--reuse` run: a lease marked

@@ -48,6 +48,11 @@ struct ServicePlan<'a> {
 struct RunningService {
     container: String,
     ports: HashMap<u16, u16>,
+    /// Started from a snapshot: no `setup`, the password re-keyed.
+    from_snapshot: bool,
+    /// What the shard does about the snapshot after its start from one
+    /// failed (build it again, or nothing), in place of the plan's.
+    fallback: Option<snapshot::Decision>,
 }
 
 /// Names of one shard's resources.
@@ -114,7 +119,7 @@ pub(crate) async fn provision(
             ))
         })?;
 
-    let running = start_all(shared, shard, &names, &base_labels, &plans)
+    let running = start_all(shared, shard, &names, &base_labels, &plans, &secrets)
         .await
         .map_err(|e| e.masked(&secrets))?;
     let hooks = baselines(shared, shard, &plans, &running)
@@ -178,7 +183,15 @@ pub(crate) async fn reattach(
             }
         }
         let ports = published_ports(shared, &container).await?;
-        running.insert(spec.name.clone(), RunningService { container, ports });
+        running.insert(
+            spec.name.clone(),
+            RunningService {
+                container,
+                ports,
+                from_snapshot: false,
+                fallback: None,
+            },
+        );
         commands.insert(spec.name.clone(), command);
         envs.push((spec, env));
     }
@@ -326,7 +339,7 @@ async fn baselines(
     let mut hooks = baseline::HooksBuilder::new(shared.docker.clone(), shard.shard);
     for plan in plans {
         let service = &running[&plan.spec.name];
-        let from_snapshot = matches!(plan.snapshot.0, snapshot::Decision::Start { .. });
+        let from_snapshot = service.from_snapshot;
         let ready = baseline::ReadyService {
             spec: plan.spec,
             container: &service.container,
@@ -354,8 +367,18 @@ async fn baselines(
             plan.spec.startup_timeout,
         )
         .await?;
-        if let (snapshot::Decision::Build { key, .. }, image_id) = &plan.snapshot {
-            build_snapshot(shared, shard, plan, &service.container, key, image_id).await;
+        let decision = service.fallback.as_ref().unwrap_or(&plan.snapshot.0);
+        if let snapshot::Decision::Build { key, lock } = decision {
+            let image_id = &plan.snapshot.1;
+            let built = snapshot::Built {
+                spec: plan.spec,
+                container: &service.container,
+                image_id,
+                quiesce: plan.quiesce.as_deref(),
+                key,
+                lock: lock.clone(),
+            };
+            build_snapshot(shared, shard, built).await;
         }
         hooks.add(&ready, &shared.host).await?;
     }
@@ -365,21 +388,8 @@ async fn baselines(
 /// Copies the service's state out after its `setup` and has it stored as a
 /// snapshot while the tests run; a failure costs only the snapshot (a
 /// warning), never the shard.
-async fn build_snapshot(
-    shared: &Shared,
-    shard: &ShardContext,
-    plan: &ServicePlan<'_>,
-    container: &str,
-    key: &snapshot::key::Key,
-    image_id: &str,
-) {
-    let built = snapshot::Built {
-        spec: plan.spec,
-        container,
-        image_id,
-        quiesce: plan.quiesce.as_deref(),
-        key,
-    };
+async fn build_snapshot(shared: &Shared, shard: &ShardContext, built: snapshot::Built<'_>) {
+    let service = built.spec.name.clone();
     match snapshot::copy(shared, built).await {
         Ok(copied) => shared
             .snapshots
@@ -388,8 +398,7 @@ async fn build_snapshot(
             let _ = shared.events.send(crate::EnvEvent::Warning {
                 shard: Some(shard.shard),
                 message: format!(
-                    "services.{}: no snapshot built: {reason}; later runs provision it normally",
-                    plan.spec.name
+                    "services.{service}: no snapshot built: {reason}; later runs provision it normally",
                 ),
             });
         }
@@ -509,6 +518,7 @@ async fn start_all(
     names: &ShardNames,
     base_labels: &HashMap<String, String>,
     plans: &[ServicePlan<'_>],
+    secrets: &[String],
 ) -> Result<HashMap<String, RunningService>, EnvError> {
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let mut running = HashMap::new();
@@ -526,7 +536,8 @@ async fn start_all(
                     let cancel = cancel_rx.clone();
                     inflight.push(async move {
                         let result =
-                            start_service(shared, shard, names, base_labels, plan, cancel).await;
+                            start_service(shared, shard, names, base_labels, plan, secrets, cancel)
+                                .await;
                         (name, result)
                     });
                 }
@@ -551,18 +562,106 @@ async fn start_all(
     }
 }
 
+/// Starts the service, from its snapshot if the plan says so; a snapshot
+/// start that fails (within [`snapshot::ready_within`]) is discarded and
+/// the service started afresh, with `setup` to follow.
 async fn start_service(
     shared: &Shared,
     shard: &ShardContext,
     names: &ShardNames,
     base_labels: &HashMap<String, String>,
     plan: &ServicePlan<'_>,
+    secrets: &[String],
     mut cancel: watch::Receiver<bool>,
+) -> Result<RunningService, EnvError> {
+    let spec = plan.spec;
+    let snapshot::Decision::Start { image, key } = &plan.snapshot.0 else {
+        let fresh = Attempt {
+            image: &plan.facts.run_name,
+            wait: spec.wait.clone(),
+            limit: spec.startup_timeout,
+        };
+        return start_container(shared, shard, names, base_labels, plan, fresh, &mut cancel).await;
+    };
+    let from_snapshot = Attempt {
+        image,
+        wait: snapshot::wait_once(&spec.wait),
+        limit: snapshot::ready_within(spec.startup_timeout),
+    };
+    let failed = match start_container(
+        shared,
+        shard,
+        names,
+        base_labels,
+        plan,
+        from_snapshot,
+        &mut cancel,
+    )
+    .await
+    {
+        Ok(service) => {
+            return Ok(RunningService {
+                from_snapshot: true,
+                ..service
+            })
+        }
+        Err(e) if *cancel.borrow() => return Err(e),
+        Err(e) => e.masked(secrets),
+    };
+    let reason = match &failed {
+        EnvError::NotReady { reason, logs, .. } => {
+            match logs.iter().rev().find(|l| !l.is_empty()) {
+                Some(last) => format!("{reason}; last log line: {}", last.trim()),
+                None => reason.clone(),
+            }
+        }
+        other => other.to_string(),
+    };
+    let fallback = shared
+        .snapshots
+        .discard(
+            shared,
+            shard.shard,
+            spec,
+            key,
+            &names.container(&spec.name),
+            &reason,
+        )
+        .await;
+    let fresh = Attempt {
+        image: &plan.facts.run_name,
+        wait: spec.wait.clone(),
+        limit: spec.startup_timeout,
+    };
+    let service =
+        start_container(shared, shard, names, base_labels, plan, fresh, &mut cancel).await?;
+    Ok(RunningService {
+        fallback: Some(fallback),
+        ..service
+    })
+}
+
+/// One start of a service: its image, readiness wait and time limit.
+struct Attempt<'a> {
+    image: &'a str,
+    wait: crate::config::WaitStrategy,
+    limit: std::time::Duration,
+}
+
+/// Creates and starts the service's container and waits until it is ready.
+async fn start_container(
+    shared: &Shared,
+    shard: &ShardContext,
+    names: &ShardNames,
+    base_labels: &HashMap<String, String>,
+    plan: &ServicePlan<'_>,
+    attempt: Attempt<'_>,
+    cancel: &mut watch::Receiver<bool>,
 ) -> Result<RunningService, EnvError> {
     let spec = plan.spec;
     let container = names.container(&spec.name);
     // startup-timeout covers create, start and readiness; images are already pulled.
-    let deadline = Instant::now() + spec.startup_timeout;
+    let deadline = Instant::now() + attempt.limit;
     let network = names.network();
     let mut labels = base_labels.clone();
     labels.insert(labels::SERVICE.to_owned(), spec.name.clone());
@@ -593,10 +692,7 @@ async fn start_service(
         });
     let mut env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
-    let (image, wait) = match &plan.snapshot.0 {
-        snapshot::Decision::Start { image } => (image.clone(), snapshot::wait_once(&spec.wait)),
-        _ => (plan.facts.run_name.clone(), spec.wait.clone()),
-    };
+    let (image, wait) = (attempt.image.to_owned(), attempt.wait);
     let body = ContainerCreateBody {
         image: Some(image.clone()),
         env: Some(env),
@@ -638,7 +734,7 @@ async fn start_service(
     let wait_text = format!(
         "{} within {}",
         spec.wait.kind,
-        humantime::format_duration(spec.startup_timeout)
+        humantime::format_duration(attempt.limit)
     );
     let not_ready = |reason: String, logs: Vec<String>| EnvError::NotReady {
         shard: shard.shard,
@@ -684,7 +780,12 @@ async fn start_service(
         }
     };
     match outcome {
-        Ok(()) => Ok(RunningService { container, ports }),
+        Ok(()) => Ok(RunningService {
+            container,
+            ports,
+            from_snapshot: false,
+            fallback: None,
+        }),
         Err(why) => {
             let state = shared
                 .docker
@@ -696,7 +797,7 @@ async fn start_service(
             let reason = match why {
                 NotReady::TimedOut { last } => format!(
                     "timed out after {} (last probe: {last}); {}",
-                    humantime::format_duration(spec.startup_timeout),
+                    humantime::format_duration(attempt.limit),
                     readiness::exit_detail(&state)
                 ),
                 NotReady::Exited { detail } => detail,

@@ -365,6 +365,17 @@ impl FileLock {
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }
+
+    /// Whether `path` still names the locked file (not removed, nor
+    /// replaced by another since it was opened): a lock on a file its
+    /// holder removed guards nothing.
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), std::fs::metadata(path)) {
+            (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+            _ => false,
+        }
+    }
 }
 
 /// Opens the lock file read-only when it exists (`flock` needs no write

@@ -30,6 +30,8 @@ pub(crate) struct Built<'a> {
     /// The rendered `quiesce` command.
     pub quiesce: Option<&'a [String]>,
     pub key: &'a Key,
+    /// The build's lock, held until the snapshot is stored.
+    pub lock: Arc<super::BuildLock>,
 }
 
 /// The state copied out of the service, ready to be stored: what
@@ -38,6 +40,8 @@ pub(crate) struct Copied {
     cache: Arc<ImageCache>,
     /// Held until stored: prune waits.
     _in_use: InUse,
+    /// Held until stored: no other process builds the same snapshot.
+    _lock: Arc<super::BuildLock>,
     copies: Vec<Copy>,
     base: Descriptor,
     config_digest: String,
@@ -83,6 +87,7 @@ pub(crate) async fn copy(shared: &Shared, built: Built<'_>) -> Result<Copied, St
     Ok(Copied {
         cache: cache.clone(),
         _in_use: in_use,
+        _lock: built.lock.clone(),
         copies,
         base: base.descriptor.clone(),
         config_digest: config_digest.clone(),
@@ -168,8 +173,10 @@ async fn copy_out(shared: &Shared, built: &Built<'_>) -> Result<Vec<Copy>, Strin
                 .unwrap_or_else(|| "/var/lib/postgresql/data".to_owned());
             // A consistent copy of the running server (its WAL included, so
             // it starts without an archive): the shard keeps its database.
+            // No backup manifest: nothing verifies it, and it checksums
+            // every file.
             let script = format!(
-                "rm -rf {PG_COPY} && pg_basebackup -D {PG_COPY} -U \"${{POSTGRES_USER:-postgres}}\" -X fetch -c fast --no-sync"
+                "rm -rf {PG_COPY} && pg_basebackup -D {PG_COPY} -U \"${{POSTGRES_USER:-postgres}}\" -X fetch -c fast --no-sync --no-manifest"
             );
             let sh = ["sh".to_owned(), "-c".to_owned(), script];
             exec(shared, container, &sh, Some("postgres"), limit).await?;

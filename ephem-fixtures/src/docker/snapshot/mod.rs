@@ -8,6 +8,7 @@
 //! the cache folder) builds while the others provision normally.
 
 mod build;
+mod fallback;
 pub(crate) mod key;
 mod layer;
 mod restore;
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 pub(crate) use self::build::{copy, Built};
+pub(crate) use self::fallback::ready_within;
 use self::key::Key;
 pub(crate) use self::restore::rekey;
 use crate::image_cache::layout::{FileLock, Mode};
@@ -66,13 +68,33 @@ pub(crate) fn tag(service: &str, key: &Key) -> String {
 
 /// What a shard does with a snapshotted service.
 pub(crate) enum Decision {
-    /// Start from this image (in the daemon): no init, no `setup`.
-    Start { image: String },
+    /// Start from this image (in the daemon): no init, no `setup`; if it
+    /// does not become ready, the snapshot of `key` is discarded.
+    Start { image: String, key: Key },
     /// Provision normally, then build the snapshot (this shard holds the
     /// build for the key, in this run and across processes).
-    Build { key: Key, _lock: FileLock },
+    Build { key: Key, lock: Arc<BuildLock> },
     /// Provision normally.
     Fresh,
+}
+
+/// `snapshot-<key>.lock` in the cache folder, held by the one process
+/// building that snapshot until it is stored (or given up); the file is
+/// removed before the lock is released. A process that opened the file
+/// before then and gets the lock after sees that the path no longer names
+/// its file and builds nothing (see [`State::claim`]).
+pub(crate) struct BuildLock {
+    path: std::path::PathBuf,
+    lock: FileLock,
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        // Only while the path is still ours: never another holder's file.
+        if self.lock.is_at(&self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The outcome of one key's lookup, shared by the run's shards.
@@ -264,8 +286,19 @@ impl State {
             .await
             .clone();
         if let Found::Image(image) = found {
-            return Decision::Start { image };
+            return Decision::Start { image, key };
         }
+        self.claim(cache, spec, key)
+    }
+
+    /// Lets this shard build the snapshot of `key` if no other shard of the
+    /// run, nor another process, builds it.
+    fn claim(
+        &self,
+        cache: &crate::image_cache::ImageCache,
+        spec: &crate::config::ServiceSpec,
+        key: Key,
+    ) -> Decision {
         let first = self
             .building
             .lock()
@@ -278,7 +311,12 @@ impl State {
             .root()
             .join(format!("snapshot-{}.lock", &key.hex[..16]));
         match FileLock::try_acquire(&path, Mode::Exclusive) {
+            // Removed by its last holder after we opened it: that holder
+            // stored the snapshot, or gave up; either way this run does not
+            // build on a lock no longer anyone's.
+            Ok(Some(lock)) if !lock.is_at(&path) => Decision::Fresh,
             Ok(Some(lock)) => {
+                let lock = Arc::new(BuildLock { path, lock });
                 // Another process may have finished it meanwhile.
                 let done = cache
                     .entries()
@@ -287,7 +325,7 @@ impl State {
                 if done {
                     Decision::Fresh
                 } else {
-                    Decision::Build { key, _lock: lock }
+                    Decision::Build { key, lock }
                 }
             }
             // Another run builds it; this one provisions normally.
