@@ -2,7 +2,7 @@
 //! `reset = "postgres"`, which swaps one into the database's place.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::attributes::Attributes;
@@ -13,6 +13,14 @@ use super::postgres::{ident, in_use, pg_message, session_lost, PgAdmin, PgServic
 /// How many copies of the baseline wait ready for the next tests (per-test
 /// databases, or the next reset).
 const POOL_SIZE: usize = 4;
+
+/// The most ready copies a run leaves for the next one (each costs a few
+/// MB of disk and a moment of the container's CPU after the run).
+const KEPT_MAX: u64 = 32;
+
+/// Test knob: seconds the refill after a kept run sleeps before each copy,
+/// so a test can start the next run while it still runs.
+const REFILL_PAUSE_VAR: &str = "CARGO_EPHEM_TEST_REFILL_PAUSE";
 
 /// How many times a reset tries to swap a copy in when a client keeps
 /// getting in the way, or the session is lost, before the test fails.
@@ -95,6 +103,12 @@ pub(super) struct DatabasePool {
     next: AtomicU64,
     /// Serializes refills (one `CREATE DATABASE` stream at a time).
     refill: tokio::sync::Mutex<()>,
+    /// Copies this run took (handed out or swapped in): how many the next
+    /// run of a kept environment will likely want.
+    used: AtomicU64,
+    /// The environment is kept: the refill in its container makes the
+    /// copies from now on, this process makes no more.
+    kept: AtomicBool,
 }
 
 impl DatabasePool {
@@ -121,6 +135,8 @@ impl DatabasePool {
             ready: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(1),
             refill: tokio::sync::Mutex::new(()),
+            used: AtomicU64::new(0),
+            kept: AtomicBool::new(false),
         })
     }
 
@@ -186,6 +202,7 @@ impl DatabasePool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
+        self.used.fetch_add(1, Ordering::Relaxed);
         let name = match ready {
             Some(name) => name,
             None => self.create().await?,
@@ -240,7 +257,8 @@ impl DatabasePool {
     pub async fn fill(&self) {
         let _one_at_a_time = self.refill.lock().await;
         loop {
-            if self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() >= POOL_SIZE {
+            let full = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() >= POOL_SIZE;
+            if full || self.kept.load(Ordering::Relaxed) {
                 return;
             }
             match self.create().await {
@@ -252,6 +270,53 @@ impl DatabasePool {
                 Err(_) => return,
             }
         }
+    }
+
+    /// The environment is kept for the next `--reuse` run: this process
+    /// makes no more copies, and a `psql` started detached in `container`
+    /// makes as many as this run took (at least [`POOL_SIZE`], at most
+    /// [`KEPT_MAX`]) less those ready, each as [`create`](Self::create)
+    /// does, so the next run's tests need not wait for one. Returns once the
+    /// `psql` is connected (or done), so a run taking over can end it.
+    pub async fn refill_for_next_run(&self, docker: &bollard::Docker, container: &str) {
+        self.kept.store(true, Ordering::Relaxed);
+        let used = self.used.load(Ordering::Relaxed);
+        let want = used.clamp(POOL_SIZE as u64, KEPT_MAX);
+        let have = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        if have >= want {
+            return;
+        }
+        // The hand-out session: idle now, where the background one may
+        // still be making a copy.
+        let Ok(session) = self.handout.get().await else {
+            return;
+        };
+        let pause = std::env::var(REFILL_PAUSE_VAR)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|p| p.is_finite() && *p > 0.0);
+        let mut statements = Vec::new();
+        for _ in have..want {
+            let name = self.name();
+            let ready = name.replacen(MADE, READY, 1);
+            if let Some(pause) = pause {
+                statements.push(format!("SELECT pg_sleep({pause})"));
+            }
+            statements.push(session.clone_statement(
+                BASELINE,
+                &name,
+                self.uses == Use::PerTest,
+            ));
+            // One transaction: the copy is `ephem_t_` only with its
+            // attributes.
+            statements.push(format!(
+                "{}ALTER DATABASE {} RENAME TO {}",
+                self.attributes.statements(&name),
+                ident(&name),
+                ident(&ready)
+            ));
+        }
+        super::refill::start(docker, container, &self.pg, &session, &statements).await;
     }
 
     /// Puts a ready copy of the baseline in `database`'s place, in one
