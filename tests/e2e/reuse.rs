@@ -18,9 +18,7 @@ mod refill;
 static BASELINE_WORKSPACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn baseline_workspace() -> std::sync::MutexGuard<'static, ()> {
-    BASELINE_WORKSPACE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    BASELINE_WORKSPACE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn baseline_manifest() -> PathBuf {

@@ -27,7 +27,14 @@ fn rerun(config: &Path, record: &Path, slow_refill: bool, guard: &mut RemoveKept
         .arg(baseline_manifest())
         .arg("--config")
         .arg(config)
-        .args(["--reuse", "-j", "4", "inplace_", "--skip", "comment_and_grant"])
+        .args([
+            "--reuse",
+            "-j",
+            "4",
+            "inplace_",
+            "--skip",
+            "comment_and_grant",
+        ])
         .env("BASELINE_RECORD_DIR", record);
     if slow_refill {
         cmd.env("CARGO_EPHEM_TEST_REFILL_PAUSE", SLOW_REFILL);
@@ -54,13 +61,19 @@ fn recorded(record: &Path) -> BTreeSet<String> {
         .collect();
     assert_eq!(oids.len(), TESTS, "{oids:?}");
     let distinct: BTreeSet<String> = oids.iter().cloned().collect();
-    assert_eq!(distinct.len(), TESTS, "a database was handed out twice: {oids:?}");
+    assert_eq!(
+        distinct.len(),
+        TESTS,
+        "a database was handed out twice: {oids:?}"
+    );
     distinct
 }
 
 fn psql(container: &str, database: &str, sql: &str) -> String {
     let out = Command::new("docker")
-        .args(["exec", container, "psql", "-X", "-U", "postgres", "-d", database])
+        .args([
+            "exec", container, "psql", "-X", "-U", "postgres", "-d", database,
+        ])
         .args(["-Atc", sql])
         .output()
         .unwrap();
@@ -161,12 +174,20 @@ fn a_rerun_ends_a_refill_still_running_and_each_test_gets_a_whole_copy() {
     let record = tempfile::tempdir().unwrap();
     rerun(&config, record.path(), true, &mut guard);
     recorded(record.path());
-    assert_eq!(containers_of(&first).len(), 1, "the environment was replaced");
+    assert_eq!(
+        containers_of(&first).len(),
+        1,
+        "the environment was replaced"
+    );
 
     // Whatever is ready now is whole, while this run's refill goes on.
     assert!(refill_running(&container), "the second run left no refill");
     for (name, _) in ready(&container) {
-        assert_eq!(psql(&container, &name, "SELECT count(*) FROM items"), "1", "{name}");
+        assert_eq!(
+            psql(&container, &name, "SELECT count(*) FROM items"),
+            "1",
+            "{name}"
+        );
     }
 
     // `down` removes the environment with its refill.

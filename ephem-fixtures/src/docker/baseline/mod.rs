@@ -248,7 +248,8 @@ impl HooksBuilder {
         };
         let pool = DatabasePool::new(name, uses, &pg, attributes, admin, Some(ender), swapper);
         pool.fill().await;
-        self.hooks.refills
+        self.hooks
+            .refills
             .push((pool.clone(), service.container.to_owned()));
         Ok((pool, pg.database))
     }

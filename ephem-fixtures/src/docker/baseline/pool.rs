@@ -167,31 +167,46 @@ impl DatabasePool {
 
     /// A new ready copy of the baseline with the baseline's attributes.
     async fn create(&self) -> Result<String, String> {
-        let name = self.name();
-        let ready = name.replacen(MADE, READY, 1);
         let admin = self.admin.get().await.map_err(|e| pg_message(&e))?;
-        let made = async {
-            admin
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let name = self.name();
+            let ready = name.replacen(MADE, READY, 1);
+            let created = admin
                 .clone_database(BASELINE, &name, self.uses == Use::PerTest)
-                .await?;
-            admin
-                .client
-                .batch_execute(&self.attributes.statements(&name))
-                .await?;
-            admin
-                .client
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
-                    ident(&name),
-                    ident(&ready)
-                ))
-                .await
-        };
-        if let Err(e) = made.await {
-            let _ = admin.drop_database(&name).await;
-            return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
+                .await;
+            if let Err(e) = &created {
+                // The name is taken: a copy the last runner of a kept
+                // environment was making as it exited, committed after this
+                // run listed the copies. Not ours to drop: the next name.
+                if e.code() == Some(&SqlState::DUPLICATE_DATABASE) {
+                    if attempts < 3 {
+                        continue;
+                    }
+                    return Err(format!("cannot copy the baseline: {}", pg_message(e)));
+                }
+            }
+            let made = async {
+                created?;
+                // One transaction: the copy is `ephem_t_` only with its
+                // attributes.
+                admin
+                    .client
+                    .batch_execute(&format!(
+                        "{}ALTER DATABASE {} RENAME TO {}",
+                        self.attributes.statements(&name),
+                        ident(&name),
+                        ident(&ready)
+                    ))
+                    .await
+            };
+            if let Err(e) = made.await {
+                let _ = admin.drop_database(&name).await;
+                return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
+            }
+            return Ok(ready);
         }
-        Ok(ready)
     }
 
     /// A ready copy (`ephem_t_<n>`): a waiting one, else made now; the pool
@@ -302,11 +317,7 @@ impl DatabasePool {
             if let Some(pause) = pause {
                 statements.push(format!("SELECT pg_sleep({pause})"));
             }
-            statements.push(session.clone_statement(
-                BASELINE,
-                &name,
-                self.uses == Use::PerTest,
-            ));
+            statements.push(session.clone_statement(BASELINE, &name, self.uses == Use::PerTest));
             // One transaction: the copy is `ephem_t_` only with its
             // attributes.
             statements.push(format!(
