@@ -102,17 +102,31 @@ fn refill_running(container: &str) -> bool {
     ) != "0"
 }
 
-/// Polls until the kept `container` holds `count` ready copies.
+/// How many used copies (`ephem_u_<n>`) are left in `container`.
+fn used(container: &str) -> usize {
+    psql(
+        container,
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname ~ '^ephem_u_[0-9]+$'",
+    )
+    .parse()
+    .unwrap()
+}
+
+/// Polls until the kept `container` holds `count` ready copies and no used
+/// one (the refill drops those the run had no time to).
 fn wait_for_ready(container: &str, count: usize) -> Vec<(String, String)> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let copies = ready(container);
-        if copies.len() >= count {
+        let used = used(container);
+        if copies.len() >= count && used == 0 {
             return copies;
         }
         assert!(
             Instant::now() < deadline,
-            "the kept environment holds {} ready copies after 90 s, not {count}: {copies:?}",
+            "after 90 s the kept environment holds {} ready copies (want {count}) \
+             and {used} used ones (want none): {copies:?}",
             copies.len()
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -131,7 +145,8 @@ fn a_kept_environment_holds_as_many_ready_copies_as_the_run_took() {
     let first = guard.0[0].clone();
     let container = containers_of(&first).into_iter().next().expect("kept");
 
-    // As many as the run's tests took, where the pool alone keeps 4.
+    // As many as the run's tests took, where the pool alone keeps 4; the
+    // used ones dropped.
     let held: BTreeSet<String> = wait_for_ready(&container, TESTS)
         .into_iter()
         .map(|(_, oid)| oid)
@@ -146,6 +161,9 @@ fn a_kept_environment_holds_as_many_ready_copies_as_the_run_took() {
         got.is_subset(&held),
         "tests got databases {got:?}, not all among the ready copies {held:?}"
     );
+    // A rerun leaves the same: its used copies and those it took over
+    // dropped, as many ready.
+    wait_for_ready(&container, TESTS);
     let out = down();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     for run in &guard.0 {

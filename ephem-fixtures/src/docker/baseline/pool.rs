@@ -86,8 +86,18 @@ pub(super) struct DatabasePool {
     uses: Use,
     /// Given to every copy after `CREATE DATABASE`.
     attributes: Attributes,
-    /// Copies and drops, in the background.
+    /// Copies, in the background.
     admin: Session,
+    /// Drops, in the background: on a session of its own, so that a copy a
+    /// test waits for never queues behind the drops of used ones (a run
+    /// taking a kept environment over has a dozen to drop).
+    dropper: Session,
+    /// Databases to drop that are not dropped yet: the refill drops them if
+    /// the run ends first.
+    dropping: Mutex<std::collections::BTreeSet<String>>,
+    /// The copy being made (`ephem_u_<n>`), which the refill drops if the
+    /// run ends before it is finished.
+    making: Mutex<Option<String>>,
     /// The test's critical path (swaps): one connection runs one statement
     /// at a time, and a copy takes a while. Held for a whole swap.
     swapper: tokio::sync::Mutex<Option<PgAdmin>>,
@@ -128,6 +138,9 @@ impl DatabasePool {
             uses,
             attributes,
             admin: Session::new(pg, Some(admin)),
+            dropper: Session::new(pg, None),
+            dropping: Mutex::new(std::collections::BTreeSet::new()),
+            making: Mutex::new(None),
             swapper: tokio::sync::Mutex::new(swapper),
             ender: Session::new(pg, ender),
             handout: Session::new(pg, None),
@@ -173,6 +186,7 @@ impl DatabasePool {
             attempts += 1;
             let name = self.name();
             let ready = name.replacen(MADE, READY, 1);
+            *self.making.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.clone());
             let created = admin
                 .clone_database(BASELINE, &name, self.uses == Use::PerTest)
                 .await;
@@ -201,7 +215,9 @@ impl DatabasePool {
                     ))
                     .await
             };
-            if let Err(e) = made.await {
+            let made = made.await;
+            *self.making.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if let Err(e) = made {
                 let _ = admin.drop_database(&name).await;
                 return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
             }
@@ -260,10 +276,19 @@ impl DatabasePool {
 
     /// Drops a database in the background: the next test need not wait.
     pub fn drop_later(self: &Arc<Self>, name: String) {
+        self.dropping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
         let pool = self.clone();
         tokio::spawn(async move {
-            if let Ok(admin) = pool.admin.get().await {
-                let _ = admin.drop_database(&name).await;
+            if let Ok(admin) = pool.dropper.get().await {
+                if admin.drop_database(&name).await.is_ok() {
+                    pool.dropping
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&name);
+                }
             }
         });
     }
@@ -291,16 +316,14 @@ impl DatabasePool {
     /// makes no more copies, and a `psql` started detached in `container`
     /// makes as many as this run took (at least [`POOL_SIZE`], at most
     /// [`KEPT_MAX`]) less those ready, each as [`create`](Self::create)
-    /// does, so the next run's tests need not wait for one. Returns once the
-    /// `psql` is connected (or done), so a run taking over can end it.
+    /// does, so the next run's tests need not wait for one; then drops the
+    /// used ones this run had no time to. Returns once the `psql` is
+    /// connected (or done), so a run taking over can end it.
     pub async fn refill_for_next_run(&self, docker: &bollard::Docker, container: &str) {
         self.kept.store(true, Ordering::Relaxed);
         let used = self.used.load(Ordering::Relaxed);
         let want = used.clamp(POOL_SIZE as u64, KEPT_MAX);
         let have = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
-        if have >= want {
-            return;
-        }
         // The hand-out session: idle now, where the background one may
         // still be making a copy.
         let Ok(session) = self.handout.get().await else {
@@ -327,7 +350,23 @@ impl DatabasePool {
                 ident(&ready)
             ));
         }
-        super::refill::start(docker, container, &self.pg, &session, &statements).await;
+        // Then what this run could not drop before it ended (after the
+        // copies: the next run wants those first).
+        let mut dropping = self
+            .dropping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        dropping.extend(
+            self.making
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
+        statements.extend(dropping.iter().map(|name| session.drop_statement(name)));
+        if !statements.is_empty() {
+            super::refill::start(docker, container, &self.pg, &session, &statements).await;
+        }
     }
 
     /// Puts a ready copy of the baseline in `database`'s place, in one

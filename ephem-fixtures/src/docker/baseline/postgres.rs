@@ -247,10 +247,14 @@ impl PgAdmin {
         if !self.force {
             self.terminate_sessions(name).await?;
         }
+        self.client.batch_execute(&self.drop_statement(name)).await
+    }
+
+    /// `DROP DATABASE IF EXISTS`, ending the sessions in it where the
+    /// server can (13+).
+    pub fn drop_statement(&self, name: &str) -> String {
         let force = if self.force { " WITH (FORCE)" } else { "" };
-        self.client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}{force}", ident(name)))
-            .await
+        format!("DROP DATABASE IF EXISTS {}{force}", ident(name))
     }
 
     /// `CREATE DATABASE to TEMPLATE from`; with `connections` false nobody
