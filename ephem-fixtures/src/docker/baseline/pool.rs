@@ -95,9 +95,9 @@ pub(super) struct DatabasePool {
     /// Databases to drop that are not dropped yet: the refill drops them if
     /// the run ends first.
     dropping: Mutex<std::collections::BTreeSet<String>>,
-    /// The copy being made (`ephem_u_<n>`), which the refill drops if the
-    /// run ends before it is finished.
-    making: Mutex<Option<String>>,
+    /// The copies being made (`ephem_u_<n>`), which the refill drops if
+    /// the run ends before they are finished.
+    making: Mutex<std::collections::BTreeSet<String>>,
     /// The test's critical path (swaps): one connection runs one statement
     /// at a time, and a copy takes a while. Held for a whole swap.
     swapper: tokio::sync::Mutex<Option<PgAdmin>>,
@@ -140,7 +140,7 @@ impl DatabasePool {
             admin: Session::new(pg, Some(admin)),
             dropper: Session::new(pg, None),
             dropping: Mutex::new(std::collections::BTreeSet::new()),
-            making: Mutex::new(None),
+            making: Mutex::new(std::collections::BTreeSet::new()),
             swapper: tokio::sync::Mutex::new(swapper),
             ender: Session::new(pg, ender),
             handout: Session::new(pg, None),
@@ -186,11 +186,12 @@ impl DatabasePool {
             attempts += 1;
             let name = self.name();
             let ready = name.replacen(MADE, READY, 1);
-            *self.making.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.clone());
+            self.making_copy(&name, true);
             let created = admin
                 .clone_database(BASELINE, &name, self.uses == Use::PerTest)
                 .await;
             if let Err(e) = &created {
+                self.making_copy(&name, false);
                 // The name is taken: a copy the last runner of a kept
                 // environment was making as it exited, committed after this
                 // run listed the copies. Not ours to drop: the next name.
@@ -216,12 +217,22 @@ impl DatabasePool {
                     .await
             };
             let made = made.await;
-            *self.making.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.making_copy(&name, false);
             if let Err(e) = made {
                 let _ = admin.drop_database(&name).await;
                 return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
             }
             return Ok(ready);
+        }
+    }
+
+    /// Notes that `name` is being made (`true`) or no longer (`false`).
+    fn making_copy(&self, name: &str, making: bool) {
+        let mut names = self.making.lock().unwrap_or_else(|p| p.into_inner());
+        if making {
+            names.insert(name.to_owned());
+        } else {
+            names.remove(name);
         }
     }
 

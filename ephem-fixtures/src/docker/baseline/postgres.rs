@@ -73,8 +73,11 @@ impl PgService {
             pid: row.get(1),
             // Measured on Postgres 15 with a small baseline (the
             // baseline_latency example): WAL_LOG copies in ~240 ms, FILE_COPY
-            // ~290 ms (it forces a checkpoint). WAL_LOG is 15's default; say
-            // it so a server configured otherwise still gets the faster one.
+            // ~290 ms (it forces a checkpoint). Again with `fsync=off` (the
+            // benchmarks' setting), 8 of each interleaved in one session at
+            // load 9: WAL_LOG median ~260 ms, FILE_COPY ~500 ms. WAL_LOG is
+            // 15's default; say it so a server configured otherwise still
+            // gets the faster one.
             strategy: if version >= 150_000 {
                 " STRATEGY WAL_LOG"
             } else {
