@@ -78,6 +78,10 @@ pub trait TestHooks: Send + Sync {
 
     /// After the attempt ended: gives back what `before_attempt` handed out.
     async fn after_attempt(&self, env: AttemptEnv);
+
+    /// The environment is being kept for a later run (`--reuse`): prepare
+    /// what that run will want without keeping this one waiting.
+    async fn before_keep(&self) {}
 }
 
 /// The variables of one test attempt, and what to give back after it.

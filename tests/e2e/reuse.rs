@@ -10,6 +10,16 @@ use std::process::{Command, Output};
 use crate::support::*;
 
 mod claims;
+mod refill;
+
+/// `down` removes every environment kept for the baseline fixture's
+/// workspace, another test's too: the tests that keep some there take it
+/// one at a time.
+static BASELINE_WORKSPACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn baseline_workspace() -> std::sync::MutexGuard<'static, ()> {
+    BASELINE_WORKSPACE.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn baseline_manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/baseline/Cargo.toml")
@@ -145,6 +155,7 @@ impl Drop for RemoveKept {
 #[test]
 fn reuse_takes_over_kept_environments_and_replaces_changed_or_broken_ones() {
     let _daemon = shared_daemon();
+    let _workspace = baseline_workspace();
     let dir = tempfile::tempdir().unwrap();
     let marker = format!(
         "{}-{}",
@@ -251,6 +262,7 @@ fn reuse_takes_over_kept_environments_and_replaces_changed_or_broken_ones() {
 #[test]
 fn a_kept_environment_unused_past_its_ttl_is_swept() {
     let _daemon = shared_daemon();
+    let _workspace = baseline_workspace();
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("ttl{}", std::process::id());
     let config = write_config(dir.path(), &marker, "\n[reuse]\nttl = \"2s\"\n");
@@ -302,6 +314,7 @@ fn ready_copies(container: &str) -> BTreeSet<String> {
 #[test]
 fn a_rerun_hands_out_the_copies_the_kept_environment_held_ready() {
     let _daemon = shared_daemon();
+    let _workspace = baseline_workspace();
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("pool{}", std::process::id());
     let config = write_config(dir.path(), &marker, "");

@@ -42,6 +42,9 @@ pub struct DockerBackend {
     reused: Mutex<HashMap<(String, u32), claim::Held>>,
     /// `die`-event followers of provisioned shards, by (run id, shard).
     watchers: Mutex<HashMap<(String, u32), JoinHandle<()>>>,
+    /// `--reuse`: each shard's hooks, told when its environment is kept
+    /// (they leave ready copies for the next run), by (run id, shard).
+    kept_hooks: Mutex<HashMap<(String, u32), Arc<dyn crate::TestHooks>>>,
 }
 
 /// What provisioning and teardown share.
@@ -140,6 +143,7 @@ impl DockerBackend {
                 snapshots: snapshot::State::default(),
             },
             watchers: Mutex::new(HashMap::new()),
+            kept_hooks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,6 +215,22 @@ impl DockerBackend {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(shard.run.run_id.clone(), shard.shard))
             .cloned()
+    }
+
+    fn remember_hooks(&self, shard: &ShardContext, env: &Environment) {
+        if let Some(hooks) = &env.test_hooks {
+            self.kept_hooks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((shard.run.run_id.clone(), shard.shard), hooks.clone());
+        }
+    }
+
+    fn take_hooks(&self, shard: &ShardContext) -> Option<Arc<dyn crate::TestHooks>> {
+        self.kept_hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(shard.run.run_id.clone(), shard.shard))
     }
 
     fn reuse_key(&self, shard: &ShardContext) -> Option<String> {
@@ -299,6 +319,7 @@ impl Backend for DockerBackend {
         let key = self.reuse_key(shard);
         if let Some(key) = &key {
             if let Some(env) = self.take_over(shard, key).await? {
+                self.remember_hooks(shard, &env);
                 return Ok(env);
             }
         }
@@ -313,14 +334,19 @@ impl Backend for DockerBackend {
                 ])
             })
             .unwrap_or_default();
+        let reusable = !extra.is_empty();
         let env = shard::provision(&self.shared, shard, &extra).await?;
         self.watch(shard, shard);
+        if reusable {
+            self.remember_hooks(shard, &env);
+        }
         Ok(env)
     }
 
     async fn teardown(&self, shard: &ShardContext) -> Result<(), EnvError> {
         // Stop reporting exits first: teardown itself kills the containers.
         self.stop_watcher(shard);
+        self.take_hooks(shard);
         // A taken-over environment carries the labels of the run that made it.
         let removed = match self.held(shard) {
             Some(held) => reuse::remove_held(&self.shared.docker, &held).await,
@@ -337,6 +363,11 @@ impl Backend for DockerBackend {
     async fn keep(&self, shard: &ShardContext, until: SystemTime) -> Result<(), EnvError> {
         self.shared.snapshots.stored(shard).await;
         self.stop_watcher(shard);
+        // While this run still holds the environment: a run that takes it
+        // over then finds the refill running, and ends it.
+        if let Some(hooks) = self.take_hooks(shard) {
+            hooks.before_keep().await;
+        }
         let held = self.held(shard);
         let owner = held.as_ref().map_or(&shard.run.run_id, |h| &h.run);
         self.cleanup.renew(owner, until, true).await?;

@@ -14,6 +14,7 @@ mod attributes;
 mod pool;
 mod postgres;
 mod redis;
+mod refill;
 mod restore;
 
 use std::collections::HashMap;
@@ -127,6 +128,9 @@ pub(crate) struct DockerTestHooks {
     docker: Docker,
     resets: Vec<(String, ResetTarget)>,
     pools: Vec<Arc<DatabasePool>>,
+    /// Every Postgres pool (per-test and reset) with its service's
+    /// container, where the refill runs when the environment is kept.
+    refills: Vec<(Arc<DatabasePool>, String)>,
     exports: Vec<PerTestExport>,
 }
 
@@ -144,6 +148,7 @@ impl HooksBuilder {
                 docker,
                 resets: Vec::new(),
                 pools: Vec::new(),
+                refills: Vec::new(),
                 exports: Vec::new(),
             },
         }
@@ -211,7 +216,7 @@ impl HooksBuilder {
     /// in errors) and fills a pool of copies; returns the pool and the
     /// database's name.
     async fn baseline_pool(
-        &self,
+        &mut self,
         service: &ReadyService<'_>,
         host: &str,
         what: &str,
@@ -243,6 +248,9 @@ impl HooksBuilder {
         };
         let pool = DatabasePool::new(name, uses, &pg, attributes, admin, Some(ender), swapper);
         pool.fill().await;
+        self.hooks
+            .refills
+            .push((pool.clone(), service.container.to_owned()));
         Ok((pool, pg.database))
     }
 
@@ -272,6 +280,9 @@ impl HooksBuilder {
             .ok_or_else(|| not_postgres(shard, &spec.name, what, "port 5432 is not published"))?;
         let admin = pg.admin(&spec.name, shard, what).await?;
         let fail = |e: String| not_postgres(shard, &spec.name, what, &e);
+        // The last run's refill first: it must not rename a copy while
+        // they are listed, nor make one under a number this run uses.
+        admin.stop_refill().await.map_err(fail)?;
         let copies = admin
             .copies()
             .await
@@ -281,6 +292,9 @@ impl HooksBuilder {
             .map_err(fail)?;
         let pool = DatabasePool::new(&spec.name, uses, &pg, attributes, admin, None, None);
         pool.adopt(copies);
+        self.hooks
+            .refills
+            .push((pool.clone(), service.container.to_owned()));
         let filling = pool.clone();
         tokio::spawn(async move { filling.fill().await });
         if spec.per_test_databases {
@@ -440,6 +454,12 @@ impl TestHooks for DockerTestHooks {
                 self.shard,
                 humantime::format_duration(HOOK_BUDGET)
             ))),
+        }
+    }
+
+    async fn before_keep(&self) {
+        for (pool, container) in &self.refills {
+            pool.refill_for_next_run(&self.docker, container).await;
         }
     }
 

@@ -2,7 +2,7 @@
 //! `reset = "postgres"`, which swaps one into the database's place.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,14 @@ const POOL_SIZE: usize = 4;
 /// (`recycle`) rather than taking a fresh copy: a restore takes tens of
 /// milliseconds, a fresh copy hundreds.
 const RECYCLE_WAIT: Duration = Duration::from_millis(500);
+
+/// The most ready copies a run leaves for the next one (each costs a few
+/// MB of disk and a moment of the container's CPU after the run).
+const KEPT_MAX: u64 = 32;
+
+/// Test knob: seconds the refill after a kept run sleeps before each copy,
+/// so a test can start the next run while it still runs.
+const REFILL_PAUSE_VAR: &str = "CARGO_EPHEM_TEST_REFILL_PAUSE";
 
 /// How many times a reset tries to swap a copy in when a client keeps
 /// getting in the way, or the session is lost, before the test fails.
@@ -86,8 +94,18 @@ pub(super) struct DatabasePool {
     uses: Use,
     /// Given to every copy after `CREATE DATABASE`.
     attributes: Attributes,
-    /// Copies and drops, in the background.
+    /// Copies, in the background.
     admin: Session,
+    /// Drops, in the background: on a session of its own, so that a copy a
+    /// test waits for never queues behind the drops of used ones (a run
+    /// taking a kept environment over has a dozen to drop).
+    dropper: Session,
+    /// Databases to drop that are not dropped yet: the refill drops them if
+    /// the run ends first.
+    dropping: Mutex<std::collections::BTreeSet<String>>,
+    /// The copies being made (`ephem_u_<n>`), which the refill drops if
+    /// the run ends before they are finished.
+    making: Mutex<std::collections::BTreeSet<String>>,
     /// The test's critical path (swaps): one connection runs one statement
     /// at a time, and a copy takes a while. Held for a whole swap.
     swapper: tokio::sync::Mutex<Option<PgAdmin>>,
@@ -108,6 +126,12 @@ pub(super) struct DatabasePool {
     recycling: AtomicUsize,
     /// Told when a recycled copy comes back (or fails to).
     returned: tokio::sync::Notify,
+    /// Copies this run handed out to tests (per-test databases; a reset's
+    /// come back): how many the next run of a kept environment will want.
+    used: AtomicU64,
+    /// The environment is kept: the refill in its container makes the
+    /// copies from now on, this process makes no more.
+    kept: AtomicBool,
 }
 
 /// What a swap did: `fresh` (a ready copy) now holds the database's name;
@@ -134,6 +158,9 @@ impl DatabasePool {
             uses,
             attributes,
             admin: Session::new(pg, Some(admin)),
+            dropper: Session::new(pg, None),
+            dropping: Mutex::new(std::collections::BTreeSet::new()),
+            making: Mutex::new(std::collections::BTreeSet::new()),
             swapper: tokio::sync::Mutex::new(swapper),
             ender: Session::new(pg, ender),
             handout: Session::new(pg, None),
@@ -143,6 +170,8 @@ impl DatabasePool {
             refill: tokio::sync::Mutex::new(()),
             recycling: AtomicUsize::new(0),
             returned: tokio::sync::Notify::new(),
+            used: AtomicU64::new(0),
+            kept: AtomicBool::new(false),
         })
     }
 
@@ -173,36 +202,69 @@ impl DatabasePool {
 
     /// A new ready copy of the baseline with the baseline's attributes.
     async fn create(&self) -> Result<String, String> {
-        let name = self.name();
-        let ready = name.replacen(MADE, READY, 1);
         let admin = self.admin.get().await.map_err(|e| pg_message(&e))?;
-        let made = async {
-            admin
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let name = self.name();
+            let ready = name.replacen(MADE, READY, 1);
+            self.making_copy(&name, true);
+            let created = admin
                 .clone_database(BASELINE, &name, self.uses == Use::PerTest)
-                .await?;
-            admin
-                .client
-                .batch_execute(&self.attributes.statements(&name))
-                .await?;
-            admin
-                .client
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
-                    ident(&name),
-                    ident(&ready)
-                ))
-                .await
-        };
-        if let Err(e) = made.await {
-            let _ = admin.drop_database(&name).await;
-            return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
+                .await;
+            if let Err(e) = &created {
+                self.making_copy(&name, false);
+                // The name is taken: a copy the last runner of a kept
+                // environment was making as it exited, committed after this
+                // run listed the copies. Not ours to drop: the next name.
+                if e.code() == Some(&SqlState::DUPLICATE_DATABASE) {
+                    if attempts < 3 {
+                        continue;
+                    }
+                    return Err(format!("cannot copy the baseline: {}", pg_message(e)));
+                }
+            }
+            let made = async {
+                created?;
+                // One transaction: the copy is `ephem_t_` only with its
+                // attributes.
+                admin
+                    .client
+                    .batch_execute(&format!(
+                        "{}ALTER DATABASE {} RENAME TO {}",
+                        self.attributes.statements(&name),
+                        ident(&name),
+                        ident(&ready)
+                    ))
+                    .await
+            };
+            let made = made.await;
+            self.making_copy(&name, false);
+            if let Err(e) = made {
+                let _ = admin.drop_database(&name).await;
+                return Err(format!("cannot copy the baseline: {}", pg_message(&e)));
+            }
+            return Ok(ready);
         }
-        Ok(ready)
+    }
+
+    /// Notes that `name` is being made (`true`) or no longer (`false`).
+    fn making_copy(&self, name: &str, making: bool) {
+        let mut names = self.making.lock().unwrap_or_else(|p| p.into_inner());
+        if making {
+            names.insert(name.to_owned());
+        } else {
+            names.remove(name);
+        }
     }
 
     /// A ready copy (`ephem_t_<n>`): a waiting one (or one being recycled,
     /// for a while), else made now; the pool refills in the background.
     async fn ready_copy(self: &Arc<Self>) -> Result<String, String> {
+        // Copies handed out to tests do not come back; a reset's do.
+        if self.uses == Use::PerTest {
+            self.used.fetch_add(1, Ordering::Relaxed);
+        }
         let deadline = tokio::time::Instant::now() + RECYCLE_WAIT;
         let name = loop {
             let returned = self.returned.notified();
@@ -334,10 +396,19 @@ impl DatabasePool {
 
     /// Drops a database in the background: the next test need not wait.
     pub fn drop_later(self: &Arc<Self>, name: String) {
+        self.dropping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
         let pool = self.clone();
         tokio::spawn(async move {
-            if let Ok(admin) = pool.admin.get().await {
-                let _ = admin.drop_database(&name).await;
+            if let Ok(admin) = pool.dropper.get().await {
+                if admin.drop_database(&name).await.is_ok() {
+                    pool.dropping
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&name);
+                }
             }
         });
     }
@@ -347,7 +418,8 @@ impl DatabasePool {
         let _one_at_a_time = self.refill.lock().await;
         loop {
             let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len();
-            if ready + self.recycling.load(Ordering::SeqCst) >= POOL_SIZE {
+            let full = ready + self.recycling.load(Ordering::SeqCst) >= POOL_SIZE;
+            if full || self.kept.load(Ordering::Relaxed) {
                 return;
             }
             match self.create().await {
@@ -358,6 +430,63 @@ impl DatabasePool {
                     .push_back(name),
                 Err(_) => return,
             }
+        }
+    }
+
+    /// The environment is kept for the next `--reuse` run: this process
+    /// makes no more copies, and a `psql` started detached in `container`
+    /// makes as many as this run took (at least [`POOL_SIZE`], at most
+    /// [`KEPT_MAX`]) less those ready, each as [`create`](Self::create)
+    /// does, so the next run's tests need not wait for one; then drops the
+    /// used ones this run had no time to. Returns once the `psql` is
+    /// connected (or done), so a run taking over can end it.
+    pub async fn refill_for_next_run(&self, docker: &bollard::Docker, container: &str) {
+        self.kept.store(true, Ordering::Relaxed);
+        let used = self.used.load(Ordering::Relaxed);
+        let want = used.clamp(POOL_SIZE as u64, KEPT_MAX);
+        let have = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        // The hand-out session: idle now, where the background one may
+        // still be making a copy.
+        let Ok(session) = self.handout.get().await else {
+            return;
+        };
+        let pause = std::env::var(REFILL_PAUSE_VAR)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|p| p.is_finite() && *p > 0.0);
+        let mut statements = Vec::new();
+        for _ in have..want {
+            let name = self.name();
+            let ready = name.replacen(MADE, READY, 1);
+            if let Some(pause) = pause {
+                statements.push(format!("SELECT pg_sleep({pause})"));
+            }
+            statements.push(session.clone_statement(BASELINE, &name, self.uses == Use::PerTest));
+            // One transaction: the copy is `ephem_t_` only with its
+            // attributes.
+            statements.push(format!(
+                "{}ALTER DATABASE {} RENAME TO {}",
+                self.attributes.statements(&name),
+                ident(&name),
+                ident(&ready)
+            ));
+        }
+        // Then what this run could not drop before it ended (after the
+        // copies: the next run wants those first).
+        let mut dropping = self
+            .dropping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        dropping.extend(
+            self.making
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
+        statements.extend(dropping.iter().map(|name| session.drop_statement(name)));
+        if !statements.is_empty() {
+            super::refill::start(docker, container, &self.pg, &session, &statements).await;
         }
     }
 

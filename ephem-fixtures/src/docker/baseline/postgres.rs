@@ -16,6 +16,14 @@ pub(super) const BASELINE: &str = "ephem_baseline";
 /// How the runner's sessions show in `pg_stat_activity`.
 const APPLICATION_NAME: &str = "cargo-ephem";
 
+/// How the `psql` that tops a kept pool up shows in `pg_stat_activity`: the
+/// run taking the environment over ends it by this name.
+pub(super) const REFILL_APPLICATION: &str = "cargo-ephem-refill";
+
+/// Longest a run taking a kept environment over waits for a refill it
+/// ended to be gone.
+const REFILL_STOP: Duration = Duration::from_secs(10);
+
 /// Connection details of a Postgres service, from its `env` as the
 /// official image reads it.
 #[derive(Clone)]
@@ -65,8 +73,11 @@ impl PgService {
             pid: row.get(1),
             // Measured on Postgres 15 with a small baseline (the
             // baseline_latency example): WAL_LOG copies in ~240 ms, FILE_COPY
-            // ~290 ms (it forces a checkpoint). WAL_LOG is 15's default; say
-            // it so a server configured otherwise still gets the faster one.
+            // ~290 ms (it forces a checkpoint). Again with `fsync=off` (the
+            // benchmarks' setting), 8 of each interleaved in one session at
+            // load 9: WAL_LOG median ~260 ms, FILE_COPY ~500 ms. WAL_LOG is
+            // 15's default; say it so a server configured otherwise still
+            // gets the faster one.
             strategy: if version >= 150_000 {
                 " STRATEGY WAL_LOG"
             } else {
@@ -102,6 +113,24 @@ impl PgService {
             let _ = connection.await;
         });
         Ok(client)
+    }
+
+    /// A `psql` run in the service's container that runs `statements`
+    /// (one transaction each) on `template1`, stopping at the first error,
+    /// and the variables it needs: the command and `NAME=value` pairs.
+    pub fn psql(&self, statements: &[String]) -> (Vec<String>, Vec<String>) {
+        let mut cmd: Vec<String> = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U"]
+            .map(str::to_owned)
+            .into();
+        cmd.extend([self.user.clone(), "-d".to_owned(), "template1".to_owned()]);
+        for statement in statements {
+            cmd.extend(["-c".to_owned(), statement.clone()]);
+        }
+        let mut env = vec![format!("PGAPPNAME={REFILL_APPLICATION}")];
+        // The image trusts local sockets; a server that does not gets the
+        // password.
+        env.extend(self.password.as_ref().map(|p| format!("PGPASSWORD={p}")));
+        (cmd, env)
     }
 
     /// [`session`](Self::session) at provisioning: a failure is the shard's.
@@ -263,10 +292,14 @@ impl PgAdmin {
         if !self.force {
             self.terminate_sessions(name).await?;
         }
+        self.client.batch_execute(&self.drop_statement(name)).await
+    }
+
+    /// `DROP DATABASE IF EXISTS`, ending the sessions in it where the
+    /// server can (13+).
+    pub fn drop_statement(&self, name: &str) -> String {
         let force = if self.force { " WITH (FORCE)" } else { "" };
-        self.client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}{force}", ident(name)))
-            .await
+        format!("DROP DATABASE IF EXISTS {}{force}", ident(name))
     }
 
     /// `CREATE DATABASE to TEMPLATE from`; with `connections` false nobody
@@ -277,19 +310,64 @@ impl PgAdmin {
         to: &str,
         connections: bool,
     ) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .batch_execute(&self.clone_statement(from, to, connections))
+            .await
+    }
+
+    /// The statement [`clone_database`](Self::clone_database) runs.
+    pub fn clone_statement(&self, from: &str, to: &str, connections: bool) -> String {
         let closed = if connections {
             ""
         } else {
             " ALLOW_CONNECTIONS false"
         };
-        self.client
-            .batch_execute(&format!(
-                "CREATE DATABASE {} TEMPLATE {}{}{closed}",
-                ident(to),
-                ident(from),
-                self.strategy
-            ))
-            .await
+        format!(
+            "CREATE DATABASE {} TEMPLATE {}{}{closed}",
+            ident(to),
+            ident(from),
+            self.strategy
+        )
+    }
+
+    /// Whether a refill ([`REFILL_APPLICATION`]) is connected.
+    pub async fn refill_connected(&self) -> Result<bool, tokio_postgres::Error> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&REFILL_APPLICATION],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    /// Ends a refill the last run left running and waits until it is gone:
+    /// then no copy changes name behind the caller's back (the one it was
+    /// making stays `ephem_u_<n>`, dropped), and its numbers are free.
+    pub async fn stop_refill(&self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + REFILL_STOP;
+        loop {
+            self.client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                    &[&REFILL_APPLICATION],
+                )
+                .await
+                .map_err(|e| pg_message(&e))?;
+            if !self.refill_connected().await.map_err(|e| pg_message(&e))? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the refill of the kept copies (application_name {REFILL_APPLICATION}) \
+                     did not stop within {} s; remove the environment with `cargo ephem down`",
+                    REFILL_STOP.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Every copy of the baseline on the server (`ephem_u_<n>`: being made
