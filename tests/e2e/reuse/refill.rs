@@ -15,7 +15,7 @@ use crate::support::*;
 /// The baseline fixture's `inplace_` tests but the one that needs a role
 /// this configuration's setup does not make: each checks that it finds
 /// exactly the baseline, then records its database's oid in `record`.
-const TESTS: usize = 10;
+const TESTS: usize = 14;
 
 /// Seconds the refill sleeps before each copy with the test knob.
 const SLOW_REFILL: &str = "2";
