@@ -13,9 +13,12 @@ use crate::image_cache::layout::{Hasher, Layout};
 
 /// A folder copied out of the container and where it goes in the image.
 pub(crate) struct Copy {
-    /// The daemon's archive of the folder (its entries start with the
-    /// folder's own name).
+    /// A tar of the folder: the daemon's archive (its entries start with
+    /// the folder's own name), or, `rooted`, one whose entries are the
+    /// folder's contents (`pg_basebackup -D - -Ft`).
     pub archive: Vec<u8>,
+    /// The archive's entries are relative to the folder itself.
+    pub rooted: bool,
     /// Absolute path in the image.
     pub to: String,
 }
@@ -44,7 +47,7 @@ pub(crate) fn write_layer(layout: &Layout, copies: &[Copy]) -> io::Result<Layer>
         let gzip = GzEncoder::new(compressed, flate2::Compression::fast());
         let mut builder = tar::Builder::new(Hashing::new(gzip));
         for copy in copies {
-            append_moved(&mut builder, &copy.archive, &copy.to)?;
+            append_moved(&mut builder, copy)?;
         }
         let raw = builder.into_inner()?;
         let diff_id = raw.hasher.finish();
@@ -68,19 +71,21 @@ pub(crate) fn write_layer(layout: &Layout, copies: &[Copy]) -> io::Result<Layer>
     result
 }
 
-/// Appends every entry of `archive` with its first path component (the
-/// copied folder's name) replaced by `to`.
-fn append_moved<W: Write>(
-    builder: &mut tar::Builder<W>,
-    archive: &[u8],
-    to: &str,
-) -> io::Result<()> {
-    let to = Path::new(to.trim_start_matches('/'));
+/// Appends every entry of the copy's archive under `to`: its first path
+/// component (the copied folder's name) replaced by `to`, or, for a rooted
+/// archive, below a `to` entry of its own (mode 0700, owned as the
+/// archive's first entry: Postgres starts only on a data folder that is
+/// its own and closed to others).
+fn append_moved<W: Write>(builder: &mut tar::Builder<W>, copy: &Copy) -> io::Result<()> {
+    let to = Path::new(copy.to.trim_start_matches('/'));
+    let rooted = copy.rooted;
     let moved = |path: &Path| -> io::Result<PathBuf> {
         let mut parts = path
             .components()
             .filter(|c| !matches!(c, Component::CurDir));
-        parts.next();
+        if !rooted {
+            parts.next();
+        }
         let rest: PathBuf = parts.collect();
         if rest
             .components()
@@ -93,11 +98,25 @@ fn append_moved<W: Write>(
         }
         Ok(to.join(rest))
     };
-    let mut entries = tar::Archive::new(archive);
+    let mut entries = tar::Archive::new(copy.archive.as_slice());
+    let mut folder_written = !rooted;
     for entry in entries.entries()? {
         let mut entry = entry?;
         let path = moved(&entry.path()?)?;
         let mut header = entry.header().clone();
+        if !folder_written {
+            folder_written = true;
+            if path != to {
+                let mut folder = tar::Header::new_gnu();
+                folder.set_entry_type(tar::EntryType::Directory);
+                folder.set_mode(0o700);
+                folder.set_uid(header.uid()?);
+                folder.set_gid(header.gid()?);
+                folder.set_mtime(header.mtime()?);
+                folder.set_size(0);
+                builder.append_data(&mut folder, to, io::empty())?;
+            }
+        }
         match header.entry_type() {
             tar::EntryType::Link => {
                 let target = entry
@@ -233,6 +252,7 @@ mod tests {
         let layout = Layout::create(dir.path()).unwrap();
         let copies = [Copy {
             archive,
+            rooted: false,
             to: "/var/lib/postgresql/data".into(),
         }];
         let layer = write_layer(&layout, &copies).unwrap();
@@ -269,6 +289,66 @@ mod tests {
                     0o600,
                     0
                 ),
+            ]
+        );
+    }
+
+    /// `pg_basebackup -D - -Ft` writes the folder's contents without the
+    /// folder: the layer gets a data folder of its own, 0700, owned as the
+    /// files are.
+    #[test]
+    fn a_rooted_archive_goes_below_a_closed_folder_of_its_own() {
+        let mut source = tar::Builder::new(Vec::new());
+        let mut file = tar::Header::new_gnu();
+        file.set_size(3);
+        file.set_mode(0o600);
+        file.set_uid(101);
+        file.set_gid(102);
+        source
+            .append_data(&mut file, "PG_VERSION", &b"15\n"[..])
+            .unwrap();
+        let mut file = tar::Header::new_gnu();
+        file.set_size(1);
+        file.set_mode(0o600);
+        file.set_uid(101);
+        file.set_gid(0);
+        source
+            .append_data(&mut file, "base/1/112", &b"x"[..])
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let copies = [Copy {
+            archive: source.into_inner().unwrap(),
+            rooted: true,
+            to: "/var/lib/postgresql/data".into(),
+        }];
+        let layer = write_layer(&layout, &copies).unwrap();
+        let stored = std::fs::read(layout.blob_path(&layer.blob.digest).unwrap()).unwrap();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(stored.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        let mut moved = tar::Archive::new(raw.as_slice());
+        let entries: Vec<(String, u32, u64, u64)> = moved
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                ("var/lib/postgresql/data".to_owned(), 0o700, 101, 102),
+                ("var/lib/postgresql/data/PG_VERSION".to_owned(), 0o600, 101, 102),
+                ("var/lib/postgresql/data/base/1/112".to_owned(), 0o600, 101, 0),
             ]
         );
     }
