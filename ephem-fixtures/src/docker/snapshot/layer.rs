@@ -347,8 +347,18 @@ mod tests {
             entries,
             vec![
                 ("var/lib/postgresql/data".to_owned(), 0o700, 101, 102),
-                ("var/lib/postgresql/data/PG_VERSION".to_owned(), 0o600, 101, 102),
-                ("var/lib/postgresql/data/base/1/112".to_owned(), 0o600, 101, 0),
+                (
+                    "var/lib/postgresql/data/PG_VERSION".to_owned(),
+                    0o600,
+                    101,
+                    102
+                ),
+                (
+                    "var/lib/postgresql/data/base/1/112".to_owned(),
+                    0o600,
+                    101,
+                    0
+                ),
             ]
         );
     }
