@@ -62,20 +62,20 @@ pub(super) enum Use {
 }
 
 /// A session that is opened again when the server or a restart ended it.
-struct Session {
+pub(super) struct Session {
     pg: PgService,
     current: tokio::sync::Mutex<Option<Arc<PgAdmin>>>,
 }
 
 impl Session {
-    fn new(pg: &PgService, open: Option<PgAdmin>) -> Session {
+    pub(super) fn new(pg: &PgService, open: Option<PgAdmin>) -> Session {
         Session {
             pg: pg.clone(),
             current: tokio::sync::Mutex::new(open.map(Arc::new)),
         }
     }
 
-    async fn get(&self) -> Result<Arc<PgAdmin>, tokio_postgres::Error> {
+    pub(super) async fn get(&self) -> Result<Arc<PgAdmin>, tokio_postgres::Error> {
         let mut current = self.current.lock().await;
         match &*current {
             Some(admin) if !admin.client.is_closed() => Ok(admin.clone()),

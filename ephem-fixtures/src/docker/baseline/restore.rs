@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
-use super::pool::{DatabasePool, Swapped};
-use super::postgres::{literal, pg_message, PgAdmin, PgService, SESSIONS_GONE_WITHIN};
+use super::pool::{DatabasePool, Session, Swapped};
+use super::postgres::{literal, pg_message, PgService, SESSIONS_GONE_WITHIN};
 
 /// The most table data (`pg_table_size`, all tables) a baseline restored in
 /// place may have: beyond it, rewriting it all costs more than a copy.
@@ -89,7 +89,7 @@ pub(super) struct InPlace {
     pg: PgService,
     database: String,
     /// Ends sessions on the databases restored, on `template1`.
-    admin: tokio::sync::Mutex<Option<PgAdmin>>,
+    admin: Session,
     state: tokio::sync::Mutex<State>,
     /// The references of ready copies that were restored in place, by
     /// their ready names: one swapped in brings its reference along.
@@ -101,7 +101,7 @@ impl InPlace {
         InPlace {
             pg: pg.clone(),
             database: database.to_owned(),
-            admin: tokio::sync::Mutex::new(None),
+            admin: Session::new(pg, None),
             state: tokio::sync::Mutex::new(State::Unread),
             spares: Mutex::new(HashMap::new()),
         }
@@ -222,16 +222,10 @@ impl InPlace {
 
     /// A new xid, on the admin session.
     async fn now_xid(&self) -> Result<String, String> {
-        let mut slot = self.admin.lock().await;
-        if slot.as_ref().is_none_or(|a| a.client.is_closed()) {
-            *slot = Some(self.pg.session().await.map_err(|e| pg_message(&e))?);
-        }
-        let Some(admin) = slot.as_ref() else {
-            unreachable!("opened above")
-        };
+        let admin = self.admin.get().await.map_err(|e| pg_message(&e))?;
         let row = admin
             .client
-            .query_one("SELECT (pg_catalog.txid_current() % 4294967296)::text", &[])
+            .query_one(NEW_XID, &[])
             .await
             .map_err(|e| pg_message(&e))?;
         Ok(row.get(0))
@@ -314,13 +308,7 @@ impl InPlace {
     /// and waits until they are gone: false if they would not go, or a
     /// prepared transaction holds the database.
     async fn end_sessions(&self, database: &str) -> Result<bool, String> {
-        let mut slot = self.admin.lock().await;
-        if slot.as_ref().is_none_or(|a| a.client.is_closed()) {
-            *slot = Some(self.pg.session().await.map_err(|e| pg_message(&e))?);
-        }
-        let Some(admin) = slot.as_ref() else {
-            unreachable!("opened above")
-        };
+        let admin = self.admin.get().await.map_err(|e| pg_message(&e))?;
         admin
             .end_sessions(database, SESSIONS_GONE_WITHIN)
             .await
@@ -431,11 +419,13 @@ async fn reference_in(
     })
 }
 
+/// The current transaction's xid as `xid` input (32 bits), assigned now if
+/// need be.
+const NEW_XID: &str = "SELECT (pg_catalog.txid_current() % 4294967296)::text";
+
 /// The transaction's xid as `xid` input (32 bits), assigned now if need be.
 async fn own_xid(tx: &tokio_postgres::Transaction<'_>) -> Result<String, tokio_postgres::Error> {
-    let row = tx
-        .query_one("SELECT (pg_catalog.txid_current() % 4294967296)::text", &[])
-        .await?;
+    let row = tx.query_one(NEW_XID, &[]).await?;
     Ok(row.get(0))
 }
 
