@@ -324,6 +324,17 @@ fn a_rerun_hands_out_the_copies_the_kept_environment_held_ready() {
 
     let mut rounds = Vec::new();
     for round in 0..2 {
+        // The copies the last run left ready, once its refill is done: a
+        // rerun started while the refill still makes the first one finds
+        // none ready (refill.rs covers that case).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while refill::refill_running(&container) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the refill still runs after 90 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let held = ready_copies(&container);
         assert!(!held.is_empty(), "round {round}: no copy kept ready");
         let record = tempfile::tempdir().unwrap();

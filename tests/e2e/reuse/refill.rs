@@ -94,7 +94,8 @@ fn ready(container: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-fn refill_running(container: &str) -> bool {
+/// Whether the refill a kept run left is still making copies in `container`.
+pub(super) fn refill_running(container: &str) -> bool {
     psql(
         container,
         "postgres",
