@@ -94,13 +94,21 @@ fn ready(container: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Whether the refill a kept run left is still making copies in `container`.
-pub(super) fn refill_running(container: &str) -> bool {
+/// How many sessions of the refill a kept run left are connected in
+/// `container`.
+fn refill_sessions(container: &str) -> usize {
     psql(
         container,
         "postgres",
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cargo-ephem-refill'",
-    ) != "0"
+    )
+    .parse()
+    .unwrap()
+}
+
+/// Whether the refill a kept run left is still making copies in `container`.
+pub(super) fn refill_running(container: &str) -> bool {
+    refill_sessions(container) > 0
 }
 
 /// How many used copies (`ephem_u_<n>`) are left in `container`.
@@ -183,9 +191,12 @@ fn a_rerun_ends_a_refill_still_running_and_each_test_gets_a_whole_copy() {
     rerun(&config, record.path(), true, &mut guard);
     let first = guard.0[0].clone();
     let container = containers_of(&first).into_iter().next().expect("kept");
-    assert!(
-        refill_running(&container),
-        "no refill runs after the kept run exited"
+    // Two sessions make the copies side by side (each sleeps before each
+    // copy here, so both are still at it).
+    assert_eq!(
+        refill_sessions(&container),
+        2,
+        "the refill after the kept run exited does not run two sessions"
     );
 
     // Taken over mid-refill: no name collides, no test gets a copy the

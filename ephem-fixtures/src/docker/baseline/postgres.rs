@@ -330,8 +330,8 @@ impl PgAdmin {
         )
     }
 
-    /// Whether a refill ([`REFILL_APPLICATION`]) is connected.
-    pub async fn refill_connected(&self) -> Result<bool, tokio_postgres::Error> {
+    /// How many sessions of a refill ([`REFILL_APPLICATION`]) are connected.
+    pub async fn refill_sessions(&self) -> Result<i64, tokio_postgres::Error> {
         let row = self
             .client
             .query_one(
@@ -339,7 +339,7 @@ impl PgAdmin {
                 &[&REFILL_APPLICATION],
             )
             .await?;
-        Ok(row.get::<_, i64>(0) > 0)
+        Ok(row.get::<_, i64>(0))
     }
 
     /// Ends a refill the last run left running and waits until it is gone:
@@ -356,7 +356,7 @@ impl PgAdmin {
                 )
                 .await
                 .map_err(|e| pg_message(&e))?;
-            if !self.refill_connected().await.map_err(|e| pg_message(&e))? {
+            if self.refill_sessions().await.map_err(|e| pg_message(&e))? == 0 {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
