@@ -102,6 +102,9 @@ pub(super) struct DatabasePool {
     attributes: Attributes,
     /// Copies, in the background.
     admin: Session,
+    /// Copies too: [`fill`](Self::fill) makes two at once, one on each
+    /// (see [`REFILL_SESSIONS`]).
+    maker: Session,
     /// Drops, in the background: on a session of its own, so that a copy a
     /// test waits for never queues behind the drops of used ones (a run
     /// taking a kept environment over has a dozen to drop).
@@ -125,7 +128,7 @@ pub(super) struct DatabasePool {
     ready: Mutex<VecDeque<String>>,
     /// The next `<n>` of a copy's name, unique within the environment.
     next: AtomicU64,
-    /// Serializes refills (one `CREATE DATABASE` stream at a time).
+    /// Serializes fills (each makes at most two copies at once).
     refill: tokio::sync::Mutex<()>,
     /// Used databases being restored in place to come back as ready
     /// copies: counted as ready by refills, waited for by swaps.
@@ -164,6 +167,7 @@ impl DatabasePool {
             uses,
             attributes,
             admin: Session::new(pg, Some(admin)),
+            maker: Session::new(pg, None),
             dropper: Session::new(pg, None),
             dropping: Mutex::new(std::collections::BTreeSet::new()),
             making: Mutex::new(std::collections::BTreeSet::new()),
@@ -208,7 +212,12 @@ impl DatabasePool {
 
     /// A new ready copy of the baseline with the baseline's attributes.
     async fn create(&self) -> Result<String, String> {
-        let admin = self.admin.get().await.map_err(|e| pg_message(&e))?;
+        self.create_on(&self.admin).await
+    }
+
+    /// [`create`](Self::create) on `session`.
+    async fn create_on(&self, session: &Session) -> Result<String, String> {
+        let admin = session.get().await.map_err(|e| pg_message(&e))?;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -419,22 +428,29 @@ impl DatabasePool {
         });
     }
 
-    /// Tops the ready clones up to [`POOL_SIZE`].
+    /// Tops the ready clones up to [`POOL_SIZE`], two at a time when two
+    /// or more are missing.
     pub async fn fill(&self) {
         let _one_at_a_time = self.refill.lock().await;
         loop {
             let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len();
-            let full = ready + self.recycling.load(Ordering::SeqCst) >= POOL_SIZE;
-            if full || self.kept.load(Ordering::Relaxed) {
+            let have = ready + self.recycling.load(Ordering::SeqCst);
+            if have >= POOL_SIZE || self.kept.load(Ordering::Relaxed) {
                 return;
             }
-            match self.create().await {
-                Ok(name) => self
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back(name),
-                Err(_) => return,
+            let made = if POOL_SIZE - have >= 2 {
+                let (a, b) = tokio::join!(self.create(), self.create_on(&self.maker));
+                vec![a, b]
+            } else {
+                vec![self.create().await]
+            };
+            let failed = made.iter().any(Result::is_err);
+            self.ready
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(made.into_iter().flatten());
+            if failed {
+                return;
             }
         }
     }
