@@ -144,6 +144,17 @@ fn down() -> Output {
 /// Removes whatever the test's runs kept, even when an assertion failed.
 struct RemoveKept(Vec<String>);
 
+impl RemoveKept {
+    /// `down` exits 0 and leaves nothing of any of the test's runs.
+    fn down_leaves_nothing(&self) {
+        let out = down();
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        for run in &self.0 {
+            assert_nothing_left(run);
+        }
+    }
+}
+
 impl Drop for RemoveKept {
     fn drop(&mut self) {
         for run in &self.0 {
@@ -369,9 +380,5 @@ fn a_rerun_hands_out_the_copies_the_kept_environment_held_ready() {
         1,
         "the kept environment was replaced"
     );
-    let out = down();
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    for run in &guard.0 {
-        assert_nothing_left(run);
-    }
+    guard.down_leaves_nothing();
 }

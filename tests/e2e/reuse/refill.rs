@@ -5,11 +5,11 @@
 //! a whole copy of its own.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::{baseline_manifest, baseline_workspace, containers_of, down, write_config, RemoveKept};
+use super::{baseline_manifest, baseline_workspace, containers_of, write_config, RemoveKept};
 use crate::support::*;
 
 /// The baseline fixture's `inplace_` tests but the one that needs a role
@@ -142,17 +142,27 @@ fn wait_for_ready(container: &str, count: usize) -> Vec<(String, String)> {
     }
 }
 
+/// A first `--reuse` run of the tests, its configuration marked with
+/// `marker` (a kept environment of its own): the configuration's folder and
+/// path, the guard holding the run, and the kept Postgres container.
+fn first_kept_run(
+    marker: &str,
+    slow_refill: bool,
+) -> (tempfile::TempDir, PathBuf, RemoveKept, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{marker}{}", std::process::id()), "");
+    let mut guard = RemoveKept(Vec::new());
+    let record = tempfile::tempdir().unwrap();
+    rerun(&config, record.path(), slow_refill, &mut guard);
+    let container = containers_of(&guard.0[0]).into_iter().next().expect("kept");
+    (dir, config, guard, container)
+}
+
 #[test]
 fn a_kept_environment_holds_as_many_ready_copies_as_the_run_took() {
     let _daemon = shared_daemon();
     let _workspace = baseline_workspace();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("refill{}", std::process::id()), "");
-    let mut guard = RemoveKept(Vec::new());
-    let record = tempfile::tempdir().unwrap();
-    rerun(&config, record.path(), false, &mut guard);
-    let first = guard.0[0].clone();
-    let container = containers_of(&first).into_iter().next().expect("kept");
+    let (_dir, config, mut guard, container) = first_kept_run("refill", false);
 
     // As many as the run's tests took, where the pool alone keeps 4; the
     // used ones dropped.
@@ -173,24 +183,15 @@ fn a_kept_environment_holds_as_many_ready_copies_as_the_run_took() {
     // A rerun leaves the same: its used copies and those it took over
     // dropped, as many ready.
     wait_for_ready(&container, TESTS);
-    let out = down();
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    for run in &guard.0 {
-        assert_nothing_left(run);
-    }
+    guard.down_leaves_nothing();
 }
 
 #[test]
 fn a_rerun_ends_a_refill_still_running_and_each_test_gets_a_whole_copy() {
     let _daemon = shared_daemon();
     let _workspace = baseline_workspace();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("midrefill{}", std::process::id()), "");
-    let mut guard = RemoveKept(Vec::new());
-    let record = tempfile::tempdir().unwrap();
-    rerun(&config, record.path(), true, &mut guard);
+    let (_dir, config, mut guard, container) = first_kept_run("midrefill", true);
     let first = guard.0[0].clone();
-    let container = containers_of(&first).into_iter().next().expect("kept");
     // Two sessions make the copies side by side (each sleeps before each
     // copy here, so both are still at it).
     assert_eq!(
@@ -221,9 +222,5 @@ fn a_rerun_ends_a_refill_still_running_and_each_test_gets_a_whole_copy() {
     }
 
     // `down` removes the environment with its refill.
-    let out = down();
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    for run in &guard.0 {
-        assert_nothing_left(run);
-    }
+    guard.down_leaves_nothing();
 }

@@ -29,9 +29,10 @@ pub(crate) fn ready_within(startup_timeout: Duration) -> Duration {
 
 impl State {
     /// Discards the snapshot of `key` the service could not start from:
-    /// removes the container, the daemon's image and the cache's entry, warns once per key (naming the service, the key and why),
-    /// and tells the shard what to do now: build the snapshot again (if no
-    /// other shard or process does), or provision normally.
+    /// removes the container, the daemon's image and the cache's entry,
+    /// warns once per key (naming the service, the key and why), and tells
+    /// the shard what to do now: build the snapshot again (if no other
+    /// shard or process does), or provision normally.
     pub(crate) async fn discard(
         &self,
         shared: &Shared,

@@ -227,6 +227,35 @@ pub(crate) fn manifest(base: &[u8], config: &Blob, layer: &Blob) -> io::Result<V
 mod tests {
     use super::*;
 
+    /// The layer's blob as stored (gzip) and decompressed (the tar).
+    fn stored_and_raw(layout: &Layout, layer: &Layer) -> (Vec<u8>, Vec<u8>) {
+        let stored = std::fs::read(layout.blob_path(&layer.blob.digest).unwrap()).unwrap();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(stored.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        (stored, raw)
+    }
+
+    /// Each entry of the tar `raw`: path, mode, uid and gid (`None` where
+    /// the header leaves it empty).
+    fn listing(raw: &[u8]) -> Vec<(String, u32, u64, Option<u64>)> {
+        tar::Archive::new(raw)
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.gid().ok(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn entries_move_under_the_target_and_hashes_match_the_bytes() {
         let mut source = tar::Builder::new(Vec::new());
@@ -256,29 +285,15 @@ mod tests {
             to: "/var/lib/postgresql/data".into(),
         }];
         let layer = write_layer(&layout, &copies).unwrap();
-        let stored = std::fs::read(layout.blob_path(&layer.blob.digest).unwrap()).unwrap();
+        let (stored, raw) = stored_and_raw(&layout, &layer);
         assert_eq!(
             crate::image_cache::layout::digest_of(&stored),
             layer.blob.digest
         );
-        let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(stored.as_slice())
-            .read_to_end(&mut raw)
-            .unwrap();
         assert_eq!(crate::image_cache::layout::digest_of(&raw), layer.diff_id);
-        let mut moved = tar::Archive::new(raw.as_slice());
-        let entries: Vec<(String, u32, u64)> = moved
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let h = e.header();
-                (
-                    e.path().unwrap().display().to_string(),
-                    h.mode().unwrap(),
-                    h.uid().unwrap(),
-                )
-            })
+        let entries: Vec<(String, u32, u64)> = listing(&raw)
+            .into_iter()
+            .map(|(path, mode, uid, _)| (path, mode, uid))
             .collect();
         assert_eq!(
             entries,
@@ -323,25 +338,10 @@ mod tests {
             to: "/var/lib/postgresql/data".into(),
         }];
         let layer = write_layer(&layout, &copies).unwrap();
-        let stored = std::fs::read(layout.blob_path(&layer.blob.digest).unwrap()).unwrap();
-        let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(stored.as_slice())
-            .read_to_end(&mut raw)
-            .unwrap();
-        let mut moved = tar::Archive::new(raw.as_slice());
-        let entries: Vec<(String, u32, u64, u64)> = moved
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let h = e.header();
-                (
-                    e.path().unwrap().display().to_string(),
-                    h.mode().unwrap(),
-                    h.uid().unwrap(),
-                    h.gid().unwrap(),
-                )
-            })
+        let (_, raw) = stored_and_raw(&layout, &layer);
+        let entries: Vec<(String, u32, u64, u64)> = listing(&raw)
+            .into_iter()
+            .map(|(path, mode, uid, gid)| (path, mode, uid, gid.unwrap()))
             .collect();
         assert_eq!(
             entries,
